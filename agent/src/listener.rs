@@ -1,0 +1,182 @@
+//! The agent's socket: authentication of every connection, then one handler per channel.
+
+use crate::dns::PodResolver;
+use crate::outgoing;
+use anyhow::{Context, Result};
+use mirrord_protocol::agent::{
+    AgentChannel, AgentHello, AgentMessage, AgentRequest, AgentResponse, AgentWelcome,
+    ControlRequest,
+};
+use mirrord_protocol::codec::{read_frame_async, write_frame_async};
+use mirrord_protocol::{version_compatible, PROTOCOL_VERSION};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, Semaphore};
+
+/// What every connection handler shares.
+pub struct AgentState {
+    pub token: String,
+    pub resolver: PodResolver,
+    /// The target's first nameserver: DNS datagrams of the program go there.
+    pub nameserver: Option<SocketAddr>,
+}
+
+/// A peer has this long to send its hello; a silent peer must not hold a task forever.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Requests a single control channel may have in flight, so one client cannot make the agent
+/// queue unbounded work.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// Binds the unix socket readable and writable by its owner only (0600), replacing a stale file.
+pub fn bind_private(path: &Path) -> Result<std::os::unix::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale {}", path.display())),
+    }
+    // The umask closes the window between bind and chmod in which another user could connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, state: Arc<AgentState>) -> Result<()> {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning, keep serving.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, state).await {
+                tracing::debug!("connection ended: {e:#}");
+            }
+        });
+    }
+}
+
+/// Constant-time comparison so the token cannot be guessed byte by byte from timing.
+fn token_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+async fn handle(mut stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
+    let hello: AgentHello = tokio::time::timeout(HELLO_TIMEOUT, read_frame_async(&mut stream))
+        .await
+        .context("no hello in time")??;
+    let refusal = if !version_compatible(hello.version) {
+        Some(format!(
+            "protocol version {} is not supported (agent speaks {PROTOCOL_VERSION})",
+            hello.version
+        ))
+    } else if !token_eq(&hello.token, &state.token) {
+        Some("invalid session token".to_owned())
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!("refused a client: {reason}");
+        write_frame_async(&mut stream, &AgentWelcome::Refused { reason }).await?;
+        return Ok(());
+    }
+    write_frame_async(
+        &mut stream,
+        &AgentWelcome::Welcome {
+            version: PROTOCOL_VERSION,
+            agent_pid: std::process::id(),
+        },
+    )
+    .await?;
+    match hello.channel {
+        AgentChannel::Control => control(stream, state).await,
+        AgentChannel::Tcp { remote } => outgoing::tcp(stream, remote).await,
+        AgentChannel::Udp { remote, dns } => {
+            let remote = if dns {
+                state.nameserver.unwrap_or(remote)
+            } else {
+                remote
+            };
+            outgoing::udp(stream, remote).await
+        }
+    }
+}
+
+/// The control channel: requests carry ids and are served concurrently; answers go back in
+/// completion order through one writer.
+async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
+    let (mut reader, mut writer) = stream.into_split();
+    // request tasks --AgentMessage--> writer task
+    let (message_tx, mut message_rx) = mpsc::channel::<AgentMessage>(64);
+    let writer_task = tokio::spawn(async move {
+        while let Some(msg) = message_rx.recv().await {
+            if write_frame_async(&mut writer, &msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let result = loop {
+        let request: ControlRequest = match read_frame_async(&mut reader).await {
+            Ok(r) => r,
+            Err(e) if e.is_closed() => break Ok(()),
+            Err(e) => break Err(e.into()),
+        };
+        // The semaphore is never closed, so acquiring can only wait, not fail.
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        let state = state.clone();
+        let message_tx = message_tx.clone();
+        tokio::spawn(async move {
+            let body = match request.body {
+                AgentRequest::Resolve { name, family } => {
+                    AgentResponse::Resolved(state.resolver.resolve(&name, family).await)
+                }
+                AgentRequest::Ping => AgentResponse::Pong,
+            };
+            let _ = message_tx
+                .send(AgentMessage::Response {
+                    id: request.id,
+                    body,
+                })
+                .await;
+            drop(permit);
+        });
+    };
+    drop(message_tx);
+    let _ = writer_task.await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_comparison() {
+        assert!(super::token_eq("abcdef", "abcdef"));
+        assert!(!super::token_eq("abcdef", "abcdeg"));
+        assert!(!super::token_eq("abc", "abcdef"));
+    }
+}

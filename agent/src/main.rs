@@ -1,0 +1,125 @@
+//! mirrord-agent: runs in the target's network namespace and does there what the developer's
+//! program asks for: outgoing TCP/UDP connections and name lookups with the target's resolver
+//! configuration.
+//!
+//! Start-up order matters: the namespace is entered on the main thread *before* the tokio runtime
+//! starts, so every runtime thread (threads inherit the creating thread's network namespace)
+//! and every socket the agent opens lives in the target's namespace.
+
+mod dns;
+mod listener;
+mod outgoing;
+mod target;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Environment variable the server passes the session token in (never on the command line, where
+/// `ps` would show it).
+pub const TOKEN_ENV: &str = "MIRRORD_AGENT_TOKEN";
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "mirrord agent: serves one session from inside the target's network namespace"
+)]
+struct Args {
+    /// The target: `pid/PID` or `netns/NAME`.
+    #[arg(long)]
+    target: String,
+    /// Where to listen: `unix:/path/to/agent.sock`.
+    #[arg(long)]
+    listen: String,
+    /// Exit when standard input closes (the server holds the other end, so the agent never
+    /// outlives it).
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("mirrord-agent: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MIRRORD_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let token = std::env::var(TOKEN_ENV).with_context(|| format!("{TOKEN_ENV} is not set"))?;
+    if token.len() < 16 {
+        bail!("{TOKEN_ENV} is too short to be a session token");
+    }
+    // SAFETY-free alternative does not exist in std; we are still single-threaded here, which is
+    // what makes removing a variable sound.
+    std::env::remove_var(TOKEN_ENV);
+
+    let target = target::Target::open(&args.target)?;
+    let resolver_files = target.resolver_files()?;
+
+    let socket_path: PathBuf = match args.listen.strip_prefix("unix:") {
+        Some(p) => PathBuf::from(p),
+        None => bail!("--listen must be unix:PATH, got {:?}", args.listen),
+    };
+    let std_listener = listener::bind_private(&socket_path)?;
+
+    target
+        .enter()
+        .context("entering the target's network namespace")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let resolver = dns::PodResolver::new(&resolver_files)?;
+        let state = std::sync::Arc::new(listener::AgentState {
+            token,
+            resolver,
+            nameserver: resolver_files.first_nameserver(),
+        });
+        let listener = tokio::net::UnixListener::from_std(std_listener)?;
+        // Readiness signal the server waits for: one line on stdout.
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "mirrord-agent ready pid={}", std::process::id())?;
+            out.flush()?;
+        }
+        let serve = listener::serve(listener, state);
+        if args.exit_on_stdin_eof {
+            tokio::select! {
+                r = serve => r,
+                _ = wait_stdin_eof() => {
+                    tracing::info!("server went away (stdin closed), exiting");
+                    Ok(())
+                }
+            }
+        } else {
+            serve.await
+        }
+    })?;
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(())
+}
+
+async fn wait_stdin_eof() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}

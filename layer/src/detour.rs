@@ -1,0 +1,131 @@
+//! Re-entrancy guard and the original libc functions.
+
+use std::cell::Cell;
+
+thread_local! {
+    /// Set while the layer runs on this thread; hooks seeing it call libc directly.
+    static IN_LAYER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Proof that this thread entered the layer; dropping it leaves.
+pub struct Guard(());
+
+impl Guard {
+    /// `None` if the thread is already inside the layer (the caller must then bypass), or if
+    /// thread-local storage is gone (thread exit), where bypassing is the only safe choice.
+    pub fn enter() -> Option<Guard> {
+        IN_LAYER
+            .try_with(|g| {
+                if g.get() {
+                    None
+                } else {
+                    g.set(true);
+                    Some(Guard(()))
+                }
+            })
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = IN_LAYER.try_with(|g| g.set(false));
+    }
+}
+
+/// Looks up the next definition of `sym` after the layer (`RTLD_NEXT`): libc's.
+pub fn next_symbol(sym: &'static [u8]) -> usize {
+    // SAFETY: `sym` is a NUL-terminated literal (checked by the `real!` macro's `concat!`).
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, sym.as_ptr().cast()) };
+    if p.is_null() {
+        let msg = b"mirrord-layer: a libc function the layer replaces is missing\n";
+        // SAFETY: writing a static buffer to stderr.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::abort();
+        }
+    }
+    p as usize
+}
+
+/// Defines `real::NAME(args)` calling libc's `NAME`, resolved once and cached.
+macro_rules! real {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(
+            #[allow(clippy::missing_safety_doc)]
+            pub unsafe fn $name($($arg: $ty),*) -> $ret {
+                static PTR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let mut p = PTR.load(std::sync::atomic::Ordering::Relaxed);
+                if p == 0 {
+                    p = $crate::detour::next_symbol(concat!(stringify!($name), "\0").as_bytes());
+                    PTR.store(p, std::sync::atomic::Ordering::Relaxed);
+                }
+                // SAFETY: `p` is libc's definition of this very function, whose C signature the
+                // declaration above repeats.
+                let f: unsafe extern "C" fn($($ty),*) -> $ret = std::mem::transmute(p);
+                f($($arg),*)
+            }
+        )*
+    };
+}
+
+pub mod real {
+    use libc::{
+        addrinfo, c_char, c_int, c_void, hostent, msghdr, size_t, sockaddr, socklen_t, ssize_t,
+    };
+    real! {
+        fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+        fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+        fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+        fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int;
+        fn close(fd: c_int) -> c_int;
+        fn dup(fd: c_int) -> c_int;
+        fn dup2(fd: c_int, new: c_int) -> c_int;
+        fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int;
+        fn getaddrinfo(node: *const c_char, service: *const c_char, hints: *const addrinfo, res: *mut *mut addrinfo) -> c_int;
+        fn freeaddrinfo(res: *mut addrinfo) -> ();
+        fn gethostbyname(name: *const c_char) -> *mut hostent;
+        fn gethostbyname_r(name: *const c_char, ret: *mut hostent, buf: *mut c_char, len: size_t, result: *mut *mut hostent, h_errnop: *mut c_int) -> c_int;
+        fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, addrlen: socklen_t) -> ssize_t;
+        fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
+        fn recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, addr: *mut sockaddr, addrlen: *mut socklen_t) -> ssize_t;
+        fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
+        fn fork() -> libc::pid_t;
+    }
+
+    /// `fcntl` is variadic; calling a variadic function is allowed where defining one is not.
+    pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+        static PTR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let mut p = PTR.load(std::sync::atomic::Ordering::Relaxed);
+        if p == 0 {
+            p = crate::detour::next_symbol(b"fcntl\0");
+            PTR.store(p, std::sync::atomic::Ordering::Relaxed);
+        }
+        // SAFETY: libc's fcntl, declared with its variadic C signature.
+        let f: unsafe extern "C" fn(c_int, c_int, ...) -> c_int = std::mem::transmute(p);
+        f(fd, cmd, arg)
+    }
+}
+
+/// errno of the calling thread.
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location always returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+pub fn set_errno(e: i32) {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = e }
+}
+
+/// Debug logging to stderr, enabled by `MIRRORD_LAYER_LOG=debug`. Quiet by default: the layer
+/// runs inside someone else's program and must not clutter its output.
+macro_rules! layer_debug {
+    ($($t:tt)*) => {
+        if $crate::state::debug_enabled() {
+            eprintln!("mirrord-layer[{}]: {}", std::process::id(), format_args!($($t)*));
+        }
+    };
+}
+pub(crate) use layer_debug;

@@ -1,0 +1,474 @@
+//! Name lookups in the cluster: `getaddrinfo`, `gethostbyname(_r)`.
+//!
+//! A name is resolved by the agent with the pod's resolver configuration; the answer is turned
+//! into the same structures glibc builds, allocated by the layer and freed by the layer's
+//! `freeaddrinfo` (which tells its own lists from glibc's by their head pointer).
+
+use crate::control;
+use crate::detour::layer_debug;
+use crate::state::LayerState;
+use libc::{addrinfo, c_char, c_int, hostent};
+use mirrord_protocol::config::Route;
+use mirrord_protocol::layer::{LayerRequest, ServerResponse};
+use mirrord_protocol::net::{Family, ResolveError, Resolved};
+use std::collections::{HashMap, HashSet};
+use std::ffi::CStr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+
+/// Address → the name the program looked up to get it; lets hostname rules of the outgoing
+/// filter apply to the connection that follows a lookup.
+static NAMES: Mutex<Option<HashMap<IpAddr, String>>> = Mutex::new(None);
+const MAX_NAMES: usize = 4096;
+
+/// Heads of the addrinfo lists the layer allocated.
+static OURS: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
+pub fn hostname_of(ip: IpAddr) -> Option<String> {
+    let ip = mirrord_protocol::config::canonical_ip(ip);
+    NAMES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()?
+        .get(&ip)
+        .cloned()
+}
+
+fn remember(name: &str, addrs: &[IpAddr]) {
+    let mut guard = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    let map = guard.get_or_insert_with(HashMap::new);
+    if map.len() + addrs.len() > MAX_NAMES {
+        map.clear();
+    }
+    for a in addrs {
+        map.insert(*a, name.to_owned());
+    }
+}
+
+/// Locks used by the fork hook so no other thread holds them at the moment of the fork.
+pub fn fork_locks() -> (
+    std::sync::MutexGuard<'static, Option<HashMap<IpAddr, String>>>,
+    std::sync::MutexGuard<'static, Option<HashSet<usize>>>,
+) {
+    (
+        NAMES.lock().unwrap_or_else(|p| p.into_inner()),
+        OURS.lock().unwrap_or_else(|p| p.into_inner()),
+    )
+}
+
+/// Whether `name` is looked up in the cluster.
+pub fn route_lookup(st: &LayerState, name: &str, port: u16) -> Route {
+    let net = &st.config.feature.network;
+    let lower = name.trim_end_matches('.').to_ascii_lowercase();
+    if !net.dns.enabled
+        || lower.is_empty()
+        || lower.parse::<IpAddr>().is_ok()
+        || lower == "localhost"
+        || lower.ends_with(".localhost")
+    {
+        return Route::Local;
+    }
+    if let Some(f) = &net.dns.filter {
+        if f.route(&lower, port) == Route::Local {
+            return Route::Local;
+        }
+    }
+    if let Some(f) = &net.outgoing.filter {
+        if f.route_name(&lower) == Some(Route::Local) {
+            return Route::Local;
+        }
+    }
+    Route::Remote
+}
+
+/// Asks the cluster. Errors are already mapped to what the program should see.
+pub fn resolve(name: &str, family: Family) -> Result<Resolved, ResolveError> {
+    let req = LayerRequest::Resolve {
+        name: name.to_owned(),
+        family,
+    };
+    let result = match control::request(&req) {
+        Ok(ServerResponse::Resolved(r)) => r,
+        Ok(other) => Err(ResolveError::Failed(format!("unexpected answer {other:?}"))),
+        Err(e) => Err(ResolveError::Temporary(e.to_string())),
+    };
+    layer_debug!("resolve {name} ({family:?}): {result:?}");
+    if let Ok(r) = &result {
+        remember(name, &r.addresses);
+    }
+    result
+}
+
+fn eai(e: &ResolveError) -> c_int {
+    match e {
+        ResolveError::NotFound => libc::EAI_NONAME,
+        ResolveError::Temporary(_) => libc::EAI_AGAIN,
+        ResolveError::Failed(_) => libc::EAI_FAIL,
+    }
+}
+
+/// Port for a `service` argument: a number, or a name from the services database.
+unsafe fn service_port(
+    service: *const c_char,
+    socktype: c_int,
+    numeric_only: bool,
+) -> Result<u16, c_int> {
+    if service.is_null() {
+        return Ok(0);
+    }
+    let s = CStr::from_ptr(service).to_string_lossy();
+    if let Ok(p) = s.parse::<u16>() {
+        return Ok(p);
+    }
+    if numeric_only {
+        return Err(libc::EAI_NONAME);
+    }
+    let proto: &[u8] = if socktype == libc::SOCK_DGRAM {
+        b"udp\0"
+    } else {
+        b"tcp\0"
+    };
+    let mut ent: libc::servent = std::mem::zeroed();
+    let mut buf = [0 as c_char; 1024];
+    let mut result: *mut libc::servent = std::ptr::null_mut();
+    let r = getservbyname_r(
+        service,
+        proto.as_ptr().cast(),
+        &mut ent,
+        buf.as_mut_ptr(),
+        buf.len(),
+        &mut result,
+    );
+    if r == 0 && !result.is_null() {
+        Ok(u16::from_be((*result).s_port as u16))
+    } else {
+        Err(libc::EAI_SERVICE)
+    }
+}
+
+pub enum GaiOutcome {
+    Bypass,
+    Return(c_int),
+}
+
+/// # Safety
+/// Arguments as for `getaddrinfo(3)`.
+pub unsafe fn getaddrinfo(
+    st: &LayerState,
+    node: *const c_char,
+    service: *const c_char,
+    hints: *const addrinfo,
+    res: *mut *mut addrinfo,
+) -> GaiOutcome {
+    if node.is_null() || res.is_null() {
+        return GaiOutcome::Bypass;
+    }
+    let (flags, family, socktype, protocol) = if hints.is_null() {
+        (
+            libc::AI_V4MAPPED | libc::AI_ADDRCONFIG,
+            libc::AF_UNSPEC,
+            0,
+            0,
+        )
+    } else {
+        let h = &*hints;
+        (h.ai_flags, h.ai_family, h.ai_socktype, h.ai_protocol)
+    };
+    if flags & libc::AI_NUMERICHOST != 0 {
+        return GaiOutcome::Bypass;
+    }
+    let Ok(name) = CStr::from_ptr(node).to_str() else {
+        return GaiOutcome::Bypass;
+    };
+    let port = match service_port(service, socktype, flags & libc::AI_NUMERICSERV != 0) {
+        Ok(p) => p,
+        Err(_) => return GaiOutcome::Bypass, // let libc give its own error for odd services
+    };
+    if route_lookup(st, name, port) == Route::Local {
+        return GaiOutcome::Bypass;
+    }
+    let wanted = match family {
+        libc::AF_INET => Family::V4,
+        libc::AF_INET6 => Family::V6,
+        libc::AF_UNSPEC => Family::Any,
+        _ => return GaiOutcome::Return(libc::EAI_FAMILY),
+    };
+    let mut resolved = resolve(name, wanted);
+    if family == libc::AF_INET6 && flags & libc::AI_V4MAPPED != 0 && resolved.is_err() {
+        resolved = resolve(name, Family::V4);
+    }
+    let resolved = match resolved {
+        Ok(r) => r,
+        Err(e) => return GaiOutcome::Return(eai(&e)),
+    };
+    let types: Vec<(c_int, c_int)> = if socktype == 0 {
+        vec![
+            (libc::SOCK_STREAM, libc::IPPROTO_TCP),
+            (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+            (libc::SOCK_RAW, 0),
+        ]
+    } else {
+        let proto = match (protocol, socktype) {
+            (0, libc::SOCK_STREAM) => libc::IPPROTO_TCP,
+            (0, libc::SOCK_DGRAM) => libc::IPPROTO_UDP,
+            (p, _) => p,
+        };
+        vec![(socktype, proto)]
+    };
+    let mut entries = Vec::new();
+    for ip in &resolved.addresses {
+        let addr = match (*ip, family) {
+            (IpAddr::V4(v4), libc::AF_INET6) => {
+                SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), port)
+            }
+            _ => SocketAddr::new(*ip, port),
+        };
+        for (st_type, proto) in &types {
+            entries.push((addr, *st_type, *proto));
+        }
+    }
+    let canon = (flags & libc::AI_CANONNAME != 0).then_some(resolved.canonical_name.as_str());
+    match build_addrinfo(&entries, canon) {
+        Some(head) => {
+            *res = head;
+            GaiOutcome::Return(0)
+        }
+        None => GaiOutcome::Return(libc::EAI_MEMORY),
+    }
+}
+
+unsafe fn build_addrinfo(
+    entries: &[(SocketAddr, c_int, c_int)],
+    canon: Option<&str>,
+) -> Option<*mut addrinfo> {
+    let mut head: *mut addrinfo = std::ptr::null_mut();
+    let mut tail: *mut addrinfo = std::ptr::null_mut();
+    for (i, (addr, socktype, proto)) in entries.iter().enumerate() {
+        let domain = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        let (storage, len) = crate::caddr::to_c(*addr, domain);
+        let node = libc::calloc(1, std::mem::size_of::<addrinfo>() + len as usize) as *mut addrinfo;
+        if node.is_null() {
+            free_ours(head);
+            return None;
+        }
+        let sa = (node as *mut u8).add(std::mem::size_of::<addrinfo>()) as *mut libc::sockaddr;
+        std::ptr::copy_nonoverlapping(
+            &storage as *const _ as *const u8,
+            sa as *mut u8,
+            len as usize,
+        );
+        (*node).ai_family = domain;
+        (*node).ai_socktype = *socktype;
+        (*node).ai_protocol = *proto;
+        (*node).ai_addrlen = len;
+        (*node).ai_addr = sa;
+        if i == 0 {
+            if let Some(c) = canon {
+                let cs = std::ffi::CString::new(c).unwrap_or_default();
+                (*node).ai_canonname = libc::strdup(cs.as_ptr());
+            }
+        }
+        if head.is_null() {
+            head = node;
+        } else {
+            (*tail).ai_next = node;
+        }
+        tail = node;
+    }
+    if head.is_null() {
+        return None;
+    }
+    OURS.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(head as usize);
+    Some(head)
+}
+
+unsafe fn free_ours(mut node: *mut addrinfo) {
+    while !node.is_null() {
+        let next = (*node).ai_next;
+        if !(*node).ai_canonname.is_null() {
+            libc::free((*node).ai_canonname.cast());
+        }
+        libc::free(node.cast());
+        node = next;
+    }
+}
+
+/// Frees `res` if the layer made it; returns false for lists glibc made.
+///
+/// # Safety
+/// `res` as for `freeaddrinfo(3)`.
+pub unsafe fn freeaddrinfo(res: *mut addrinfo) -> bool {
+    let ours = OURS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_mut()
+        .is_some_and(|s| s.remove(&(res as usize)));
+    if ours {
+        free_ours(res);
+    }
+    ours
+}
+
+extern "C" {
+    fn __h_errno_location() -> *mut c_int;
+    fn getservbyname_r(
+        name: *const c_char,
+        proto: *const c_char,
+        result_buf: *mut libc::servent,
+        buf: *mut c_char,
+        buflen: usize,
+        result: *mut *mut libc::servent,
+    ) -> c_int;
+}
+
+const HOST_NOT_FOUND: c_int = 1;
+const TRY_AGAIN: c_int = 2;
+const NO_RECOVERY: c_int = 3;
+
+fn h_errno_of(e: &ResolveError) -> c_int {
+    match e {
+        ResolveError::NotFound => HOST_NOT_FOUND,
+        ResolveError::Temporary(_) => TRY_AGAIN,
+        ResolveError::Failed(_) => NO_RECOVERY,
+    }
+}
+
+/// IPv4 answers for the `gethostbyname` family, or `None` to bypass.
+fn lookup_v4(
+    st: &LayerState,
+    name: *const c_char,
+) -> Option<Result<(String, Vec<[u8; 4]>), ResolveError>> {
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: the caller passes a C string.
+    let name = unsafe { CStr::from_ptr(name) }.to_str().ok()?;
+    if route_lookup(st, name, 0) == Route::Local {
+        return None;
+    }
+    Some(resolve(name, Family::V4).map(|r| {
+        let addrs = r
+            .addresses
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v4) => Some(v4.octets()),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        (name.to_owned(), addrs)
+    }))
+}
+
+/// Lays out a hostent in `buf`: addresses, then the pointer arrays, then the name.
+unsafe fn fill_hostent(
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: usize,
+    name: &str,
+    addrs: &[[u8; 4]],
+) -> bool {
+    let ptr = std::mem::size_of::<*mut c_char>();
+    let base = buf as usize;
+    let aligned = (base + ptr - 1) & !(ptr - 1);
+    let pad = aligned - base;
+    let list_bytes = (addrs.len() + 1) * ptr;
+    let alias_bytes = ptr;
+    let addr_bytes = addrs.len() * 4;
+    let need = pad + list_bytes + alias_bytes + addr_bytes + name.len() + 1;
+    if need > buflen {
+        return false;
+    }
+    let list = aligned as *mut *mut c_char;
+    let aliases = list.add(addrs.len() + 1);
+    let addr_area = aliases.add(1) as *mut u8;
+    for (i, a) in addrs.iter().enumerate() {
+        let slot = addr_area.add(i * 4);
+        std::ptr::copy_nonoverlapping(a.as_ptr(), slot, 4);
+        *list.add(i) = slot as *mut c_char;
+    }
+    *list.add(addrs.len()) = std::ptr::null_mut();
+    *aliases = std::ptr::null_mut();
+    let name_area = addr_area.add(addr_bytes);
+    std::ptr::copy_nonoverlapping(name.as_ptr(), name_area, name.len());
+    *name_area.add(name.len()) = 0;
+    (*ret).h_name = name_area as *mut c_char;
+    (*ret).h_aliases = aliases;
+    (*ret).h_addrtype = libc::AF_INET;
+    (*ret).h_length = 4;
+    (*ret).h_addr_list = list;
+    true
+}
+
+/// # Safety
+/// Arguments as for `gethostbyname_r(3)`.
+pub unsafe fn gethostbyname_r(
+    st: &LayerState,
+    name: *const c_char,
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: usize,
+    result: *mut *mut hostent,
+    h_errnop: *mut c_int,
+) -> Option<c_int> {
+    let answer = lookup_v4(st, name)?;
+    if !result.is_null() {
+        *result = std::ptr::null_mut();
+    }
+    match answer {
+        Ok((name, addrs)) => {
+            if ret.is_null() || buf.is_null() || !fill_hostent(ret, buf, buflen, &name, &addrs) {
+                return Some(libc::ERANGE);
+            }
+            if !result.is_null() {
+                *result = ret;
+            }
+            Some(0)
+        }
+        Err(e) => {
+            if !h_errnop.is_null() {
+                *h_errnop = h_errno_of(&e);
+            }
+            Some(0)
+        }
+    }
+}
+
+thread_local! {
+    /// Storage behind `gethostbyname`'s result, valid until the thread's next call (glibc's is
+    /// process-wide; per-thread is strictly safer).
+    static HOSTENT: std::cell::RefCell<(hostent, Vec<c_char>)> =
+        // SAFETY: hostent is plain data; all-zero is a valid empty value.
+        std::cell::RefCell::new((unsafe { std::mem::zeroed() }, vec![0; 4096]));
+}
+
+/// # Safety
+/// Arguments as for `gethostbyname(3)`.
+pub unsafe fn gethostbyname(st: &LayerState, name: *const c_char) -> Option<*mut hostent> {
+    let answer = lookup_v4(st, name)?;
+    match answer {
+        Ok((name, addrs)) => HOSTENT
+            .try_with(|cell| {
+                let mut cell = cell.borrow_mut();
+                let (ent, buf) = &mut *cell;
+                if fill_hostent(ent, buf.as_mut_ptr(), buf.len(), &name, &addrs) {
+                    ent as *mut hostent
+                } else {
+                    *__h_errno_location() = NO_RECOVERY;
+                    std::ptr::null_mut()
+                }
+            })
+            .ok()
+            .or(Some(std::ptr::null_mut())),
+        Err(e) => {
+            *__h_errno_location() = h_errno_of(&e);
+            Some(std::ptr::null_mut())
+        }
+    }
+}

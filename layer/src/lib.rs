@@ -1,0 +1,26 @@
+//! mirrord-layer: loaded into the developer's program with `LD_PRELOAD`.
+//!
+//! The layer exports the libc functions it replaces (`connect`, `getaddrinfo`, ...); the dynamic
+//! linker binds the program's calls to them because a preloaded object comes first in the lookup
+//! order. Each replacement decides whether the call concerns the cluster; if not, it calls the
+//! original (found with `dlsym(RTLD_NEXT, ..)`) with the same arguments, so calls the layer does
+//! not handle behave exactly as without it.
+//!
+//! Invariants:
+//! - A thread-local guard ([`detour::Guard`]) makes every hook call straight through to libc while
+//!   the layer itself is running on that thread, so the layer never recurses into itself.
+//! - No lock is held across a blocking call except the control-channel lock, which is held only
+//!   for one request/response exchange with the server (bounded by a timeout).
+//! - Without `MIRRORD_PROXY_ADDR` in the environment the layer is inert.
+
+mod caddr;
+mod control;
+mod detour;
+mod dns;
+mod hooks;
+mod outgoing;
+mod sockets;
+mod state;
+mod udp;
+
+pub use hooks::*;

@@ -1,0 +1,71 @@
+//! The table of sockets the layer manages, keyed by file descriptor.
+//!
+//! Descriptors made by `dup*`/`fcntl(F_DUPFD*)` share one entry, as they share one socket.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Debug)]
+pub enum Managed {
+    /// An outgoing TCP connection carried through the pod.
+    Tcp {
+        /// The address the program connected to, as it gave it.
+        remote: SocketAddr,
+        /// The socket's address on the pod's side.
+        local: SocketAddr,
+        /// A failed non-blocking connect reported through `SO_ERROR` (then cleared).
+        pending_error: Option<i32>,
+    },
+    /// A UDP socket with datagrams to cluster destinations, each through a loopback relay.
+    Udp {
+        /// (cluster destination, relay address on loopback)
+        relays: Vec<(SocketAddr, SocketAddr)>,
+        /// Destination of `connect`, if the program connected the socket.
+        connected: Option<SocketAddr>,
+    },
+}
+
+pub type Entry = Arc<Mutex<Managed>>;
+
+static TABLE: Mutex<Option<HashMap<i32, Entry>>> = Mutex::new(None);
+
+pub fn lock() -> MutexGuard<'static, Option<HashMap<i32, Entry>>> {
+    TABLE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn get(fd: i32) -> Option<Entry> {
+    lock().as_ref().and_then(|t| t.get(&fd).cloned())
+}
+
+pub fn insert(fd: i32, entry: Entry) {
+    lock().get_or_insert_with(HashMap::new).insert(fd, entry);
+}
+
+pub fn remove(fd: i32) -> Option<Entry> {
+    lock().as_mut().and_then(|t| t.remove(&fd))
+}
+
+/// `new_fd` now refers to the same socket as `old_fd`.
+pub fn duplicate(old_fd: i32, new_fd: i32) {
+    let mut guard = lock();
+    let table = guard.get_or_insert_with(HashMap::new);
+    match table.get(&old_fd).cloned() {
+        Some(e) => {
+            table.insert(new_fd, e);
+        }
+        None => {
+            table.remove(&new_fd);
+        }
+    }
+}
+
+/// Whether any other descriptor still refers to this entry's socket.
+pub fn still_referenced(entry: &Entry) -> bool {
+    // The table holds one reference per descriptor; the caller holds one more.
+    Arc::strong_count(entry) > 1
+}
+
+pub fn lock_entry(e: &Entry) -> MutexGuard<'_, Managed> {
+    e.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,697 @@
+//! The user's configuration (`.mirrord/mirrord.json`), as typed Rust values.
+//!
+//! The keys follow mirrord's own schema so existing files keep working. It lives in the protocol
+//! crate because the resolved configuration crosses a process boundary: the server hands it to
+//! the layer as JSON in `MIRRORD_CONFIG`.
+//!
+//! Every value is checked while it is deserialized (rule syntax, regexes, enum values, unknown
+//! keys), so a parser that tracks positions (serde_json) reports each mistake with its line and
+//! column.
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::IpAddr;
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrordConfig {
+    /// The target: `pod/NAME[/container/C]`, `deployment/NAME`, `statefulset/NAME`,
+    /// `targetless`, `pid/PID` or `netns/NAME`; or `{path, namespace}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetConfig>,
+    #[serde(default)]
+    pub feature: FeatureConfig,
+    #[serde(default)]
+    pub agent: AgentConfig,
+}
+
+impl MirrordConfig {
+    /// Parses a JSON document; errors carry serde_json's line and column.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+/// `target` as written: a path string, or `{path, namespace}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TargetConfig {
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetConfigMap {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for TargetConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TargetConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a target path such as \"pod/NAME\", or {\"path\", \"namespace\"}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TargetConfig, E> {
+                crate::config::TargetPath::parse(v).map_err(E::custom)?;
+                Ok(TargetConfig {
+                    path: Some(v.to_owned()),
+                    namespace: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TargetConfig, A::Error> {
+                let m = TargetConfigMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                if let Some(p) = &m.path {
+                    TargetPath::parse(p).map_err(de::Error::custom)?;
+                }
+                Ok(TargetConfig {
+                    path: m.path,
+                    namespace: m.namespace,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A parsed target path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPath {
+    Pod {
+        name: String,
+        container: Option<String>,
+    },
+    Deployment {
+        name: String,
+        container: Option<String>,
+    },
+    StatefulSet {
+        name: String,
+        container: Option<String>,
+    },
+    Targetless,
+    /// Any process on this machine: the agent joins its network namespace.
+    Pid(u32),
+    /// A named network namespace (`ip netns`).
+    Netns(String),
+}
+
+impl TargetPath {
+    pub fn parse(s: &str) -> Result<TargetPath, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let bad = || {
+            format!(
+                "invalid target {s:?}: expected pod/NAME[/container/C], deployment/NAME[/container/C], \
+                 statefulset/NAME, targetless, pid/PID or netns/NAME"
+            )
+        };
+        let named = |parts: &[&str]| -> Result<(String, Option<String>), String> {
+            match parts {
+                [name] if !name.is_empty() => Ok((name.to_string(), None)),
+                [name, "container", c] if !name.is_empty() && !c.is_empty() => {
+                    Ok((name.to_string(), Some(c.to_string())))
+                }
+                _ => Err(bad()),
+            }
+        };
+        match parts.as_slice() {
+            ["targetless"] => Ok(TargetPath::Targetless),
+            ["pod", rest @ ..] => {
+                named(rest).map(|(name, container)| TargetPath::Pod { name, container })
+            }
+            ["deployment", rest @ ..] => {
+                named(rest).map(|(name, container)| TargetPath::Deployment { name, container })
+            }
+            ["statefulset", rest @ ..] => {
+                named(rest).map(|(name, container)| TargetPath::StatefulSet { name, container })
+            }
+            ["pid", pid] => pid
+                .parse::<u32>()
+                .ok()
+                .filter(|p| *p > 0)
+                .map(TargetPath::Pid)
+                .ok_or_else(|| format!("invalid target {s:?}: {pid:?} is not a process id")),
+            ["netns", name] if valid_netns_name(name) => Ok(TargetPath::Netns(name.to_string())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+fn valid_netns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl fmt::Display for TargetPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let with_container =
+            |f: &mut fmt::Formatter<'_>, kind: &str, name: &str, c: &Option<String>| match c {
+                Some(c) => write!(f, "{kind}/{name}/container/{c}"),
+                None => write!(f, "{kind}/{name}"),
+            };
+        match self {
+            TargetPath::Pod { name, container } => with_container(f, "pod", name, container),
+            TargetPath::Deployment { name, container } => {
+                with_container(f, "deployment", name, container)
+            }
+            TargetPath::StatefulSet { name, container } => {
+                with_container(f, "statefulset", name, container)
+            }
+            TargetPath::Targetless => f.write_str("targetless"),
+            TargetPath::Pid(p) => write!(f, "pid/{p}"),
+            TargetPath::Netns(n) => write!(f, "netns/{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureConfig {
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    #[serde(default)]
+    pub incoming: IncomingConfig,
+    #[serde(default)]
+    pub outgoing: OutgoingConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// `feature.network.incoming`: `"mirror" | "steal" | "off"` or the full object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingConfigFull {
+    #[serde(default)]
+    pub mode: IncomingMode,
+    /// `[[local_port, remote_port], ...]`: the program listens on local_port, traffic of the
+    /// pod's remote_port is delivered to it.
+    #[serde(default)]
+    pub port_mapping: Vec<(u16, u16)>,
+    #[serde(default)]
+    pub ignore_localhost: bool,
+    /// Ports the program listens on that are never subscribed.
+    #[serde(default)]
+    pub ignore_ports: Vec<u16>,
+    /// If set, only these ports are subscribed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<u16>>,
+    /// `[[remote_port, local_port], ...]`: when the program listens on remote_port, actually bind
+    /// local_port on the developer's machine.
+    #[serde(default)]
+    pub listen_ports: Vec<(u16, u16)>,
+    #[serde(default)]
+    pub http_filter: HttpFilterConfig,
+}
+
+pub type IncomingConfig = IncomingConfigFull;
+
+impl Default for IncomingConfigFull {
+    fn default() -> Self {
+        IncomingConfigFull {
+            mode: IncomingMode::Mirror,
+            port_mapping: Vec::new(),
+            ignore_localhost: false,
+            ignore_ports: Vec::new(),
+            ports: None,
+            listen_ports: Vec::new(),
+            http_filter: HttpFilterConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncomingMode {
+    #[default]
+    Mirror,
+    Steal,
+    Off,
+}
+
+/// `http_filter`: which requests a steal takes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFilterConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_filter: Option<RegexString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_filter: Option<RegexString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method_filter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_of: Option<Vec<InnerFilter>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any_of: Option<Vec<InnerFilter>>,
+    /// Ports the filter applies to; other ports are stolen whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<u16>>,
+}
+
+/// One entry of `all_of` / `any_of`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum InnerFilter {
+    Header(RegexString),
+    Path(RegexString),
+    Method(String),
+}
+
+/// A regular expression, checked when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RegexString(pub String);
+
+impl<'de> Deserialize<'de> for RegexString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        regex_syntax::Parser::new()
+            .parse(&s)
+            .map_err(|e| de::Error::custom(format!("invalid regular expression {s:?}: {e}")))?;
+        Ok(RegexString(s))
+    }
+}
+
+/// `feature.network.outgoing`: `true`/`false` or the full object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutgoingConfig {
+    pub tcp: bool,
+    pub udp: bool,
+    /// Connections to loopback addresses stay on the developer's machine.
+    pub ignore_localhost: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<OutgoingFilter>,
+}
+
+impl Default for OutgoingConfig {
+    fn default() -> Self {
+        OutgoingConfig {
+            tcp: true,
+            udp: true,
+            ignore_localhost: false,
+            filter: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutgoingConfigMap {
+    #[serde(default = "yes")]
+    tcp: bool,
+    #[serde(default = "yes")]
+    udp: bool,
+    #[serde(default)]
+    ignore_localhost: bool,
+    #[serde(default)]
+    filter: Option<OutgoingFilter>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl<'de> Deserialize<'de> for OutgoingConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OutgoingConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or {tcp, udp, ignore_localhost, filter}")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<OutgoingConfig, E> {
+                Ok(OutgoingConfig {
+                    tcp: v,
+                    udp: v,
+                    ..OutgoingConfig::default()
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OutgoingConfig, A::Error> {
+                let m = OutgoingConfigMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(OutgoingConfig {
+                    tcp: m.tcp,
+                    udp: m.udp,
+                    ignore_localhost: m.ignore_localhost,
+                    filter: m.filter,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `filter: {remote: [...]}` sends only matching destinations through the pod;
+/// `filter: {local: [...]}` keeps matching destinations on the developer's machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum OutgoingFilter {
+    Remote(Vec<AddressRule>),
+    Local(Vec<AddressRule>),
+}
+
+/// Where a connection or a lookup is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Through the target pod.
+    Remote,
+    /// On the developer's machine, untouched.
+    Local,
+}
+
+impl OutgoingFilter {
+    /// Route for a connection to `ip:port` (whose address came from a lookup of `hostname`, if
+    /// known).
+    pub fn route(&self, proto: Proto, ip: IpAddr, port: u16, hostname: Option<&str>) -> Route {
+        match self {
+            OutgoingFilter::Remote(rules) => {
+                if rules.iter().any(|r| r.matches(proto, ip, port, hostname)) {
+                    Route::Remote
+                } else {
+                    Route::Local
+                }
+            }
+            OutgoingFilter::Local(rules) => {
+                if rules.iter().any(|r| r.matches(proto, ip, port, hostname)) {
+                    Route::Local
+                } else {
+                    Route::Remote
+                }
+            }
+        }
+    }
+
+    /// Route for a name lookup: a hostname rule decides where the name is resolved too, so a
+    /// name kept local resolves locally.
+    pub fn route_name(&self, name: &str) -> Option<Route> {
+        let (rules, route) = match self {
+            OutgoingFilter::Remote(r) => (r, Route::Remote),
+            OutgoingFilter::Local(r) => (r, Route::Local),
+        };
+        rules
+            .iter()
+            .any(|r| matches!(&r.address, RuleAddress::Name(n) if name_matches(n, name)))
+            .then_some(route)
+    }
+}
+
+/// `feature.network.dns`: `true`/`false` or `{enabled, filter}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DnsConfig {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<DnsFilter>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            enabled: true,
+            filter: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DnsConfigMap {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    filter: Option<DnsFilter>,
+}
+
+impl<'de> Deserialize<'de> for DnsConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DnsConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or {enabled, filter}")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<DnsConfig, E> {
+                Ok(DnsConfig {
+                    enabled: v,
+                    filter: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DnsConfig, A::Error> {
+                let m = DnsConfigMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(DnsConfig {
+                    enabled: m.enabled,
+                    filter: m.filter,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `dns.filter: {remote: [...]}` resolves only matching names in the cluster;
+/// `dns.filter: {local: [...]}` resolves matching names on the developer's machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum DnsFilter {
+    Remote(Vec<AddressRule>),
+    Local(Vec<AddressRule>),
+}
+
+impl DnsFilter {
+    pub fn route(&self, name: &str, port: u16) -> Route {
+        let hit = |rules: &[AddressRule]| rules.iter().any(|r| r.matches_name(name, port));
+        match self {
+            DnsFilter::Remote(r) if hit(r) => Route::Remote,
+            DnsFilter::Remote(_) => Route::Local,
+            DnsFilter::Local(r) if hit(r) => Route::Local,
+            DnsFilter::Local(_) => Route::Remote,
+        }
+    }
+}
+
+/// Transport protocol named by a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// `[tcp://|udp://]name|ip|subnet[:port]`, e.g. `tcp://10.0.0.0/8:5432`, `db.local`, `:53`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressRule {
+    pub text: String,
+    pub proto: Option<Proto>,
+    pub address: RuleAddress,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleAddress {
+    Any,
+    Ip(IpAddr),
+    Subnet {
+        base: IpAddr,
+        prefix: u8,
+    },
+    /// Exact name, or `*.suffix` for every name under the suffix.
+    Name(String),
+}
+
+impl AddressRule {
+    pub fn parse(text: &str) -> Result<AddressRule, String> {
+        let err = |why: &str| format!("invalid address rule {text:?}: {why}");
+        let (proto, rest) = if let Some(r) = text.strip_prefix("tcp://") {
+            (Some(Proto::Tcp), r)
+        } else if let Some(r) = text.strip_prefix("udp://") {
+            (Some(Proto::Udp), r)
+        } else if text.contains("://") {
+            return Err(err("the protocol must be tcp:// or udp://"));
+        } else {
+            (None, text)
+        };
+        // Split a trailing :port. IPv6 addresses are written in brackets when a port follows.
+        let (addr, port) = if let Some(inner) = rest.strip_prefix('[') {
+            let close = inner.find(']').ok_or_else(|| err("missing ']'"))?;
+            let after = &inner[close + 1..];
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err(err("unexpected text after ']'")),
+            };
+            (&inner[..close], port)
+        } else if rest.matches(':').count() > 1 {
+            (rest, None) // a bare IPv6 address or subnet
+        } else {
+            match rest.rsplit_once(':') {
+                Some((a, p)) => (a, Some(p)),
+                None => (rest, None),
+            }
+        };
+        let port = match port {
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .map_err(|_| err("the port must be 0-65535"))?,
+            ),
+            None => None,
+        };
+        let address = if addr.is_empty() {
+            if port.is_none() {
+                return Err(err("give an address, a subnet, a name or a :port"));
+            }
+            RuleAddress::Any
+        } else if let Some((base, prefix)) = addr.split_once('/') {
+            let base: IpAddr = base
+                .parse()
+                .map_err(|_| err("the subnet base is not an IP address"))?;
+            let max = if base.is_ipv4() { 32 } else { 128 };
+            let prefix: u8 = prefix
+                .parse()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| err("the subnet prefix length is out of range"))?;
+            RuleAddress::Subnet { base, prefix }
+        } else if let Ok(ip) = addr.parse::<IpAddr>() {
+            RuleAddress::Ip(ip)
+        } else if valid_hostname(addr) {
+            RuleAddress::Name(addr.to_ascii_lowercase())
+        } else {
+            return Err(err("not an IP address, subnet or host name"));
+        };
+        Ok(AddressRule {
+            text: text.to_owned(),
+            proto,
+            address,
+            port,
+        })
+    }
+
+    /// Whether a connection to `ip:port` over `proto` (resolved from `hostname`) matches.
+    pub fn matches(&self, proto: Proto, ip: IpAddr, port: u16, hostname: Option<&str>) -> bool {
+        if self.proto.is_some_and(|p| p != proto) || self.port.is_some_and(|p| p != port) {
+            return false;
+        }
+        match &self.address {
+            RuleAddress::Any => true,
+            RuleAddress::Ip(a) => canonical_ip(*a) == canonical_ip(ip),
+            RuleAddress::Subnet { base, prefix } => in_subnet(ip, *base, *prefix),
+            RuleAddress::Name(n) => hostname.is_some_and(|h| name_matches(n, h)),
+        }
+    }
+
+    /// Whether a lookup of `name` (for a connection to `port`, 0 if unknown) matches.
+    pub fn matches_name(&self, name: &str, port: u16) -> bool {
+        if port != 0 && self.port.is_some_and(|p| p != port) {
+            return false;
+        }
+        match &self.address {
+            RuleAddress::Any => true,
+            RuleAddress::Name(n) => name_matches(n, name),
+            RuleAddress::Ip(_) | RuleAddress::Subnet { .. } => false,
+        }
+    }
+}
+
+fn name_matches(rule: &str, name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    match rule.strip_prefix("*.") {
+        Some(suffix) => {
+            name.len() > suffix.len()
+                && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+        }
+        None => name.eq_ignore_ascii_case(rule),
+    }
+}
+
+fn valid_hostname(s: &str) -> bool {
+    let s = s.strip_prefix("*.").unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+/// IPv4-mapped IPv6 addresses compare equal to their IPv4 form.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn in_subnet(ip: IpAddr, base: IpAddr, prefix: u8) -> bool {
+    match (canonical_ip(ip), canonical_ip(base)) {
+        (IpAddr::V4(ip), IpAddr::V4(base)) => {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix as u32)
+            };
+            u32::from(ip) & mask == u32::from(base) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(base)) => {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix as u32)
+            };
+            u128::from(ip) & mask == u128::from(base) & mask
+        }
+        _ => false,
+    }
+}
+
+impl Serialize for AddressRule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for AddressRule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        AddressRule::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+/// `agent`: how the agent is run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Kubernetes namespace the agent pod is created in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Agent container image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Seconds the agent stays alive with no client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
+    /// Run the agent as an ephemeral container of the target pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral: Option<bool>,
+    /// Agent log level (a tracing filter such as `info` or `mirrord_agent=debug`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Seconds to wait for the agent to become ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_timeout: Option<u32>,
+}

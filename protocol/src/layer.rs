@@ -1,0 +1,82 @@
+//! Messages between the layer (inside the program) and the server's session proxy.
+//!
+//! Control channel (`MIRRORD_PROXY_ADDR`, a unix socket): [`LayerHello::Control`] →
+//! [`ServerHello`], then strict request/response: [`LayerRequest`] → [`ServerResponse`]. The
+//! channel stays open for the life of the process, which is how the session knows which processes
+//! belong to it.
+//!
+//! Data connection (one per outgoing TCP flow, to an address from [`ServerHello::Welcome`]):
+//! [`LayerHello::Tcp`] → [`ConnectReply`], then raw bytes in both directions.
+
+use crate::net::{ConnectReply, Family, ResolveResult, UdpOpenReply};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LayerHello {
+    Control {
+        version: u32,
+        token: String,
+        pid: u32,
+        /// The program's executable name, for the user to recognise it.
+        executable: String,
+    },
+    Tcp {
+        version: u32,
+        token: String,
+        pid: u32,
+        /// The address the program asked for.
+        remote: SocketAddr,
+        /// The name the program resolved to get `remote`, if it came from a lookup.
+        hostname: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerHello {
+    Welcome {
+        version: u32,
+        /// Loopback listeners for data connections: one per address family available.
+        data_addrs: Vec<SocketAddr>,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// Reply on a data connection: the connect result, or a refusal of the hello itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataReply {
+    Connect(ConnectReply),
+    Refused { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LayerRequest {
+    Resolve {
+        name: String,
+        family: Family,
+    },
+    /// Open a UDP flow to `remote` through the pod. `dns` marks a datagram flow to port 53 that
+    /// goes to the pod's own nameserver whatever the program addressed.
+    UdpOpen {
+        remote: SocketAddr,
+        dns: bool,
+    },
+    /// The program closed the socket that used this relay.
+    UdpClose {
+        relay: SocketAddr,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerResponse {
+    Resolved(ResolveResult),
+    /// The loopback address to send the flow's datagrams to, and the reply from the pod.
+    UdpOpened {
+        relay: Option<SocketAddr>,
+        reply: UdpOpenReply,
+    },
+    Done,
+    Error(String),
+}

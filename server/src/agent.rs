@@ -1,0 +1,251 @@
+//! The agent, seen from the server: starting it for a local target, opening channels to it, and
+//! the multiplexed control channel.
+
+use anyhow::{anyhow, bail, Context, Result};
+use mirrord_protocol::agent::{
+    AgentChannel, AgentHello, AgentMessage, AgentRequest, AgentResponse, AgentWelcome,
+    ControlRequest,
+};
+use mirrord_protocol::codec::{read_frame_async, write_frame_async};
+use mirrord_protocol::config::TargetPath;
+use mirrord_protocol::PROTOCOL_VERSION;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long the agent may take to report ready.
+pub const AGENT_START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Opens authenticated channels to one agent. This is the transport seam: a unix socket for
+/// agents on this machine; a Kubernetes port-forward would be another variant.
+#[derive(Clone, Debug)]
+pub enum AgentConnector {
+    Unix { path: PathBuf, token: String },
+}
+
+impl AgentConnector {
+    /// A new connection to the agent, past the hello.
+    pub async fn open(&self, channel: AgentChannel) -> Result<UnixStream> {
+        match self {
+            AgentConnector::Unix { path, token } => {
+                let mut stream = UnixStream::connect(path)
+                    .await
+                    .with_context(|| format!("the agent is unreachable at {}", path.display()))?;
+                let hello = AgentHello {
+                    version: PROTOCOL_VERSION,
+                    token: token.clone(),
+                    channel,
+                };
+                write_frame_async(&mut stream, &hello).await?;
+                match read_frame_async::<AgentWelcome, _>(&mut stream).await {
+                    Ok(AgentWelcome::Welcome { .. }) => Ok(stream),
+                    Ok(AgentWelcome::Refused { reason }) => bail!("the agent refused us: {reason}"),
+                    Err(e) => Err(anyhow!("the agent closed the connection: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// A running agent process on this machine.
+pub struct AgentProcess {
+    child: Child,
+    /// Held open: the agent exits when it reads end-of-file, so it never outlives the server.
+    _lifeline: ChildStdin,
+    pub pid: u32,
+    pub socket: PathBuf,
+    /// Last lines the agent wrote to stderr, for error messages.
+    stderr_tail: Arc<Mutex<Vec<String>>>,
+}
+
+impl AgentProcess {
+    /// Starts `mirrord-agent` for a local target and waits for its ready line.
+    pub async fn spawn(
+        agent_bin: &Path,
+        target: &TargetPath,
+        socket: PathBuf,
+        token: &str,
+    ) -> Result<AgentProcess> {
+        match target {
+            TargetPath::Pid(_) | TargetPath::Netns(_) => {}
+            other => bail!(
+                "target {other} needs a Kubernetes cluster connection, which this build does not \
+                 have; use pid/PID or netns/NAME"
+            ),
+        }
+        let mut child = Command::new(agent_bin)
+            .arg("--target")
+            .arg(target.to_string())
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--exit-on-stdin-eof")
+            .env(crate::session::AGENT_TOKEN_ENV, token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting the agent {}", agent_bin.display()))?;
+        let pid = child.id().context("the agent exited at once")?;
+        // Spawned with piped stdio just above, so all three are present.
+        let lifeline = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let stderr_tail = Arc::new(Mutex::new(Vec::new()));
+        let tail = stderr_tail.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(target: "mirrord_agent", "{line}");
+                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if t.len() >= 20 {
+                    t.remove(0);
+                }
+                t.push(line);
+            }
+        });
+        let mut stdout = BufReader::new(stdout);
+        let mut line = String::new();
+        let ready = tokio::time::timeout(AGENT_START_TIMEOUT, stdout.read_line(&mut line)).await;
+        let mut agent = AgentProcess {
+            child,
+            _lifeline: lifeline,
+            pid,
+            socket,
+            stderr_tail,
+        };
+        match ready {
+            Ok(Ok(n)) if n > 0 && line.contains("ready") => {
+                // Keep draining stdout so the agent never blocks on a full pipe.
+                tokio::spawn(async move {
+                    let mut sink = Vec::new();
+                    let _ = stdout.read_to_end(&mut sink).await;
+                });
+                Ok(agent)
+            }
+            Ok(_) => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), agent.child.wait()).await;
+                // Give the stderr reader a moment to collect the last words.
+                tokio::task::yield_now().await;
+                bail!("the agent failed to start: {}", agent.last_words().await)
+            }
+            Err(_) => bail!(
+                "the agent did not become ready within {}s: {}",
+                AGENT_START_TIMEOUT.as_secs(),
+                agent.last_words().await
+            ),
+        }
+    }
+
+    /// The agent's last stderr lines, for the user.
+    pub async fn last_words(&self) -> String {
+        // The stderr task may still be reading the final lines of an exiting agent.
+        for _ in 0..20 {
+            if !self
+                .stderr_tail
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let t = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        if t.is_empty() {
+            "it printed nothing".into()
+        } else {
+            t.join("\n")
+        }
+    }
+
+    /// Ends the agent and waits for it.
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Resolves when the agent process exits.
+    pub async fn wait_exit(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
+    }
+}
+
+/// Answer slots by request id; `None` once the channel is closed, so that no caller can wait on
+/// a channel that will never answer.
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<AgentResponse>>>>>;
+
+/// The control channel to the agent. Requests from many layer connections share it; answers are
+/// matched by id.
+#[derive(Clone)]
+pub struct AgentControl {
+    /// callers --(request, answer slot)--> channel writer task
+    request_tx: mpsc::Sender<(AgentRequest, oneshot::Sender<AgentResponse>)>,
+}
+
+impl AgentControl {
+    pub async fn open(connector: &AgentConnector) -> Result<AgentControl> {
+        let stream = connector.open(AgentChannel::Control).await?;
+        let (mut reader, mut writer) = stream.into_split();
+        let (request_tx, mut request_rx) =
+            mpsc::channel::<(AgentRequest, oneshot::Sender<AgentResponse>)>(256);
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let pending_w = pending.clone();
+        tokio::spawn(async move {
+            let mut next_id = 1u64;
+            while let Some((body, answer_tx)) = request_rx.recv().await {
+                let id = next_id;
+                next_id += 1;
+                match pending_w.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    Some(map) => map.insert(id, answer_tx),
+                    None => break, // closed: dropping answer_tx tells the caller
+                };
+                if write_frame_async(&mut writer, &ControlRequest { id, body })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                match read_frame_async::<AgentMessage, _>(&mut reader).await {
+                    Ok(AgentMessage::Response { id, body }) => {
+                        let slot = pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .as_mut()
+                            .and_then(|m| m.remove(&id));
+                        if let Some(tx) = slot {
+                            let _ = tx.send(body);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("agent control channel closed: {e}");
+                        break;
+                    }
+                }
+            }
+            // Dropping the senders wakes every waiting caller with an error.
+            pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+        });
+        Ok(AgentControl { request_tx })
+    }
+
+    pub async fn request(&self, body: AgentRequest) -> Result<AgentResponse> {
+        let (answer_tx, answer_rx) = oneshot::channel();
+        self.request_tx
+            .send((body, answer_tx))
+            .await
+            .map_err(|_| anyhow!("the agent is gone"))?;
+        answer_rx.await.map_err(|_| anyhow!("the agent is gone"))
+    }
+}

@@ -1,0 +1,60 @@
+//! `mirrord exec`: a session around one command.
+
+use crate::session::{Session, SessionOptions};
+use anyhow::{Context, Result};
+use std::os::unix::process::ExitStatusExt;
+
+/// Runs `command` in a new session and returns the exit code to leave with (the command's, or
+/// 128+signal like a shell).
+pub async fn exec(opts: SessionOptions, command: &[String]) -> Result<i32> {
+    let (program, args) = command.split_first().context("no command given")?;
+    let mut session = Session::start(opts).await?;
+    let env = session.launch_env(std::env::var("LD_PRELOAD").ok().as_deref());
+    let mut child = match tokio::process::Command::new(program)
+        .args(args)
+        .envs(env)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            session.stop().await;
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            eprintln!("mirrord: cannot run {program}: {e}");
+            return Ok(code);
+        }
+    };
+    // The terminal delivers Ctrl-C to the whole foreground group, the command included; the CLI
+    // itself waits for the command to finish rather than dying first.
+    let interrupts = tokio::spawn(async {
+        let mut sigint =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+        loop {
+            match sigint.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    });
+    let status = tokio::select! {
+        s = child.wait() => s.context("waiting for the command")?,
+        agent_exit = session.agent.wait_exit() => {
+            let why = match agent_exit {
+                Ok(s) => format!("the agent exited ({s})"),
+                Err(e) => format!("the agent is gone ({e})"),
+            };
+            eprintln!("mirrord: {why}; the command can no longer reach the target");
+            child.wait().await.context("waiting for the command")?
+        }
+    };
+    interrupts.abort();
+    session.stop().await;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}

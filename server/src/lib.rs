@@ -1,0 +1,13 @@
+//! mirrord-server: the session engine, shared by the CLI (`mirrord`) and the IDE daemon
+//! (`mirrord-server`).
+//!
+//! A session owns one agent (spawned for the target, reached through [`agent::AgentConnector`])
+//! and one layer proxy: the unix control socket whose path goes to the program as
+//! `MIRRORD_PROXY_ADDR`, and loopback TCP listeners that carry each outgoing TCP flow.
+
+pub mod agent;
+pub mod config_file;
+pub mod exec;
+pub mod paths;
+pub mod proxy;
+pub mod session;

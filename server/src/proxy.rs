@@ -1,0 +1,351 @@
+//! The layer proxy: what processes of a session connect to.
+//!
+//! - the control socket (unix, 0600): one channel per process for lookups and UDP relays;
+//! - data listeners (TCP on 127.0.0.1 and ::1): one connection per outgoing TCP flow, which after
+//!   its hello is spliced to a TCP channel of the agent.
+
+use crate::agent::{AgentConnector, AgentControl};
+use anyhow::{Context, Result};
+use mirrord_protocol::agent::{AgentChannel, AgentRequest, AgentResponse, Datagram};
+use mirrord_protocol::codec::{read_frame_async, write_frame_async};
+use mirrord_protocol::layer::{DataReply, LayerHello, LayerRequest, ServerHello, ServerResponse};
+use mirrord_protocol::net::{ConnectReply, ResolveError, UdpOpenReply};
+use mirrord_protocol::{version_compatible, PROTOCOL_VERSION};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+
+/// A peer has this long to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Relay buffer per direction of a TCP flow.
+const RELAY_BUFFER: usize = 256 * 1024;
+/// A UDP relay with no datagram either way for this long is closed.
+const UDP_IDLE: Duration = Duration::from_secs(120);
+
+/// What the proxy's handlers share.
+pub struct ProxyShared {
+    pub token: String,
+    pub connector: AgentConnector,
+    pub control: AgentControl,
+}
+
+pub struct LayerProxy {
+    pub control_path: PathBuf,
+    pub data_addrs: Vec<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for LayerProxy {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&self.control_path);
+    }
+}
+
+fn token_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+impl LayerProxy {
+    pub async fn start(control_path: PathBuf, shared: Arc<ProxyShared>) -> Result<LayerProxy> {
+        let _ = std::fs::remove_file(&control_path);
+        let control = UnixListener::bind(&control_path)
+            .with_context(|| format!("binding {}", control_path.display()))?;
+        // The runtime dir is 0700 already; the socket itself is 0600 as well.
+        std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))?;
+
+        let mut tasks = Vec::new();
+        let mut data_addrs = Vec::new();
+        let v4 = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("binding the loopback data listener")?;
+        data_addrs.push(v4.local_addr()?);
+        tasks.push(tokio::spawn(accept_data(v4, shared.clone())));
+        // IPv6 loopback may be absent (disabled IPv6); IPv6 sockets then use v4-mapped addresses.
+        if let Ok(v6) = TcpListener::bind(("::1", 0)).await {
+            data_addrs.push(v6.local_addr()?);
+            tasks.push(tokio::spawn(accept_data(v6, shared.clone())));
+        }
+        let welcome_addrs = data_addrs.clone();
+        tasks.push(tokio::spawn(accept_control(control, shared, welcome_addrs)));
+        Ok(LayerProxy {
+            control_path,
+            data_addrs,
+            tasks,
+        })
+    }
+}
+
+async fn accept_control(
+    listener: UnixListener,
+    shared: Arc<ProxyShared>,
+    data_addrs: Vec<SocketAddr>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                let data_addrs = data_addrs.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = control_channel(stream, shared, data_addrs).await {
+                        tracing::debug!("layer control channel ended: {e:#}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accept on the control socket failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn accept_data(listener: TcpListener, shared: Arc<ProxyShared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = data_connection(stream, shared).await {
+                        tracing::debug!("data connection ended: {e:#}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accept on a data listener failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn control_channel(
+    mut stream: UnixStream,
+    shared: Arc<ProxyShared>,
+    data_addrs: Vec<SocketAddr>,
+) -> Result<()> {
+    let hello: LayerHello = tokio::time::timeout(HELLO_TIMEOUT, read_frame_async(&mut stream))
+        .await
+        .context("no hello in time")??;
+    let (pid, executable) = match hello {
+        LayerHello::Control {
+            version,
+            token,
+            pid,
+            executable,
+        } => {
+            if let Some(reason) = refusal(version, &token, &shared.token) {
+                write_frame_async(&mut stream, &ServerHello::Refused { reason }).await?;
+                return Ok(());
+            }
+            (pid, executable)
+        }
+        LayerHello::Tcp { .. } => {
+            let reason = "a data hello on the control socket".to_owned();
+            write_frame_async(&mut stream, &ServerHello::Refused { reason }).await?;
+            return Ok(());
+        }
+    };
+    tracing::info!(pid, %executable, "process joined the session");
+    write_frame_async(
+        &mut stream,
+        &ServerHello::Welcome {
+            version: PROTOCOL_VERSION,
+            data_addrs,
+        },
+    )
+    .await?;
+    // This process's UDP relays, by relay address; dropped (and so stopped) with the channel.
+    let mut relays: HashMap<SocketAddr, RelayTask> = HashMap::new();
+    let result = loop {
+        let request: LayerRequest = match read_frame_async(&mut stream).await {
+            Ok(r) => r,
+            Err(e) if e.is_closed() => break Ok(()),
+            Err(e) => break Err(e.into()),
+        };
+        let response = match request {
+            LayerRequest::Resolve { name, family } => {
+                let result = match shared
+                    .control
+                    .request(AgentRequest::Resolve { name, family })
+                    .await
+                {
+                    Ok(AgentResponse::Resolved(r)) => r,
+                    Ok(other) => Err(ResolveError::Failed(format!(
+                        "unexpected agent answer {other:?}"
+                    ))),
+                    Err(e) => Err(ResolveError::Temporary(e.to_string())),
+                };
+                ServerResponse::Resolved(result)
+            }
+            LayerRequest::UdpOpen { remote, dns } => {
+                match open_udp_relay(&shared, remote, dns).await {
+                    Ok((relay_addr, reply, task)) => {
+                        if let Some(task) = task {
+                            relays.insert(relay_addr, task);
+                        }
+                        ServerResponse::UdpOpened {
+                            relay: Some(relay_addr),
+                            reply,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%remote, "UDP relay failed: {e:#}");
+                        ServerResponse::UdpOpened {
+                            relay: None,
+                            reply: UdpOpenReply::Failed {
+                                errno: libc::ENETUNREACH,
+                            },
+                        }
+                    }
+                }
+            }
+            LayerRequest::UdpClose { relay } => {
+                relays.remove(&relay);
+                ServerResponse::Done
+            }
+        };
+        write_frame_async(&mut stream, &response).await?;
+    };
+    tracing::info!(pid, %executable, "process left the session");
+    result
+}
+
+fn refusal(version: u32, token: &str, expected: &str) -> Option<String> {
+    if !version_compatible(version) {
+        Some(format!(
+            "protocol version {version} is not supported (server speaks {PROTOCOL_VERSION})"
+        ))
+    } else if !token_eq(token, expected) {
+        Some("invalid session token".into())
+    } else {
+        None
+    }
+}
+
+async fn data_connection(mut stream: TcpStream, shared: Arc<ProxyShared>) -> Result<()> {
+    let hello: LayerHello = tokio::time::timeout(HELLO_TIMEOUT, read_frame_async(&mut stream))
+        .await
+        .context("no hello in time")??;
+    let LayerHello::Tcp {
+        version,
+        token,
+        remote,
+        hostname,
+        pid,
+    } = hello
+    else {
+        let reason = "a control hello on a data listener".to_owned();
+        write_frame_async(&mut stream, &DataReply::Refused { reason }).await?;
+        return Ok(());
+    };
+    if let Some(reason) = refusal(version, &token, &shared.token) {
+        write_frame_async(&mut stream, &DataReply::Refused { reason }).await?;
+        return Ok(());
+    }
+    let _ = stream.set_nodelay(true);
+    let (mut agent, reply) = match shared.connector.open(AgentChannel::Tcp { remote }).await {
+        Ok(mut agent) => match read_frame_async::<ConnectReply, _>(&mut agent).await {
+            Ok(reply) => (Some(agent), reply),
+            Err(e) => {
+                tracing::warn!(%remote, "agent dropped a connect: {e}");
+                (
+                    None,
+                    ConnectReply::Failed {
+                        errno: libc::ENETUNREACH,
+                    },
+                )
+            }
+        },
+        Err(e) => {
+            tracing::warn!(%remote, "cannot reach the agent: {e:#}");
+            (
+                None,
+                ConnectReply::Failed {
+                    errno: libc::ENETUNREACH,
+                },
+            )
+        }
+    };
+    tracing::debug!(pid, %remote, ?hostname, ?reply, "outgoing connection");
+    write_frame_async(&mut stream, &DataReply::Connect(reply)).await?;
+    if let (ConnectReply::Connected { .. }, Some(agent)) = (reply, agent.as_mut()) {
+        splice(&mut stream, agent).await;
+    }
+    Ok(())
+}
+
+/// Copies both directions until both are finished, passing each half-close on.
+async fn splice<A, B>(a: &mut A, b: &mut B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER).await;
+}
+
+/// A running UDP relay; dropping it stops the relay.
+struct RelayTask(JoinHandle<()>);
+
+impl Drop for RelayTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Binds a loopback UDP socket and connects it, through the agent, to `remote` in the pod.
+async fn open_udp_relay(
+    shared: &ProxyShared,
+    remote: SocketAddr,
+    dns: bool,
+) -> Result<(SocketAddr, UdpOpenReply, Option<RelayTask>)> {
+    let socket = UdpSocket::bind(("127.0.0.1", 0)).await?;
+    let relay_addr = socket.local_addr()?;
+    let mut agent = shared
+        .connector
+        .open(AgentChannel::Udp { remote, dns })
+        .await?;
+    let reply: UdpOpenReply = read_frame_async(&mut agent).await?;
+    if let UdpOpenReply::Failed { .. } = reply {
+        return Ok((relay_addr, reply, None));
+    }
+    let task = tokio::spawn(async move {
+        let (mut agent_rx, mut agent_tx) = agent.into_split();
+        let mut buf = vec![0u8; 65536];
+        // The program's socket, learnt from its first datagram; others are ignored so no other
+        // local process can inject into the flow.
+        let mut program: Option<SocketAddr> = None;
+        loop {
+            tokio::select! {
+                r = tokio::time::timeout(UDP_IDLE, socket.recv_from(&mut buf)) => {
+                    let Ok(Ok((n, from))) = r else { break };
+                    if *program.get_or_insert(from) != from {
+                        continue;
+                    }
+                    if write_frame_async(&mut agent_tx, &Datagram(buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+                r = read_frame_async::<Datagram, _>(&mut agent_rx) => {
+                    let Ok(Datagram(payload)) = r else { break };
+                    if let Some(to) = program {
+                        let _ = socket.send_to(&payload, to).await;
+                    }
+                }
+            }
+        }
+    });
+    Ok((relay_addr, reply, Some(RelayTask(task))))
+}

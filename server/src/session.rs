@@ -1,0 +1,99 @@
+//! A session: one target, one agent, one layer proxy, and the environment that makes a program
+//! join it.
+
+use crate::agent::{AgentConnector, AgentControl, AgentProcess};
+use crate::proxy::{LayerProxy, ProxyShared};
+use anyhow::{Context, Result};
+use mirrord_protocol::config::{MirrordConfig, TargetPath};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Environment variable carrying the agent's token (read and removed by the agent at start).
+pub const AGENT_TOKEN_ENV: &str = "MIRRORD_AGENT_TOKEN";
+
+pub struct SessionOptions {
+    pub config: MirrordConfig,
+    pub target: TargetPath,
+    pub agent_bin: PathBuf,
+    pub layer_path: PathBuf,
+    pub runtime_dir: PathBuf,
+}
+
+pub struct Session {
+    pub id: String,
+    token: String,
+    pub target: TargetPath,
+    pub agent: AgentProcess,
+    pub proxy: LayerProxy,
+    config_json: String,
+    layer_path: PathBuf,
+}
+
+/// 32 random bytes, hex: the session token.
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::getrandom(&mut buf).context("reading random bytes for a token")?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Session {
+    pub async fn start(opts: SessionOptions) -> Result<Session> {
+        let id = random_hex(8)?;
+        let token = random_hex(32)?;
+        let agent_socket = opts.runtime_dir.join(format!("{id}.agent.sock"));
+        let agent =
+            AgentProcess::spawn(&opts.agent_bin, &opts.target, agent_socket.clone(), &token)
+                .await?;
+        let connector = AgentConnector::Unix {
+            path: agent_socket,
+            token: token.clone(),
+        };
+        let control = AgentControl::open(&connector)
+            .await
+            .context("opening the agent's control channel")?;
+        let shared = Arc::new(ProxyShared {
+            token: token.clone(),
+            connector,
+            control,
+        });
+        let proxy = LayerProxy::start(opts.runtime_dir.join(format!("{id}.sock")), shared).await?;
+        let config_json =
+            serde_json::to_string(&opts.config).context("serialising the configuration")?;
+        tracing::info!(session = %id, target = %opts.target, agent_pid = agent.pid, "session started");
+        Ok(Session {
+            id,
+            token,
+            target: opts.target,
+            agent,
+            proxy,
+            config_json,
+            layer_path: opts.layer_path,
+        })
+    }
+
+    /// Environment that makes a program join this session. `LD_PRELOAD` keeps whatever the
+    /// caller's environment already preloads.
+    pub fn launch_env(&self, existing_preload: Option<&str>) -> Vec<(String, String)> {
+        let layer = self.layer_path.display().to_string();
+        let preload = match existing_preload.map(str::trim).filter(|p| !p.is_empty()) {
+            Some(p) if p.split([' ', ':']).any(|e| e == layer) => p.to_owned(),
+            Some(p) => format!("{p}:{layer}"),
+            None => layer,
+        };
+        vec![
+            ("LD_PRELOAD".into(), preload),
+            ("MIRRORD_SESSION".into(), self.id.clone()),
+            (
+                "MIRRORD_PROXY_ADDR".into(),
+                format!("unix:{}", self.proxy.control_path.display()),
+            ),
+            ("MIRRORD_SESSION_TOKEN".into(), self.token.clone()),
+            ("MIRRORD_CONFIG".into(), self.config_json.clone()),
+        ]
+    }
+
+    pub async fn stop(self) {
+        drop(self.proxy);
+        self.agent.stop().await;
+    }
+}

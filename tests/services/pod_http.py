@@ -1,0 +1,62 @@
+"""The target pod's HTTP service (simulated cluster).
+
+Answers every method on every path with `x-served-by: pod` and the body
+`pod: <METHOD> <PATH>\n`, after reading and discarding the request body. HTTP/1.1 with
+keep-alive. Each request is appended as `<METHOD> <PATH>` to --log (when given), so tests
+can see what reached the pod. Prints `ready` on stdout once the socket is bound.
+"""
+
+import argparse
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler
+
+from httpcommon import Server, read_body, send_text
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "pod/1"
+    log_file = None
+    log_lock = threading.Lock()
+
+    def log_message(self, format, *args):  # noqa: A002 - silence stderr access logs
+        pass
+
+    def _serve(self):
+        try:
+            read_body(self, limit=0)
+        except ValueError as e:
+            self.close_connection = True
+            send_text(self, 400, "pod", f"pod: bad request: {e}\n")
+            return
+        if Handler.log_file is not None:
+            with Handler.log_lock:
+                Handler.log_file.write(f"{self.command} {self.path}\n")
+                Handler.log_file.flush()
+        send_text(self, 200, "pod", f"pod: {self.command} {self.path}\n")
+
+    def __getattr__(self, name):
+        # BaseHTTPRequestHandler dispatches to do_<METHOD>: serve any method.
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, default=80)
+    p.add_argument("--log")
+    a = p.parse_args()
+    if a.log:
+        Handler.log_file = open(a.log, "a", encoding="utf-8")
+    server = Server(("0.0.0.0", a.port), Handler)
+    print("ready", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
