@@ -229,7 +229,7 @@ impl AgentControl {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!("agent control channel closed: {e}");
+                        tracing::debug!("agent control channel closed: {e}");
                         break;
                     }
                 }
