@@ -17,6 +17,26 @@ pub struct PodResolver {
     v6: TokioAsyncResolver,
     /// Lower-cased name → addresses, from the target's `/etc/hosts`.
     hosts: HashMap<String, Vec<IpAddr>>,
+    /// The target's search list (without trailing dots) and `ndots`. The agent walks the search
+    /// candidates itself, as glibc's `res_search` does, so that it can tell "no such name" from
+    /// "no address of this family" and so that the A and AAAA answers of one lookup come from
+    /// the same candidate.
+    search: Vec<String>,
+    ndots: usize,
+}
+
+/// Why one candidate name gave no address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Miss {
+    /// NXDOMAIN.
+    NoName,
+    /// The name exists, without a record of the wanted family.
+    NoData,
+    /// The nameserver answered with an error (SERVFAIL, REFUSED): glibc tries the next
+    /// candidate.
+    ServerError(String),
+    /// No answer at all (timeout, unreachable): glibc stops the walk.
+    NoAnswer(String),
 }
 
 impl PodResolver {
@@ -30,20 +50,42 @@ impl PodResolver {
         // program while still surviving one lost datagram.
         opts.timeout = opts.timeout.min(Duration::from_secs(2));
         opts.attempts = opts.attempts.clamp(1, 2);
+        let ndots = opts.ndots;
+        // `domain` is the search list when there is no `search` line (resolv.conf(5)).
+        let search: Vec<String> = if config.search().is_empty() {
+            config.domain().into_iter().cloned().collect::<Vec<_>>()
+        } else {
+            config.search().to_vec()
+        }
+        .iter()
+        .map(|n| n.to_utf8().trim_end_matches('.').to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+        // The resolvers only ever get fully qualified candidates.
+        let servers = hickory_resolver::config::ResolverConfig::from_parts(
+            None,
+            Vec::new(),
+            config.name_servers().to_vec(),
+        );
         let mut v4_opts = opts.clone();
         v4_opts.ip_strategy = LookupIpStrategy::Ipv4Only;
         let mut v6_opts = opts;
         v6_opts.ip_strategy = LookupIpStrategy::Ipv6Only;
         Ok(PodResolver {
-            v4: TokioAsyncResolver::tokio(config.clone(), v4_opts),
-            v6: TokioAsyncResolver::tokio(config, v6_opts),
+            v4: TokioAsyncResolver::tokio(servers.clone(), v4_opts),
+            v6: TokioAsyncResolver::tokio(servers, v6_opts),
             hosts: parse_hosts(&files.hosts),
+            search,
+            ndots,
         })
     }
 
     pub async fn resolve(&self, name: &str, family: Family) -> ResolveResult {
+        let absolute = name.ends_with('.');
         let name = name.trim_end_matches('.');
-        if name.is_empty() || name.len() > 253 {
+        // What no nameserver could answer (empty labels, labels over 63 bytes, ...) is a name
+        // that does not exist, as for glibc.
+        if name.is_empty() || name.len() > 253 || hickory_resolver::Name::from_utf8(name).is_err() {
             return Err(ResolveError::NotFound);
         }
         if let Some(addrs) = self.hosts.get(&name.to_ascii_lowercase()) {
@@ -59,15 +101,76 @@ impl PodResolver {
                 });
             }
         }
-        match family {
-            Family::V4 => lookup(&self.v4, name).await,
-            Family::V6 => lookup(&self.v6, name).await,
-            Family::Any => {
-                let (a, aaaa) = tokio::join!(lookup(&self.v4, name), lookup(&self.v6, name));
-                merge(a, aaaa)
+        let candidates = search_candidates(name, absolute, &self.search, self.ndots);
+        let as_is_first = candidates.first().is_some_and(|c| c == name);
+        let mut first_miss = None;
+        let mut nodata = false;
+        let mut server_error = None;
+        let mut last = Miss::NoName;
+        for (i, candidate) in candidates.iter().enumerate() {
+            let fqdn = format!("{candidate}.");
+            let miss = match family {
+                Family::V4 => lookup(&self.v4, &fqdn).await,
+                Family::V6 => lookup(&self.v6, &fqdn).await,
+                Family::Any => {
+                    let (a, aaaa) = tokio::join!(lookup(&self.v4, &fqdn), lookup(&self.v6, &fqdn));
+                    merge(a, aaaa)
+                }
+            };
+            let miss = match miss {
+                Ok(found) => return Ok(found),
+                Err(m) => m,
+            };
+            tracing::debug!(candidate, ?miss, "no address");
+            if i == 0 && as_is_first {
+                first_miss = Some(miss.clone());
             }
+            match &miss {
+                Miss::NoData => nodata = true,
+                Miss::ServerError(e) => server_error = Some(e.clone()),
+                Miss::NoAnswer(_) => {
+                    last = miss;
+                    break;
+                }
+                Miss::NoName => {}
+            }
+            last = miss;
         }
+        // glibc's precedence: the error of a name tried as is first, then "exists without
+        // this family", then a server error, then the last answer.
+        let miss = match (first_miss, nodata, server_error) {
+            (Some(m), _, _) => m,
+            (None, true, _) => Miss::NoData,
+            (None, false, Some(e)) => Miss::ServerError(e),
+            (None, false, None) => last,
+        };
+        Err(match miss {
+            Miss::NoName => ResolveError::NotFound,
+            Miss::NoData => ResolveError::NoData,
+            Miss::ServerError(e) | Miss::NoAnswer(e) => ResolveError::Temporary(e),
+        })
     }
+}
+
+/// The names glibc's `res_search` tries for `name`, in order: as is first when it has at least
+/// `ndots` dots, then with each search domain, then as is (unless tried already). A name written
+/// with a trailing dot is only tried as is.
+fn search_candidates(name: &str, absolute: bool, search: &[String], ndots: usize) -> Vec<String> {
+    if absolute {
+        return vec![name.to_owned()];
+    }
+    let dots = name.matches('.').count();
+    let mut out = Vec::with_capacity(search.len() + 1);
+    if dots >= ndots {
+        out.push(name.to_owned());
+    }
+    for domain in search {
+        out.push(format!("{name}.{domain}"));
+    }
+    if dots < ndots {
+        out.push(name.to_owned());
+    }
+    out
 }
 
 fn family_matches(family: Family, a: &IpAddr) -> bool {
@@ -78,21 +181,24 @@ fn family_matches(family: Family, a: &IpAddr) -> bool {
     }
 }
 
-async fn lookup(resolver: &TokioAsyncResolver, name: &str) -> ResolveResult {
-    match resolver.lookup_ip(name).await {
+/// Looks up one fully qualified name (no search list).
+async fn lookup(resolver: &TokioAsyncResolver, fqdn: &str) -> Result<Resolved, Miss> {
+    match resolver.lookup_ip(fqdn).await {
         Ok(lookup) => {
             let addresses: Vec<IpAddr> = lookup.iter().collect();
             if addresses.is_empty() {
-                return Err(ResolveError::NotFound);
+                return Err(Miss::NoData);
             }
-            let canonical_name = lookup
-                .query()
-                .name()
-                .to_utf8()
-                .trim_end_matches('.')
-                .to_owned();
+            // The owner of the address records: the end of a CNAME chain, like glibc's
+            // canonical name.
+            let owner = lookup
+                .as_lookup()
+                .record_iter()
+                .find(|r| r.data().is_some_and(|d| d.ip_addr().is_some()))
+                .map(|r| r.name().clone())
+                .unwrap_or_else(|| lookup.query().name().clone());
             Ok(Resolved {
-                canonical_name,
+                canonical_name: owner.to_utf8().trim_end_matches('.').to_owned(),
                 addresses,
             })
         }
@@ -100,31 +206,31 @@ async fn lookup(resolver: &TokioAsyncResolver, name: &str) -> ResolveResult {
     }
 }
 
-/// Both families asked: an answer from either is an answer; "not found" only if neither has one.
-fn merge(a: ResolveResult, b: ResolveResult) -> ResolveResult {
+/// Both families asked for one candidate: an answer from either is an answer.
+fn merge(a: Result<Resolved, Miss>, b: Result<Resolved, Miss>) -> Result<Resolved, Miss> {
     match (a, b) {
         (Ok(mut a), Ok(b)) => {
             a.addresses.extend(b.addresses);
             Ok(a)
         }
         (Ok(a), Err(_)) | (Err(_), Ok(a)) => Ok(a),
-        // One family says "no such name" while the other could not ask: glibc reports the name
-        // as missing, and so do we.
-        (Err(ResolveError::NotFound), Err(_)) | (Err(_), Err(ResolveError::NotFound)) => {
-            Err(ResolveError::NotFound)
-        }
-        (Err(e), Err(_)) => Err(e),
+        // One family says "no such name": the name is missing whatever the other says.
+        (Err(Miss::NoName), Err(_)) | (Err(_), Err(Miss::NoName)) => Err(Miss::NoName),
+        (Err(Miss::NoData), Err(Miss::NoData)) => Err(Miss::NoData),
+        (Err(e @ (Miss::ServerError(_) | Miss::NoAnswer(_))), Err(_)) => Err(e),
+        (Err(_), Err(e)) => Err(e),
     }
 }
 
-fn map_error(e: HickoryError) -> ResolveError {
+fn map_error(e: HickoryError) -> Miss {
     match e.kind() {
         ResolveErrorKind::NoRecordsFound { response_code, .. } => match *response_code {
-            ResponseCode::NXDomain | ResponseCode::NoError => ResolveError::NotFound,
-            code => ResolveError::Temporary(format!("nameserver answered {code}")),
+            ResponseCode::NXDomain => Miss::NoName,
+            ResponseCode::NoError => Miss::NoData,
+            code => Miss::ServerError(format!("nameserver answered {code}")),
         },
-        ResolveErrorKind::Timeout => ResolveError::Temporary("timed out".into()),
-        _ => ResolveError::Temporary(e.to_string()),
+        ResolveErrorKind::Timeout => Miss::NoAnswer("timed out".into()),
+        _ => Miss::NoAnswer(e.to_string()),
     }
 }
 
@@ -166,17 +272,35 @@ mod tests {
             canonical_name: "a".into(),
             addresses: vec!["10.0.0.1".parse().unwrap()],
         });
-        assert!(merge(ok.clone(), Err(ResolveError::NotFound)).is_ok());
+        assert!(merge(ok.clone(), Err(Miss::NoData)).is_ok());
         assert_eq!(
-            merge(Err(ResolveError::NotFound), Err(ResolveError::NotFound)),
-            Err(ResolveError::NotFound)
+            merge(Err(Miss::NoData), Err(Miss::NoName)),
+            Err(Miss::NoName)
+        );
+        assert_eq!(
+            merge(Err(Miss::NoData), Err(Miss::NoData)),
+            Err(Miss::NoData)
         );
         assert!(matches!(
-            merge(
-                Err(ResolveError::Temporary("x".into())),
-                Err(ResolveError::Temporary("y".into()))
-            ),
-            Err(ResolveError::Temporary(_))
+            merge(Err(Miss::NoAnswer("x".into())), Err(Miss::NoData)),
+            Err(Miss::NoAnswer(_))
         ));
+    }
+
+    #[test]
+    fn search_candidates_follow_ndots() {
+        let search = vec![
+            "payments.svc.cluster.local".to_string(),
+            "cluster.local".to_string(),
+        ];
+        assert_eq!(
+            search_candidates("svc", false, &search, 5),
+            ["svc.payments.svc.cluster.local", "svc.cluster.local", "svc"]
+        );
+        assert_eq!(
+            search_candidates("a.b", false, &search, 1),
+            ["a.b", "a.b.payments.svc.cluster.local", "a.b.cluster.local"]
+        );
+        assert_eq!(search_candidates("a.b", true, &search, 5), ["a.b"]);
     }
 }

@@ -1,6 +1,7 @@
 //! The agent's socket: authentication of every connection, then one handler per channel.
 
 use crate::dns::PodResolver;
+use crate::incoming::{Client, IncomingState};
 use crate::outgoing;
 use anyhow::{Context, Result};
 use mirrord_protocol::agent::{
@@ -23,6 +24,9 @@ pub struct AgentState {
     pub resolver: PodResolver,
     /// The target's first nameserver: DNS datagrams of the program go there.
     pub nameserver: Option<SocketAddr>,
+    pub incoming: Arc<IncomingState>,
+    /// Ids for control channels (subscribers of incoming traffic).
+    pub next_client: std::sync::atomic::AtomicU64,
 }
 
 /// A peer has this long to send its hello; a silent peer must not hold a task forever.
@@ -119,6 +123,10 @@ async fn handle(mut stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
             };
             outgoing::udp(stream, remote).await
         }
+        AgentChannel::Incoming { id } => {
+            state.incoming.attach(id, stream);
+            Ok(())
+        }
     }
 }
 
@@ -136,6 +144,12 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
         }
     });
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let client = Client {
+        id: state
+            .next_client
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        message_tx: message_tx.clone(),
+    };
     let result = loop {
         let request: ControlRequest = match read_frame_async(&mut reader).await {
             Ok(r) => r,
@@ -150,10 +164,21 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
             .expect("semaphore never closed");
         let state = state.clone();
         let message_tx = message_tx.clone();
+        let client = client.clone();
         tokio::spawn(async move {
             let body = match request.body {
                 AgentRequest::Resolve { name, family } => {
                     AgentResponse::Resolved(state.resolver.resolve(&name, family).await)
+                }
+                AgentRequest::Subscribe { port, mode, filter } => {
+                    match state.incoming.subscribe(&client, port, mode, filter).await {
+                        Ok(()) => AgentResponse::Subscribed,
+                        Err(e) => AgentResponse::Error(format!("{e:#}")),
+                    }
+                }
+                AgentRequest::Unsubscribe { port } => {
+                    state.incoming.unsubscribe(client.id, port);
+                    AgentResponse::Unsubscribed
                 }
                 AgentRequest::Ping => AgentResponse::Pong,
             };
@@ -166,8 +191,10 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
             drop(permit);
         });
     };
-    drop(message_tx);
-    let _ = writer_task.await;
+    state.incoming.client_gone(client.id);
+    // Connections still being served hold copies of the event sender; nobody reads events of a
+    // closed channel, so the writer stops now rather than when they end.
+    writer_task.abort();
     result
 }
 

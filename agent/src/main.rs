@@ -7,9 +7,14 @@
 //! and every socket the agent opens lives in the target's namespace.
 
 mod dns;
+mod incoming;
 mod listener;
 mod outgoing;
 mod target;
+
+/// Port redirects and their guard live in the library (`src/lib.rs`), so tests and the
+/// `redirect-probe` tool share them; `crate::redirect` resolves through this import.
+use mirrord_agent::redirect;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -63,6 +68,7 @@ fn run() -> Result<()> {
     // what makes removing a variable sound.
     std::env::remove_var(TOKEN_ENV);
 
+    let agent_id = random_id()?;
     let target = target::Target::open(&args.target)?;
     let resolver_files = target.resolver_files()?;
 
@@ -75,6 +81,10 @@ fn run() -> Result<()> {
     target
         .enter()
         .context("entering the target's network namespace")?;
+    // Forks the guard that removes this agent's redirect rules when it dies (even by SIGKILL):
+    // it must happen here, in the target's namespace and before any thread exists.
+    let _redirect_guard =
+        redirect::spawn_guard(&agent_id).context("starting the redirect guard")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -83,10 +93,13 @@ fn run() -> Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let resolver = dns::PodResolver::new(&resolver_files)?;
+        let incoming = incoming::IncomingState::new(agent_id.clone());
         let state = std::sync::Arc::new(listener::AgentState {
             token,
             resolver,
             nameserver: resolver_files.first_nameserver(),
+            incoming: incoming.clone(),
+            next_client: std::sync::atomic::AtomicU64::new(1),
         });
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         // Readiness signal the server waits for: one line on stdout.
@@ -96,20 +109,41 @@ fn run() -> Result<()> {
             out.flush()?;
         }
         let serve = listener::serve(listener, state);
-        if args.exit_on_stdin_eof {
-            tokio::select! {
-                r = serve => r,
-                _ = wait_stdin_eof() => {
-                    tracing::info!("server went away (stdin closed), exiting");
-                    Ok(())
-                }
+        let stdin_closed = async {
+            if args.exit_on_stdin_eof {
+                wait_stdin_eof().await
+            } else {
+                std::future::pending().await
             }
-        } else {
-            serve.await
-        }
+        };
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let result = tokio::select! {
+            r = serve => r,
+            _ = stdin_closed => {
+                tracing::info!("server went away (stdin closed), exiting");
+                Ok(())
+            }
+            _ = sigterm.recv() => Ok(()),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        };
+        // On a clean exit the agent removes its rules itself; the guard covers every other exit.
+        incoming.cleanup();
+        result
     })?;
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// 8 random hex digits naming this agent's redirect chains, so several agents can share a
+/// namespace and each removes only its own.
+fn random_id() -> Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom")?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 async fn wait_stdin_eof() {

@@ -92,6 +92,10 @@ pub mod real {
         fn recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, addr: *mut sockaddr, addrlen: *mut socklen_t) -> ssize_t;
         fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
         fn fork() -> libc::pid_t;
+        fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+        fn listen(fd: c_int, backlog: c_int) -> c_int;
+        fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+        fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
     }
 
     /// `fcntl` is variadic; calling a variadic function is allowed where defining one is not.

@@ -5,7 +5,7 @@
 //! `freeaddrinfo` (which tells its own lists from glibc's by their head pointer).
 
 use crate::control;
-use crate::detour::layer_debug;
+use crate::detour::{layer_debug, real};
 use crate::state::LayerState;
 use libc::{addrinfo, c_char, c_int, hostent};
 use mirrord_protocol::config::Route;
@@ -102,48 +102,51 @@ pub fn resolve(name: &str, family: Family) -> Result<Resolved, ResolveError> {
 fn eai(e: &ResolveError) -> c_int {
     match e {
         ResolveError::NotFound => libc::EAI_NONAME,
+        ResolveError::NoData => libc::EAI_NODATA,
         ResolveError::Temporary(_) => libc::EAI_AGAIN,
         ResolveError::Failed(_) => libc::EAI_FAIL,
     }
 }
 
-/// Port for a `service` argument: a number, or a name from the services database.
-unsafe fn service_port(
+/// One entry glibc makes per address: (socktype, protocol, port).
+type Template = (c_int, c_int, u16);
+
+/// What glibc makes of `service` and the hints for any one address: the (socktype, protocol,
+/// port) of each entry it would return, in its order, or its `EAI_*` error.
+///
+/// glibc itself is asked, with a numeric placeholder host (no lookup happens), so that the
+/// services database, the socktype/protocol table (`SOCK_STREAM` only for `IPPROTO_TCP`, no UDP
+/// entry for a TCP-only service, `EAI_SOCKTYPE` for impossible pairs, ...) and flag checks are
+/// exactly those the program sees without the layer.
+unsafe fn service_templates(
     service: *const c_char,
+    flags: c_int,
     socktype: c_int,
-    numeric_only: bool,
-) -> Result<u16, c_int> {
-    if service.is_null() {
-        return Ok(0);
+    protocol: c_int,
+) -> Result<Vec<Template>, c_int> {
+    let mut hints: addrinfo = std::mem::zeroed();
+    hints.ai_family = libc::AF_INET;
+    hints.ai_socktype = socktype;
+    hints.ai_protocol = protocol;
+    // AI_ADDRCONFIG would look at this machine's interfaces, which say nothing about the pod.
+    hints.ai_flags = (flags & !libc::AI_ADDRCONFIG) | libc::AI_NUMERICHOST;
+    let mut res: *mut addrinfo = std::ptr::null_mut();
+    let r = real::getaddrinfo(c"0.0.0.0".as_ptr(), service, &hints, &mut res);
+    if r != 0 {
+        return Err(r);
     }
-    let s = CStr::from_ptr(service).to_string_lossy();
-    if let Ok(p) = s.parse::<u16>() {
-        return Ok(p);
+    let mut templates = Vec::new();
+    let mut node = res;
+    while !node.is_null() {
+        let n = &*node;
+        let port = crate::caddr::read(n.ai_addr, n.ai_addrlen).map_or(0, |a| a.port());
+        templates.push((n.ai_socktype, n.ai_protocol, port));
+        node = n.ai_next;
     }
-    if numeric_only {
-        return Err(libc::EAI_NONAME);
+    if !res.is_null() {
+        real::freeaddrinfo(res);
     }
-    let proto: &[u8] = if socktype == libc::SOCK_DGRAM {
-        b"udp\0"
-    } else {
-        b"tcp\0"
-    };
-    let mut ent: libc::servent = std::mem::zeroed();
-    let mut buf = [0 as c_char; 1024];
-    let mut result: *mut libc::servent = std::ptr::null_mut();
-    let r = getservbyname_r(
-        service,
-        proto.as_ptr().cast(),
-        &mut ent,
-        buf.as_mut_ptr(),
-        buf.len(),
-        &mut result,
-    );
-    if r == 0 && !result.is_null() {
-        Ok(u16::from_be((*result).s_port as u16))
-    } else {
-        Err(libc::EAI_SERVICE)
-    }
+    Ok(templates)
 }
 
 pub enum GaiOutcome {
@@ -180,19 +183,21 @@ pub unsafe fn getaddrinfo(
     let Ok(name) = CStr::from_ptr(node).to_str() else {
         return GaiOutcome::Bypass;
     };
-    let port = match service_port(service, socktype, flags & libc::AI_NUMERICSERV != 0) {
-        Ok(p) => p,
-        Err(_) => return GaiOutcome::Bypass, // let libc give its own error for odd services
-    };
-    if route_lookup(st, name, port) == Route::Local {
-        return GaiOutcome::Bypass;
-    }
     let wanted = match family {
         libc::AF_INET => Family::V4,
         libc::AF_INET6 => Family::V6,
         libc::AF_UNSPEC => Family::Any,
-        _ => return GaiOutcome::Return(libc::EAI_FAMILY),
+        _ => return GaiOutcome::Bypass, // libc's EAI_FAMILY, or a family the cluster lacks
     };
+    // glibc checks the service and the socket type before it looks the name up, and so do we.
+    let templates = match service_templates(service, flags, socktype, protocol) {
+        Ok(t) => t,
+        Err(e) => return GaiOutcome::Return(e),
+    };
+    let port = templates.first().map_or(0, |t| t.2);
+    if route_lookup(st, name, port) == Route::Local {
+        return GaiOutcome::Bypass;
+    }
     let mut resolved = resolve(name, wanted);
     if family == libc::AF_INET6 && flags & libc::AI_V4MAPPED != 0 && resolved.is_err() {
         resolved = resolve(name, Family::V4);
@@ -201,30 +206,16 @@ pub unsafe fn getaddrinfo(
         Ok(r) => r,
         Err(e) => return GaiOutcome::Return(eai(&e)),
     };
-    let types: Vec<(c_int, c_int)> = if socktype == 0 {
-        vec![
-            (libc::SOCK_STREAM, libc::IPPROTO_TCP),
-            (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
-            (libc::SOCK_RAW, 0),
-        ]
-    } else {
-        let proto = match (protocol, socktype) {
-            (0, libc::SOCK_STREAM) => libc::IPPROTO_TCP,
-            (0, libc::SOCK_DGRAM) => libc::IPPROTO_UDP,
-            (p, _) => p,
-        };
-        vec![(socktype, proto)]
-    };
     let mut entries = Vec::new();
     for ip in &resolved.addresses {
-        let addr = match (*ip, family) {
-            (IpAddr::V4(v4), libc::AF_INET6) => {
-                SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), port)
-            }
-            _ => SocketAddr::new(*ip, port),
-        };
-        for (st_type, proto) in &types {
-            entries.push((addr, *st_type, *proto));
+        for &(st_type, proto, port) in &templates {
+            let addr = match (*ip, family) {
+                (IpAddr::V4(v4), libc::AF_INET6) => {
+                    SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), port)
+                }
+                _ => SocketAddr::new(*ip, port),
+            };
+            entries.push((addr, st_type, proto));
         }
     }
     let canon = (flags & libc::AI_CANONNAME != 0).then_some(resolved.canonical_name.as_str());
@@ -318,23 +309,17 @@ pub unsafe fn freeaddrinfo(res: *mut addrinfo) -> bool {
 
 extern "C" {
     fn __h_errno_location() -> *mut c_int;
-    fn getservbyname_r(
-        name: *const c_char,
-        proto: *const c_char,
-        result_buf: *mut libc::servent,
-        buf: *mut c_char,
-        buflen: usize,
-        result: *mut *mut libc::servent,
-    ) -> c_int;
 }
 
 const HOST_NOT_FOUND: c_int = 1;
 const TRY_AGAIN: c_int = 2;
 const NO_RECOVERY: c_int = 3;
+const NO_DATA: c_int = 4;
 
 fn h_errno_of(e: &ResolveError) -> c_int {
     match e {
         ResolveError::NotFound => HOST_NOT_FOUND,
+        ResolveError::NoData => NO_DATA,
         ResolveError::Temporary(_) => TRY_AGAIN,
         ResolveError::Failed(_) => NO_RECOVERY,
     }
@@ -362,7 +347,13 @@ fn lookup_v4(
                 IpAddr::V6(_) => None,
             })
             .collect();
-        (name.to_owned(), addrs)
+        // Like glibc's h_name: the name that answered, after the search list.
+        let official = if r.canonical_name.is_empty() {
+            name.to_owned()
+        } else {
+            r.canonical_name
+        };
+        (official, addrs)
     }))
 }
 

@@ -6,7 +6,7 @@ use crate::detour::{real, Guard};
 use crate::outgoing::{self, Outcome};
 use crate::sockets::{self, Managed};
 use crate::state::{state, LayerState};
-use crate::{control, dns, udp};
+use crate::{control, dns, incoming, udp};
 use libc::{
     addrinfo, c_char, c_int, c_void, hostent, msghdr, pid_t, size_t, sockaddr, socklen_t, ssize_t,
 };
@@ -44,6 +44,66 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 }
 
 /// # Safety
+/// libc's `bind(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some((_guard, st)) = active() else {
+        return real::bind(fd, addr, len);
+    };
+    let (Some(requested), Some(domain)) = (caddr::read(addr, len), caddr::socket_domain(fd)) else {
+        return real::bind(fd, addr, len);
+    };
+    match incoming::bind(st, fd, requested, domain) {
+        Outcome::Bypass => real::bind(fd, addr, len),
+        Outcome::Return(r) => r,
+    }
+}
+
+/// # Safety
+/// libc's `listen(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let Some((_guard, _)) = active() else {
+        return real::listen(fd, backlog);
+    };
+    match incoming::listen(fd, backlog) {
+        Outcome::Bypass => real::listen(fd, backlog),
+        Outcome::Return(r) => r,
+    }
+}
+
+/// # Safety
+/// libc's `accept(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let r = real::accept(fd, addr, len);
+    if r >= 0 {
+        if let Some((_guard, _)) = active() {
+            incoming::accepted(fd, r, addr, len);
+        }
+    }
+    r
+}
+
+/// # Safety
+/// libc's `accept4(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    let r = real::accept4(fd, addr, len, flags);
+    if r >= 0 {
+        if let Some((_guard, _)) = active() {
+            incoming::accepted(fd, r, addr, len);
+        }
+    }
+    r
+}
+
+/// # Safety
 /// libc's `getpeername(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
@@ -56,7 +116,8 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
                     ..
                 } => Some(*remote),
                 Managed::Udp { connected, .. } => *connected,
-                Managed::Tcp { .. } => None,
+                Managed::Incoming { peer, .. } => Some(*peer),
+                Managed::Tcp { .. } | Managed::Listener { .. } => None,
             };
             if let (Some(peer), Some(domain)) = (peer, caddr::socket_domain(fd)) {
                 caddr::write_out(peer, domain, addr, len);
@@ -79,6 +140,9 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
                     pending_error: None,
                     ..
                 } => Some(*local),
+                Managed::Incoming { local, .. } => Some(*local),
+                // The program sees the address it asked for (with the port it asked for).
+                Managed::Listener { requested, .. } => Some(*requested),
                 _ => None,
             };
             if let (Some(local), Some(domain)) = (local, caddr::socket_domain(fd)) {
@@ -131,8 +195,14 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let r = real::close(fd);
     if let Some(entry) = entry {
         if !sockets::still_referenced(&entry) {
-            if let Managed::Udp { relays, .. } = &*sockets::lock_entry(&entry) {
-                udp::release(relays);
+            match &*sockets::lock_entry(&entry) {
+                Managed::Udp { relays, .. } => udp::release(relays),
+                Managed::Listener {
+                    remote_port,
+                    subscribed: true,
+                    ..
+                } => incoming::closed_listener(*remote_port),
+                _ => {}
             }
         }
     }

@@ -18,6 +18,7 @@ mod control;
 mod detour;
 mod dns;
 mod hooks;
+mod incoming;
 mod outgoing;
 mod sockets;
 mod state;

@@ -17,6 +17,17 @@ pub enum Managed {
         /// A failed non-blocking connect reported through `SO_ERROR` (then cleared).
         pending_error: Option<i32>,
     },
+    /// A listening socket whose port is subscribed in the pod. The program asked for
+    /// `requested`; the socket is really bound at `bound` on loopback.
+    Listener {
+        requested: SocketAddr,
+        bound: SocketAddr,
+        remote_port: u16,
+        subscribed: bool,
+    },
+    /// A connection accepted from a subscribed listener: `peer` is the client in the cluster,
+    /// `local` the pod address it connected to.
+    Incoming { peer: SocketAddr, local: SocketAddr },
     /// A UDP socket with datagrams to cluster destinations, each through a loopback relay.
     Udp {
         /// (cluster destination, relay address on loopback)

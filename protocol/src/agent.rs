@@ -22,8 +22,18 @@ pub struct AgentHello {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentChannel {
     Control,
-    Tcp { remote: SocketAddr },
-    Udp { remote: SocketAddr, dns: bool },
+    Tcp {
+        remote: SocketAddr,
+    },
+    Udp {
+        remote: SocketAddr,
+        dns: bool,
+    },
+    /// The stream for an incoming connection the agent announced with
+    /// [`AgentEvent::Incoming`]: raw bytes from then on.
+    Incoming {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,18 +50,78 @@ pub struct ControlRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentRequest {
-    Resolve { name: String, family: Family },
+    Resolve {
+        name: String,
+        family: Family,
+    },
+    /// Start receiving the target's traffic to `port`.
+    Subscribe {
+        port: u16,
+        mode: TrafficMode,
+        /// For steal: which HTTP requests to take (`None`: all of them).
+        filter: Option<HttpFilter>,
+    },
+    Unsubscribe {
+        port: u16,
+    },
     Ping,
+}
+
+/// How a subscribed port's traffic reaches the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrafficMode {
+    /// A copy; the target keeps serving.
+    Mirror,
+    /// Instead of the target.
+    Steal,
+}
+
+/// Which HTTP requests a filtered steal takes. Regexes are matched with the `regex` crate;
+/// a header filter is matched against each `name: value` line of the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HttpFilter {
+    Header(String),
+    Path(String),
+    Method(String),
+    AllOf(Vec<HttpFilter>),
+    AnyOf(Vec<HttpFilter>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentMessage {
     Response { id: u64, body: AgentResponse },
+    Event(AgentEvent),
+}
+
+/// What the agent tells a client without being asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentEvent {
+    /// A connection (or, for HTTP steal, a stream of requests) for the client on `port`: open an
+    /// [`AgentChannel::Incoming`] with this `id` to receive it.
+    Incoming {
+        id: u64,
+        port: u16,
+        mode: TrafficMode,
+        /// The client in the cluster.
+        peer: SocketAddr,
+        /// The address the client connected to (the pod's address and `port`).
+        local: SocketAddr,
+    },
+    /// An HTTP request the agent routed on a filtered port, for the traffic view.
+    HttpRequest {
+        port: u16,
+        method: String,
+        path: String,
+        /// Whether it went to this client (true) or to the target (false).
+        stolen: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentResponse {
     Resolved(ResolveResult),
+    Subscribed,
+    Unsubscribed,
     Pong,
     Error(String),
 }

@@ -196,6 +196,57 @@ pub struct NetworkConfig {
 /// `feature.network.incoming`: `"mirror" | "steal" | "off"` or the full object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct IncomingConfigMap {
+    #[serde(default)]
+    mode: IncomingMode,
+    #[serde(default)]
+    port_mapping: Vec<(u16, u16)>,
+    #[serde(default)]
+    ignore_localhost: bool,
+    #[serde(default)]
+    ignore_ports: Vec<u16>,
+    #[serde(default)]
+    ports: Option<Vec<u16>>,
+    #[serde(default)]
+    listen_ports: Vec<(u16, u16)>,
+    #[serde(default)]
+    http_filter: HttpFilterConfig,
+}
+
+impl<'de> Deserialize<'de> for IncomingConfigFull {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IncomingConfigFull;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"mirror\", \"steal\", \"off\" or {mode, port_mapping, ignore_localhost, ignore_ports, ports, listen_ports, http_filter}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IncomingConfigFull, E> {
+                let mode = IncomingMode::deserialize(de::value::StrDeserializer::<E>::new(v))?;
+                Ok(IncomingConfigFull {
+                    mode,
+                    ..IncomingConfigFull::default()
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<IncomingConfigFull, A::Error> {
+                let m = IncomingConfigMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(IncomingConfigFull {
+                    mode: m.mode,
+                    port_mapping: m.port_mapping,
+                    ignore_localhost: m.ignore_localhost,
+                    ignore_ports: m.ignore_ports,
+                    ports: m.ports,
+                    listen_ports: m.listen_ports,
+                    http_filter: m.http_filter,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The resolved `feature.network.incoming`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IncomingConfigFull {
     #[serde(default)]
     pub mode: IncomingMode,
@@ -694,4 +745,83 @@ pub struct AgentConfig {
     /// Seconds to wait for the agent to become ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_timeout: Option<u32>,
+}
+
+impl HttpFilterConfig {
+    /// The filter as the agent applies it; several keys at once must all match. `None` when no
+    /// filter is configured (the steal takes every request).
+    pub fn to_filter(&self) -> Option<crate::agent::HttpFilter> {
+        use crate::agent::HttpFilter;
+        let inner = |f: &InnerFilter| match f {
+            InnerFilter::Header(r) => HttpFilter::Header(r.0.clone()),
+            InnerFilter::Path(r) => HttpFilter::Path(r.0.clone()),
+            InnerFilter::Method(m) => HttpFilter::Method(m.clone()),
+        };
+        let mut parts = Vec::new();
+        if let Some(h) = &self.header_filter {
+            parts.push(HttpFilter::Header(h.0.clone()));
+        }
+        if let Some(p) = &self.path_filter {
+            parts.push(HttpFilter::Path(p.0.clone()));
+        }
+        if let Some(m) = &self.method_filter {
+            parts.push(HttpFilter::Method(m.clone()));
+        }
+        if let Some(all) = &self.all_of {
+            parts.push(HttpFilter::AllOf(all.iter().map(inner).collect()));
+        }
+        if let Some(any) = &self.any_of {
+            parts.push(HttpFilter::AnyOf(any.iter().map(inner).collect()));
+        }
+        match parts.len() {
+            0 => None,
+            1 => parts.pop(),
+            _ => Some(HttpFilter::AllOf(parts)),
+        }
+    }
+
+    /// Whether the filter applies to `port` (mirrord's default: 80 and 8080). Other ports of a
+    /// filtered steal are stolen whole.
+    pub fn applies_to(&self, port: u16) -> bool {
+        match &self.ports {
+            Some(ports) => ports.contains(&port),
+            None => matches!(port, 80 | 8080),
+        }
+    }
+}
+
+/// Ports debuggers listen on; a program listening there is talking to its IDE, never to the
+/// cluster: node --inspect (9229), debugpy (5678), JDWP (5005), delve (2345), lldb/gdb servers.
+pub const DEBUGGER_PORTS: &[u16] = &[9229, 9230, 5678, 5005, 2345, 1234];
+
+impl IncomingConfigFull {
+    /// The pod port whose traffic a program listening on `local_port` gets, or `None` if the
+    /// port is not subscribed (mode off, ignored, debugger, or not in `ports`).
+    pub fn remote_port(&self, local_port: u16) -> Option<u16> {
+        if self.mode == IncomingMode::Off
+            || self.ignore_ports.contains(&local_port)
+            || DEBUGGER_PORTS.contains(&local_port)
+        {
+            return None;
+        }
+        let remote = self
+            .port_mapping
+            .iter()
+            .find(|(local, _)| *local == local_port)
+            .map(|(_, remote)| *remote)
+            .unwrap_or(local_port);
+        match &self.ports {
+            Some(ports) if !ports.contains(&remote) => None,
+            _ => Some(remote),
+        }
+    }
+
+    /// Where on the developer's machine to bind a listener for the pod's `port`
+    /// (`listen_ports`), if configured.
+    pub fn listen_port(&self, port: u16) -> Option<u16> {
+        self.listen_ports
+            .iter()
+            .find(|(remote, _)| *remote == port)
+            .map(|(_, local)| *local)
+    }
 }

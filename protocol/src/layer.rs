@@ -67,6 +67,21 @@ pub enum LayerRequest {
     UdpClose {
         relay: SocketAddr,
     },
+    /// The program listens on the pod's `port`; deliver its traffic to `local`, the loopback
+    /// address where the layer really bound the program's socket.
+    Listen {
+        port: u16,
+        local: SocketAddr,
+    },
+    /// The program closed that listener.
+    Unlisten {
+        port: u16,
+    },
+    /// Who is really behind a connection the session made to `listener` from `source`?
+    IncomingPeer {
+        listener: SocketAddr,
+        source: SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,5 +93,8 @@ pub enum ServerResponse {
         reply: UdpOpenReply,
     },
     Done,
+    /// For [`LayerRequest::IncomingPeer`]: the client in the cluster and the pod address it
+    /// connected to, if the connection came from the session.
+    IncomingPeer(Option<(SocketAddr, SocketAddr)>),
     Error(String),
 }

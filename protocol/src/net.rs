@@ -15,9 +15,13 @@ pub enum Family {
 /// failure it would see inside the pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ResolveError {
-    /// NXDOMAIN, or no record of the wanted family for any search candidate (`EAI_NONAME`).
+    /// No search candidate exists (NXDOMAIN for each) (`EAI_NONAME`).
     #[error("name not found")]
     NotFound,
+    /// A search candidate exists but has no address of the wanted family (`EAI_NODATA`), e.g.
+    /// an IPv6 lookup of a name with only A records.
+    #[error("no address of the wanted family")]
+    NoData,
     /// The resolver could not get an answer (timeout, SERVFAIL, REFUSED) (`EAI_AGAIN`).
     #[error("temporary failure in name resolution: {0}")]
     Temporary(String),

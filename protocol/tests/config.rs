@@ -112,3 +112,14 @@ fn config_survives_the_env_roundtrip() {
     let json = serde_json::to_string(&cfg).unwrap();
     assert_eq!(MirrordConfig::from_json(&json).unwrap(), cfg);
 }
+
+#[test]
+fn incoming_shorthand_and_errors() {
+    let cfg = MirrordConfig::from_json(r#"{"feature":{"network":{"incoming":"steal"}}}"#).unwrap();
+    assert_eq!(cfg.feature.network.incoming.mode, IncomingMode::Steal);
+    let e =
+        MirrordConfig::from_json(r#"{"feature":{"network":{"incoming":"stael"}}}"#).unwrap_err();
+    assert!(e.to_string().contains("unknown variant `stael`"), "{e}");
+    let json = serde_json::to_string(&cfg).unwrap();
+    assert_eq!(MirrordConfig::from_json(&json).unwrap(), cfg);
+}

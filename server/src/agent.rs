@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use mirrord_protocol::agent::{
-    AgentChannel, AgentHello, AgentMessage, AgentRequest, AgentResponse, AgentWelcome,
+    AgentChannel, AgentEvent, AgentHello, AgentMessage, AgentRequest, AgentResponse, AgentWelcome,
     ControlRequest,
 };
 use mirrord_protocol::codec::{read_frame_async, write_frame_async};
@@ -191,13 +191,18 @@ pub struct AgentControl {
 }
 
 impl AgentControl {
-    pub async fn open(connector: &AgentConnector) -> Result<AgentControl> {
+    /// Opens the channel; the receiver gets the events the agent pushes (incoming connections).
+    pub async fn open(
+        connector: &AgentConnector,
+    ) -> Result<(AgentControl, mpsc::Receiver<AgentEvent>)> {
         let stream = connector.open(AgentChannel::Control).await?;
         let (mut reader, mut writer) = stream.into_split();
         let (request_tx, mut request_rx) =
             mpsc::channel::<(AgentRequest, oneshot::Sender<AgentResponse>)>(256);
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let pending_w = pending.clone();
+        // agent --events--> session (incoming connections to deliver)
+        let (event_tx, event_rx) = mpsc::channel::<AgentEvent>(1024);
         tokio::spawn(async move {
             let mut next_id = 1u64;
             while let Some((body, answer_tx)) = request_rx.recv().await {
@@ -228,6 +233,11 @@ impl AgentControl {
                             let _ = tx.send(body);
                         }
                     }
+                    Ok(AgentMessage::Event(event)) => {
+                        if event_tx.send(event).await.is_err() {
+                            break;
+                        }
+                    }
                     Err(e) => {
                         tracing::debug!("agent control channel closed: {e}");
                         break;
@@ -237,7 +247,7 @@ impl AgentControl {
             // Dropping the senders wakes every waiting caller with an error.
             pending.lock().unwrap_or_else(|p| p.into_inner()).take();
         });
-        Ok(AgentControl { request_tx })
+        Ok((AgentControl { request_tx }, event_rx))
     }
 
     pub async fn request(&self, body: AgentRequest) -> Result<AgentResponse> {

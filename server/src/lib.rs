@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod config_file;
 pub mod exec;
+pub mod incoming;
 pub mod paths;
 pub mod proxy;
 pub mod session;

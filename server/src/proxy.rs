@@ -5,6 +5,7 @@
 //!   its hello is spliced to a TCP channel of the agent.
 
 use crate::agent::{AgentConnector, AgentControl};
+use crate::incoming::IncomingRouter;
 use anyhow::{Context, Result};
 use mirrord_protocol::agent::{AgentChannel, AgentRequest, AgentResponse, Datagram};
 use mirrord_protocol::codec::{read_frame_async, write_frame_async};
@@ -33,6 +34,9 @@ pub struct ProxyShared {
     pub token: String,
     pub connector: AgentConnector,
     pub control: AgentControl,
+    pub incoming: Arc<IncomingRouter>,
+    /// Ids for layer control connections (one per process).
+    pub next_process: std::sync::atomic::AtomicU64,
 }
 
 pub struct LayerProxy {
@@ -167,6 +171,9 @@ async fn control_channel(
         },
     )
     .await?;
+    let owner = shared
+        .next_process
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // This process's UDP relays, by relay address; dropped (and so stopped) with the channel.
     let mut relays: HashMap<SocketAddr, RelayTask> = HashMap::new();
     let result = loop {
@@ -216,10 +223,28 @@ async fn control_channel(
                 relays.remove(&relay);
                 ServerResponse::Done
             }
+            LayerRequest::Listen { port, local } => {
+                match shared
+                    .incoming
+                    .listen(&shared.control, owner, port, local)
+                    .await
+                {
+                    Ok(()) => ServerResponse::Done,
+                    Err(e) => ServerResponse::Error(e),
+                }
+            }
+            LayerRequest::Unlisten { port } => {
+                shared.incoming.unlisten(&shared.control, owner, port).await;
+                ServerResponse::Done
+            }
+            LayerRequest::IncomingPeer { source, .. } => {
+                ServerResponse::IncomingPeer(shared.incoming.peer_of(source))
+            }
         };
         write_frame_async(&mut stream, &response).await?;
     };
     tracing::info!(pid, %executable, "process left the session");
+    shared.incoming.owner_gone(&shared.control, owner).await;
     result
 }
 

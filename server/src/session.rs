@@ -2,6 +2,7 @@
 //! join it.
 
 use crate::agent::{AgentConnector, AgentControl, AgentProcess};
+use crate::incoming::IncomingRouter;
 use crate::proxy::{LayerProxy, ProxyShared};
 use anyhow::{Context, Result};
 use mirrord_protocol::config::{MirrordConfig, TargetPath};
@@ -32,7 +33,8 @@ pub struct Session {
 /// 32 random bytes, hex: the session token.
 fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
-    getrandom::getrandom(&mut buf).context("reading random bytes for a token")?;
+    getrandom::getrandom(&mut buf)
+        .map_err(|e| anyhow::anyhow!("reading random bytes for a token: {e}"))?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -48,13 +50,17 @@ impl Session {
             path: agent_socket,
             token: token.clone(),
         };
-        let control = AgentControl::open(&connector)
+        let (control, event_rx) = AgentControl::open(&connector)
             .await
             .context("opening the agent's control channel")?;
+        let incoming = IncomingRouter::new(opts.config.feature.network.incoming.clone());
+        tokio::spawn(incoming.clone().run(event_rx, connector.clone()));
         let shared = Arc::new(ProxyShared {
             token: token.clone(),
             connector,
             control,
+            incoming,
+            next_process: std::sync::atomic::AtomicU64::new(1),
         });
         let proxy = LayerProxy::start(opts.runtime_dir.join(format!("{id}.sock")), shared).await?;
         let config_json =

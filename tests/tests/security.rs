@@ -28,5 +28,9 @@ fn wrong_tokens_and_garbage_are_refused_and_service_continues() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Every check ran (the peer stops at the first failure).
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok: ")).count(), 9, "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok: ")).count(),
+        9,
+        "{stdout}"
+    );
 }

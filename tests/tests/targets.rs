@@ -20,9 +20,18 @@ fn run(mut cmd: Command) -> Output {
 fn a_named_network_namespace_is_a_target() {
     let c = Cluster::start().unwrap();
     let target = format!("netns/{}", c.ns_pod());
-    let out = run(exec(&c, &target, "curl", &["-sS", "-f", "http://payment-service:8080/whoami"]));
+    let out = run(exec(
+        &c,
+        &target,
+        "curl",
+        &["-sS", "-f", "http://payment-service:8080/whoami"],
+    ));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("peer 10.244.0.10:"), "{stdout}");
 }
 
@@ -30,7 +39,12 @@ fn a_named_network_namespace_is_a_target() {
 fn exit_code_of_the_command_is_returned() {
     let c = Cluster::start().unwrap();
     let target = format!("pid/{}", c.pod_pid());
-    let out = run(exec(&c, &target, "/usr/bin/python3", &["-c", "import sys; sys.exit(42)"]));
+    let out = run(exec(
+        &c,
+        &target,
+        "/usr/bin/python3",
+        &["-c", "import sys; sys.exit(42)"],
+    ));
     assert_eq!(out.status.code(), Some(42));
     let out = run(exec(&c, &target, "/no/such/program", &[]));
     assert_eq!(out.status.code(), Some(127));
@@ -41,7 +55,10 @@ fn bad_targets_are_clear_errors() {
     let c = Cluster::start().unwrap();
     for (target, needle) in [
         ("pid/999999999", "cannot open /proc/999999999/ns/net"),
-        ("netns/no-such-namespace-xyz", "/var/run/netns/no-such-namespace-xyz"),
+        (
+            "netns/no-such-namespace-xyz",
+            "/var/run/netns/no-such-namespace-xyz",
+        ),
         ("pod/api", "needs a Kubernetes cluster connection"),
         ("bogus", "invalid target"),
     ] {
@@ -56,13 +73,22 @@ fn bad_targets_are_clear_errors() {
 fn a_bad_config_file_names_file_line_and_column() {
     let c = Cluster::start().unwrap();
     let path = c.workdir().join("bad.json");
-    std::fs::write(&path, "{\n  \"feature\": {\n    \"network\": {\"outgoing\": {\"tcp\": \"yes\"}}\n  }\n}\n").unwrap();
+    std::fs::write(
+        &path,
+        "{\n  \"feature\": {\n    \"network\": {\"outgoing\": {\"tcp\": \"yes\"}}\n  }\n}\n",
+    )
+    .unwrap();
     let mut cmd = c.dev(target_dir_bin("mirrord"));
-    cmd.args(["exec", "-f"]).arg(&path).args(["-t", &format!("pid/{}", c.pod_pid()), "--", "true"]);
+    cmd.args(["exec", "-f"])
+        .arg(&path)
+        .args(["-t", &format!("pid/{}", c.pod_pid()), "--", "true"]);
     let out = run(cmd);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("{}:3:", path.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:3:", path.display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("invalid type"), "{stderr}");
 }
 
@@ -85,20 +111,35 @@ except Exception as e:
     let go = c.workdir().join("go.fifo");
     let go_s = go.display().to_string();
     mirrord_tests::run_ok(Command::new("mkfifo").arg(&go)).unwrap();
-    let cmd = exec(&c, &format!("pid/{}", c.pod_pid()), "/usr/bin/python3", &["-c", script, &go_s]);
+    let cmd = exec(
+        &c,
+        &format!("pid/{}", c.pod_pid()),
+        "/usr/bin/python3",
+        &["-c", script, &go_s],
+    );
     let mut child = c.spawn(cmd).unwrap();
-    child.wait_line("payment-service: hello", Duration::from_secs(30)).unwrap();
+    child
+        .wait_line("payment-service: hello", Duration::from_secs(30))
+        .unwrap();
     // Kill this session's agent (the only mirrord-agent whose socket is in this workdir).
     let run_dir = c.workdir().join("run");
-    let agents = mirrord_tests::run_ok(Command::new("pgrep").args(["-f", &format!("mirrord-agent.*{}", run_dir.display())])).unwrap();
+    let agents = mirrord_tests::run_ok(
+        Command::new("pgrep").args(["-f", &format!("mirrord-agent.*{}", run_dir.display())]),
+    )
+    .unwrap();
     let pid: i32 = agents.lines().next().unwrap().trim().parse().unwrap();
     // SAFETY: plain kill(2) of a pid we just looked up.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let started = Instant::now();
     std::fs::write(&go, "go\n").unwrap();
-    let line = child.wait_line("failed after", Duration::from_secs(15)).unwrap();
+    let line = child
+        .wait_line("failed after", Duration::from_secs(15))
+        .unwrap();
     assert!(started.elapsed() < Duration::from_secs(10), "{line}");
-    let status = child.wait_timeout(Duration::from_secs(15)).unwrap().expect("mirrord exits");
+    let status = child
+        .wait_timeout(Duration::from_secs(15))
+        .unwrap()
+        .expect("mirrord exits");
     assert!(status.success());
     let stderr = child.stderr_lines().join("\n");
     assert!(stderr.contains("the agent"), "{stderr}");

@@ -32,7 +32,10 @@ fn run() -> Result<()> {
         Cluster::SVC_IP,
         Cluster::DNS_IP
     );
-    println!("  the developer's machine is namespace {} (loopback only)\n", c.ns_dev());
+    println!(
+        "  the developer's machine is namespace {} (loopback only)\n",
+        c.ns_dev()
+    );
     let t = Duration::from_secs(60);
     let url = "http://payment-service:8080/";
 
@@ -52,8 +55,17 @@ fn run() -> Result<()> {
     };
     let curl = with("curl", &["-sS", url])?;
     show(&format!("mirrord exec -t {target} -- curl {url}"), &curl);
-    let whoami = with("curl", &["-sS", "http://payment-service.payments.svc.cluster.local:8080/whoami"])?;
-    show("mirrord exec ... -- curl http://payment-service.payments.svc.cluster.local:8080/whoami", &whoami);
+    let whoami = with(
+        "curl",
+        &[
+            "-sS",
+            "http://payment-service.payments.svc.cluster.local:8080/whoami",
+        ],
+    )?;
+    show(
+        "mirrord exec ... -- curl http://payment-service.payments.svc.cluster.local:8080/whoami",
+        &whoami,
+    );
     let py = with(
         "/usr/bin/python3",
         &["-c", "import socket; print('payment-service resolves to', socket.gethostbyname('payment-service'))"],

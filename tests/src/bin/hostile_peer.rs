@@ -117,7 +117,9 @@ fn run() -> Result<()> {
     let mut d = tcp()?;
     write_frame(&mut d, &data_hello("wrong"))?;
     match read_frame::<DataReply, _>(&mut d)? {
-        DataReply::Refused { reason } => println!("ok: data listener refused a wrong token ({reason})"),
+        DataReply::Refused { reason } => {
+            println!("ok: data listener refused a wrong token ({reason})")
+        }
         other => bail!("data listener accepted a wrong token: {other:?}"),
     }
     expect_closed(&mut d)?;
@@ -157,7 +159,8 @@ fn run() -> Result<()> {
     println!("ok: agent closed connections that sent garbage");
 
     // 6. The whole path still works for this process (through the layer, server and agent).
-    let mut http = TcpStream::connect("payment-service:8080").context("connect through the session")?;
+    let mut http =
+        TcpStream::connect("payment-service:8080").context("connect through the session")?;
     http.set_read_timeout(Some(Duration::from_secs(10)))?;
     http.write_all(b"GET / HTTP/1.0\r\nHost: payment-service\r\n\r\n")?;
     let mut body = String::new();

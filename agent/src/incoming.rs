@@ -1,0 +1,822 @@
+//! Incoming traffic: ports of the target that clients subscribed, mirrored or stolen.
+//!
+//! A subscribed port is redirected (see `redirect`) to a listener of the agent. For each
+//! redirected connection the agent looks at the port's subscribers:
+//! - no stealer: the connection passes through to its original destination (the target keeps
+//!   serving) and the client's bytes are copied to every mirroring client;
+//! - stealers and the connection speaks HTTP: every request is routed on its own, to the first
+//!   stealer whose filter matches it (an unfiltered steal matches everything but `kube-probe/`
+//!   requests), or else to the original destination;
+//! - stealers but not HTTP: an unfiltered stealer gets the whole connection, otherwise it passes
+//!   through unchanged.
+//!
+//! A client receives a connection by opening an `Incoming { id }` channel after the agent
+//! announced it with an event; the agent waits a bounded time for that, then serves the target
+//! instead, so a vanished client never blocks the target's traffic.
+
+use crate::redirect::{self, Redirector};
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Empty};
+use hyper::body::Incoming as IncomingBody;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mirrord_protocol::agent::{AgentEvent, AgentMessage, HttpFilter, TrafficMode};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// How long a client may take to pick up an announced connection before the target serves it.
+const PICKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for a connection's first bytes to tell HTTP from other protocols.
+const SNIFF_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Chunks queued per mirroring client; a client that falls further behind loses its copy
+/// rather than slowing the target.
+const MIRROR_QUEUE: usize = 256;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// One control channel of the agent, as a subscriber.
+#[derive(Clone)]
+pub struct Client {
+    pub id: u64,
+    /// agent --events--> this client's control channel writer
+    pub message_tx: mpsc::Sender<AgentMessage>,
+}
+
+#[derive(Clone)]
+struct Subscriber {
+    client: Client,
+    mode: TrafficMode,
+    filter: Option<Arc<CompiledFilter>>,
+}
+
+struct PortState {
+    accept_task: JoinHandle<()>,
+    subscribers: Vec<Subscriber>,
+}
+
+pub struct IncomingState {
+    redirector: Mutex<Option<Redirector>>,
+    agent_id: String,
+    ports: Mutex<HashMap<u16, PortState>>,
+    /// Announced connections waiting for their client's channel.
+    pending: Mutex<HashMap<u64, oneshot::Sender<UnixStream>>>,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl IncomingState {
+    pub fn new(agent_id: String) -> Arc<IncomingState> {
+        Arc::new(IncomingState {
+            redirector: Mutex::new(None),
+            agent_id,
+            ports: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn with_redirector<T>(&self, f: impl FnOnce(&Redirector) -> Result<T>) -> Result<T> {
+        let mut slot = lock(&self.redirector);
+        if slot.is_none() {
+            *slot = Some(Redirector::new(&self.agent_id).context("setting up the port redirect")?);
+        }
+        // Filled just above.
+        f(slot.as_ref().expect("redirector present"))
+    }
+
+    /// Removes every rule of this agent (on a clean exit; the guard covers the others).
+    pub fn cleanup(&self) {
+        if let Some(r) = lock(&self.redirector).as_ref() {
+            if let Err(e) = r.cleanup() {
+                tracing::warn!("removing the redirect rules: {e:#}");
+            }
+        }
+    }
+
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        client: &Client,
+        port: u16,
+        mode: TrafficMode,
+        filter: Option<HttpFilter>,
+    ) -> Result<()> {
+        let filter = match filter {
+            Some(f) => Some(Arc::new(CompiledFilter::compile(&f)?)),
+            None => None,
+        };
+        let sub = Subscriber {
+            client: client.clone(),
+            mode,
+            filter,
+        };
+        {
+            let ports = lock(&self.ports);
+            if let Some(state) = ports.get(&port) {
+                check_conflict(&state.subscribers, &sub, port)?;
+            }
+        }
+        let needs_listener = !lock(&self.ports).contains_key(&port);
+        if needs_listener {
+            let listener = TcpListener::bind(("0.0.0.0", 0))
+                .await
+                .context("binding the redirect listener")?;
+            let to_port = listener.local_addr()?.port();
+            self.with_redirector(|r| r.add(port, to_port))?;
+            let me = self.clone();
+            let accept_task = tokio::spawn(async move { me.accept_loop(listener, port).await });
+            let mut ports = lock(&self.ports);
+            match ports.get_mut(&port) {
+                // Another subscriber raced us and set the port up first; keep theirs.
+                Some(_) => accept_task.abort(),
+                None => {
+                    ports.insert(
+                        port,
+                        PortState {
+                            accept_task,
+                            subscribers: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+        let mut ports = lock(&self.ports);
+        // Inserted above, and only unsubscribe removes it, which needs this same lock.
+        let state = ports.get_mut(&port).expect("port state present");
+        check_conflict(&state.subscribers, &sub, port)?;
+        state.subscribers.retain(|s| s.client.id != client.id);
+        state.subscribers.push(sub);
+        tracing::info!(port, ?mode, client = client.id, "subscribed");
+        Ok(())
+    }
+
+    pub fn unsubscribe(&self, client_id: u64, port: u16) {
+        let mut ports = lock(&self.ports);
+        let Some(state) = ports.get_mut(&port) else {
+            return;
+        };
+        state.subscribers.retain(|s| s.client.id != client_id);
+        if state.subscribers.is_empty() {
+            // Just looked up under the same lock.
+            let state = ports.remove(&port).expect("port state present");
+            state.accept_task.abort();
+            drop(ports);
+            if let Some(r) = lock(&self.redirector).as_ref() {
+                if let Err(e) = r.remove(port) {
+                    tracing::warn!(port, "removing the redirect: {e:#}");
+                }
+            }
+            tracing::info!(port, "port released");
+        }
+    }
+
+    /// The client's control channel closed: drop all its subscriptions.
+    pub fn client_gone(&self, client_id: u64) {
+        let ports: Vec<u16> = lock(&self.ports)
+            .iter()
+            .filter(|(_, s)| s.subscribers.iter().any(|sub| sub.client.id == client_id))
+            .map(|(p, _)| *p)
+            .collect();
+        for port in ports {
+            self.unsubscribe(client_id, port);
+        }
+    }
+
+    /// A client opened the channel for announced connection `id`.
+    pub fn attach(&self, id: u64, stream: UnixStream) {
+        match lock(&self.pending).remove(&id) {
+            Some(tx) => {
+                let _ = tx.send(stream);
+            }
+            None => tracing::debug!(id, "channel for an unknown or expired connection"),
+        }
+    }
+
+    /// Announces a connection to `client` and waits for its channel.
+    async fn announce(
+        &self,
+        client: &Client,
+        port: u16,
+        mode: TrafficMode,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<UnixStream> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        let event = AgentMessage::Event(AgentEvent::Incoming {
+            id,
+            port,
+            mode,
+            peer,
+            local,
+        });
+        let delivered = client.message_tx.send(event).await.is_ok();
+        let stream = if delivered {
+            tokio::time::timeout(PICKUP_TIMEOUT, rx)
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+        } else {
+            None
+        };
+        lock(&self.pending).remove(&id);
+        stream
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, port: u16) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(port, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let original = original_destination(&stream).unwrap_or_else(|| {
+                let ip = stream
+                    .local_addr()
+                    .map(|a| a.ip())
+                    .unwrap_or([0, 0, 0, 0].into());
+                SocketAddr::new(ip, port)
+            });
+            let subscribers = lock(&self.ports)
+                .get(&port)
+                .map(|s| s.subscribers.clone())
+                .unwrap_or_default();
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.serve(stream, peer, original, port, subscribers).await {
+                    tracing::debug!(port, %peer, "incoming connection ended: {e:#}");
+                }
+            });
+        }
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        original: SocketAddr,
+        port: u16,
+        subscribers: Vec<Subscriber>,
+    ) -> Result<()> {
+        let _ = stream.set_nodelay(true);
+        let stealers: Vec<Subscriber> = subscribers
+            .iter()
+            .filter(|s| s.mode == TrafficMode::Steal)
+            .cloned()
+            .collect();
+        let mirrors: Vec<Subscriber> = subscribers
+            .iter()
+            .filter(|s| s.mode == TrafficMode::Mirror)
+            .cloned()
+            .collect();
+        if stealers.is_empty() {
+            return self
+                .pass_through(stream, peer, original, port, &mirrors)
+                .await;
+        }
+        let unfiltered = stealers.iter().find(|s| s.filter.is_none()).cloned();
+        match sniff(&stream).await {
+            Protocol::Http => {
+                self.route_http(stream, peer, original, port, stealers)
+                    .await
+            }
+            Protocol::Other => match unfiltered {
+                Some(stealer) => {
+                    match self
+                        .announce(&stealer.client, port, TrafficMode::Steal, peer, original)
+                        .await
+                    {
+                        Some(mut channel) => {
+                            let mut stream = stream;
+                            let _ = tokio::io::copy_bidirectional(&mut stream, &mut channel).await;
+                            Ok(())
+                        }
+                        None => self.pass_through(stream, peer, original, port, &[]).await,
+                    }
+                }
+                None => {
+                    self.pass_through(stream, peer, original, port, &mirrors)
+                        .await
+                }
+            },
+        }
+    }
+
+    /// The connection goes to its original destination; mirrors get a copy of what the client
+    /// sends (and whatever they answer is discarded).
+    async fn pass_through(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        original: SocketAddr,
+        port: u16,
+        mirrors: &[Subscriber],
+    ) -> Result<()> {
+        let upstream = connect_unredirected(original).await?;
+        let mut copies: Vec<mpsc::Sender<Bytes>> = Vec::new();
+        for m in mirrors {
+            let (copy_tx, mut copy_rx) = mpsc::channel::<Bytes>(MIRROR_QUEUE);
+            copies.push(copy_tx);
+            let me = self.clone();
+            let client = m.client.clone();
+            tokio::spawn(async move {
+                let Some(channel) = me
+                    .announce(&client, port, TrafficMode::Mirror, peer, original)
+                    .await
+                else {
+                    return;
+                };
+                let (mut drain, mut write) = channel.into_split();
+                // Whatever the mirroring program answers goes nowhere.
+                tokio::spawn(async move {
+                    let mut sink = [0u8; 16 * 1024];
+                    while matches!(drain.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+                while let Some(chunk) = copy_rx.recv().await {
+                    if write.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = write.shutdown().await;
+            });
+        }
+        let (mut client_r, mut client_w) = stream.into_split();
+        let (mut up_r, mut up_w) = upstream.into_split();
+        let to_target = async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match client_r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if up_w.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                if !copies.is_empty() {
+                    let chunk = Bytes::copy_from_slice(&buf[..n]);
+                    // try_send: a slow mirror loses its copy instead of slowing the target.
+                    copies.retain(|c| c.try_send(chunk.clone()).is_ok());
+                }
+            }
+            let _ = up_w.shutdown().await;
+        };
+        let from_target = async move {
+            let _ = tokio::io::copy(&mut up_r, &mut client_w).await;
+            let _ = client_w.shutdown().await;
+        };
+        tokio::join!(to_target, from_target);
+        Ok(())
+    }
+
+    /// Serves the connection as HTTP and routes each request.
+    async fn route_http(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        original: SocketAddr,
+        port: u16,
+        stealers: Vec<Subscriber>,
+    ) -> Result<()> {
+        let router = Arc::new(Router {
+            incoming: self.clone(),
+            peer,
+            original,
+            port,
+            stealers,
+            upstreams: tokio::sync::Mutex::new(HashMap::new()),
+        });
+        let service = hyper::service::service_fn(move |req| {
+            let router = router.clone();
+            async move { Ok::<_, std::convert::Infallible>(router.handle(req).await) }
+        });
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    }
+}
+
+fn check_conflict(existing: &[Subscriber], new: &Subscriber, port: u16) -> Result<()> {
+    if new.mode != TrafficMode::Steal {
+        return Ok(());
+    }
+    for s in existing
+        .iter()
+        .filter(|s| s.client.id != new.client.id && s.mode == TrafficMode::Steal)
+    {
+        if s.filter.is_none() {
+            bail!("port {port} is already stolen whole by another session");
+        }
+        if new.filter.is_none() {
+            bail!("port {port} is already stolen by another session with an HTTP filter; an unfiltered steal would take its requests");
+        }
+    }
+    Ok(())
+}
+
+enum Protocol {
+    Http,
+    Other,
+}
+
+const HTTP_METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// Tells HTTP from other protocols by the first bytes, without consuming them.
+async fn sniff(stream: &TcpStream) -> Protocol {
+    let mut buf = [0u8; 16];
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return Protocol::Other,
+        };
+        if n == 0 {
+            return Protocol::Other;
+        }
+        let seen = &buf[..n];
+        let could_be = |p: &[u8]| {
+            let k = p.len().min(seen.len());
+            p[..k] == seen[..k]
+        };
+        if HTTP_METHODS.iter().any(|m| seen.starts_with(m)) || seen.starts_with(H2_PREFACE) {
+            return Protocol::Http;
+        }
+        if !(HTTP_METHODS.iter().any(|m| could_be(m)) || could_be(H2_PREFACE)) || n == buf.len() {
+            return Protocol::Other;
+        }
+        // A prefix of a method: wait for more bytes (peek returns what is there).
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// SO_ORIGINAL_DST: where the client meant to connect before the redirect.
+fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    // SAFETY: sockaddr_in is plain data; the length passed matches the buffer.
+    unsafe {
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            &mut addr as *mut _ as *mut libc::c_void,
+            &mut len,
+        );
+        (r == 0).then(|| {
+            SocketAddr::new(
+                std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)).into(),
+                u16::from_be(addr.sin_port),
+            )
+        })
+    }
+}
+
+/// A connection to the target that the redirect leaves alone (marked as the agent's own).
+async fn connect_unredirected(addr: SocketAddr) -> Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    redirect::mark_socket(socket.as_raw_fd()).context("marking the agent's socket")?;
+    let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(addr))
+        .await
+        .context("connecting to the target timed out")?
+        .with_context(|| format!("connecting to the target at {addr}"))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Where a request was sent, for reusing connections within one client connection.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Upstream {
+    Target,
+    Client(u64),
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Body>),
+    H2(hyper::client::conn::http2::SendRequest<Body>),
+}
+
+impl Sender {
+    async fn send(&mut self, req: Request<Body>) -> hyper::Result<Response<IncomingBody>> {
+        match self {
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+        }
+    }
+}
+
+/// Routes the requests of one client connection.
+struct Router {
+    incoming: Arc<IncomingState>,
+    peer: SocketAddr,
+    original: SocketAddr,
+    port: u16,
+    stealers: Vec<Subscriber>,
+    upstreams: tokio::sync::Mutex<HashMap<Upstream, Sender>>,
+}
+
+impl Router {
+    async fn handle(&self, mut req: Request<IncomingBody>) -> Response<Body> {
+        let stealer = self
+            .stealers
+            .iter()
+            .find(|s| matches(s.filter.as_deref(), &req))
+            .cloned();
+        let upgrade = req.headers().contains_key(hyper::header::UPGRADE);
+        let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let method = req.method().to_string();
+        let path = req.uri().path().to_owned();
+        if let Some(s) = &stealer {
+            let _ = s
+                .client
+                .message_tx
+                .try_send(AgentMessage::Event(AgentEvent::HttpRequest {
+                    port: self.port,
+                    method: method.clone(),
+                    path: path.clone(),
+                    stolen: true,
+                }));
+        }
+        let key = match &stealer {
+            Some(s) => Upstream::Client(s.client.id),
+            None => Upstream::Target,
+        };
+        let http2 = req.version() == hyper::Version::HTTP_2;
+        let req = req.map(|b| b.boxed());
+        let response = self
+            .forward(key, stealer.as_ref(), http2, upgrade, req)
+            .await;
+        let mut response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%method, %path, "forwarding failed: {e:#}");
+                return status(StatusCode::BAD_GATEWAY);
+            }
+        };
+        if let (Some(down), true) = (
+            down_upgrade,
+            response.status() == StatusCode::SWITCHING_PROTOCOLS,
+        ) {
+            let up = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                if let (Ok(down), Ok(up)) = (down.await, up.await) {
+                    let mut down = TokioIo::new(down);
+                    let mut up = TokioIo::new(up);
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+        response.map(|b| b.boxed())
+    }
+
+    async fn forward(
+        &self,
+        key: Upstream,
+        stealer: Option<&Subscriber>,
+        http2: bool,
+        upgrade: bool,
+        req: Request<Body>,
+    ) -> Result<Response<IncomingBody>> {
+        let mut upstreams = self.upstreams.lock().await;
+        // A connection that carried an upgrade is no longer HTTP; HTTP/1 connections also die.
+        let usable = match upstreams.get(&key) {
+            Some(Sender::H1(s)) => !s.is_closed() && !upgrade,
+            Some(Sender::H2(s)) => !s.is_closed(),
+            None => false,
+        };
+        if !usable {
+            let sender = self.connect(stealer, http2).await?;
+            upstreams.insert(key, sender);
+        }
+        // Present: inserted just above when it was missing or unusable.
+        let sender = upstreams.get_mut(&key).expect("upstream present");
+        if let Sender::H2(s) = sender {
+            // HTTP/2 multiplexes: send without holding the map, so streams run concurrently.
+            let mut s = s.clone();
+            drop(upstreams);
+            s.ready().await?;
+            return Ok(s.send_request(req).await?);
+        }
+        Ok(sender.send(req).await?)
+    }
+
+    async fn connect(&self, stealer: Option<&Subscriber>, http2: bool) -> Result<Sender> {
+        match stealer {
+            Some(s) => {
+                let channel = self
+                    .incoming
+                    .announce(
+                        &s.client,
+                        self.port,
+                        TrafficMode::Steal,
+                        self.peer,
+                        self.original,
+                    )
+                    .await
+                    .context("the stealing client did not pick the connection up")?;
+                handshake(TokioIo::new(channel), http2).await
+            }
+            None => {
+                let stream = connect_unredirected(self.original).await?;
+                handshake(TokioIo::new(stream), http2).await
+            }
+        }
+    }
+}
+
+async fn handshake<T>(io: TokioIo<T>, http2: bool) -> Result<Sender>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if http2 {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Sender::H2(sender))
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(Sender::H1(sender))
+    }
+}
+
+fn status(code: StatusCode) -> Response<Body> {
+    let mut r = Response::new(
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = code;
+    r
+}
+
+/// A filter with its regexes compiled.
+pub enum CompiledFilter {
+    Header(regex::Regex),
+    Path(regex::Regex),
+    Method(String),
+    AllOf(Vec<CompiledFilter>),
+    AnyOf(Vec<CompiledFilter>),
+}
+
+impl CompiledFilter {
+    pub fn compile(f: &HttpFilter) -> Result<CompiledFilter> {
+        let re = |s: &str| {
+            regex::Regex::new(s).with_context(|| format!("invalid regular expression {s:?}"))
+        };
+        Ok(match f {
+            HttpFilter::Header(r) => CompiledFilter::Header(re(r)?),
+            HttpFilter::Path(r) => CompiledFilter::Path(re(r)?),
+            HttpFilter::Method(m) => CompiledFilter::Method(m.to_ascii_uppercase()),
+            HttpFilter::AllOf(v) => {
+                CompiledFilter::AllOf(v.iter().map(Self::compile).collect::<Result<_>>()?)
+            }
+            HttpFilter::AnyOf(v) => {
+                CompiledFilter::AnyOf(v.iter().map(Self::compile).collect::<Result<_>>()?)
+            }
+        })
+    }
+
+    fn matches<B>(&self, req: &Request<B>) -> bool {
+        match self {
+            CompiledFilter::Header(re) => req.headers().iter().any(|(name, value)| {
+                value
+                    .to_str()
+                    .is_ok_and(|v| re.is_match(&format!("{}: {v}", name.as_str())))
+            }),
+            CompiledFilter::Path(re) => {
+                re.is_match(req.uri().path())
+                    || req
+                        .uri()
+                        .path_and_query()
+                        .is_some_and(|pq| re.is_match(pq.as_str()))
+            }
+            CompiledFilter::Method(m) => req.method().as_str().eq_ignore_ascii_case(m),
+            CompiledFilter::AllOf(v) => v.iter().all(|f| f.matches(req)),
+            CompiledFilter::AnyOf(v) => v.iter().any(|f| f.matches(req)),
+        }
+    }
+
+    /// Whether the filter names Kubernetes probes explicitly (then it may take them).
+    fn names_probes(&self) -> bool {
+        match self {
+            CompiledFilter::Header(re) | CompiledFilter::Path(re) => {
+                re.as_str().contains("kube-probe")
+            }
+            CompiledFilter::Method(_) => false,
+            CompiledFilter::AllOf(v) | CompiledFilter::AnyOf(v) => {
+                v.iter().any(|f| f.names_probes())
+            }
+        }
+    }
+}
+
+/// Whether a stealer with `filter` takes `req`. Health checks of the kubelet stay with the
+/// target unless the filter names them: stealing them would make Kubernetes restart the pod.
+fn matches<B>(filter: Option<&CompiledFilter>, req: &Request<B>) -> bool {
+    let probe = req
+        .headers()
+        .get(hyper::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("kube-probe/"));
+    match filter {
+        None => !probe,
+        Some(f) => (!probe || f.names_probes()) && f.matches(req),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn f(filter: HttpFilter) -> CompiledFilter {
+        CompiledFilter::compile(&filter).unwrap()
+    }
+
+    #[test]
+    fn filters_match_requests() {
+        let alice = req("GET", "/api/x?y=1", &[("X-User", "alice")]);
+        let bob = req("POST", "/other", &[("x-user", "bob")]);
+        let h = f(HttpFilter::Header("x-user: alice".into()));
+        assert!(matches(Some(&h), &alice));
+        assert!(!matches(Some(&h), &bob));
+        let p = f(HttpFilter::Path("^/api/".into()));
+        assert!(matches(Some(&p), &alice) && !matches(Some(&p), &bob));
+        let m = f(HttpFilter::Method("post".into()));
+        assert!(matches(Some(&m), &bob) && !matches(Some(&m), &alice));
+        let all = f(HttpFilter::AllOf(vec![
+            HttpFilter::Header("x-user: bob".into()),
+            HttpFilter::Method("POST".into()),
+        ]));
+        assert!(matches(Some(&all), &bob) && !matches(Some(&all), &alice));
+        let any = f(HttpFilter::AnyOf(vec![
+            HttpFilter::Header("x-user: bob".into()),
+            HttpFilter::Path("^/api".into()),
+        ]));
+        assert!(matches(Some(&any), &bob) && matches(Some(&any), &alice));
+    }
+
+    #[test]
+    fn probes_stay_with_the_target_unless_named() {
+        let probe = req("GET", "/healthz", &[("user-agent", "kube-probe/1.29")]);
+        assert!(!matches(None, &probe));
+        assert!(!matches(
+            Some(&f(HttpFilter::Path("/healthz".into()))),
+            &probe
+        ));
+        assert!(matches(
+            Some(&f(HttpFilter::Header("user-agent: kube-probe/.*".into()))),
+            &probe
+        ));
+        assert!(matches(None, &req("GET", "/", &[("user-agent", "curl/8")])));
+    }
+}

@@ -1,0 +1,189 @@
+//! Incoming traffic, session side: which process listens for which pod port, and delivery of
+//! the connections the agent announces to the process's loopback listener.
+
+use crate::agent::{AgentConnector, AgentControl};
+use mirrord_protocol::agent::{AgentChannel, AgentEvent, AgentRequest, AgentResponse, TrafficMode};
+use mirrord_protocol::config::{IncomingConfig, IncomingMode};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpSocket;
+use tokio::sync::mpsc;
+
+struct Listening {
+    /// Where the program's listener really is (loopback).
+    local: SocketAddr,
+    /// The layer control connection that asked; its end unsubscribes.
+    owner: u64,
+}
+
+pub struct IncomingRouter {
+    config: IncomingConfig,
+    listening: Mutex<HashMap<u16, Listening>>,
+    /// Source address of a delivery connection → (client in the cluster, pod address).
+    peers: Mutex<HashMap<SocketAddr, (SocketAddr, SocketAddr)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl IncomingRouter {
+    pub fn new(config: IncomingConfig) -> Arc<IncomingRouter> {
+        Arc::new(IncomingRouter {
+            config,
+            listening: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A process listens for the pod's `port` at `local`: subscribe it on the agent with the
+    /// session's mode and filter.
+    pub async fn listen(
+        &self,
+        control: &AgentControl,
+        owner: u64,
+        port: u16,
+        local: SocketAddr,
+    ) -> Result<(), String> {
+        let mode = match self.config.mode {
+            IncomingMode::Mirror => TrafficMode::Mirror,
+            IncomingMode::Steal => TrafficMode::Steal,
+            IncomingMode::Off => return Err("incoming traffic is off in the configuration".into()),
+        };
+        let filter = match mode {
+            TrafficMode::Steal if self.config.http_filter.applies_to(port) => {
+                self.config.http_filter.to_filter()
+            }
+            _ => None,
+        };
+        if let Some(other) = lock(&self.listening).get(&port) {
+            if other.owner != owner {
+                return Err(format!(
+                    "another process of this session already listens for port {port}"
+                ));
+            }
+        }
+        match control
+            .request(AgentRequest::Subscribe { port, mode, filter })
+            .await
+        {
+            Ok(AgentResponse::Subscribed) => {
+                lock(&self.listening).insert(port, Listening { local, owner });
+                tracing::info!(port, %local, ?mode, "port subscribed");
+                Ok(())
+            }
+            Ok(AgentResponse::Error(e)) => Err(e),
+            Ok(other) => Err(format!("unexpected agent answer {other:?}")),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    pub async fn unlisten(&self, control: &AgentControl, owner: u64, port: u16) {
+        let removed = {
+            let mut l = lock(&self.listening);
+            match l.get(&port) {
+                Some(s) if s.owner == owner => l.remove(&port).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            let _ = control.request(AgentRequest::Unsubscribe { port }).await;
+            tracing::info!(port, "port unsubscribed");
+        }
+    }
+
+    /// A process left: release its ports at once, so the pod serves them again.
+    pub async fn owner_gone(&self, control: &AgentControl, owner: u64) {
+        let ports: Vec<u16> = lock(&self.listening)
+            .iter()
+            .filter(|(_, l)| l.owner == owner)
+            .map(|(p, _)| *p)
+            .collect();
+        for port in ports {
+            self.unlisten(control, owner, port).await;
+        }
+    }
+
+    pub fn peer_of(&self, source: SocketAddr) -> Option<(SocketAddr, SocketAddr)> {
+        lock(&self.peers).get(&source).copied()
+    }
+
+    /// Delivers what the agent announces until the agent's control channel closes.
+    pub async fn run(
+        self: Arc<Self>,
+        mut event_rx: mpsc::Receiver<AgentEvent>,
+        connector: AgentConnector,
+    ) {
+        while let Some(event) = event_rx.recv().await {
+            match event {
+                AgentEvent::Incoming {
+                    id,
+                    port,
+                    mode,
+                    peer,
+                    local,
+                } => {
+                    let me = self.clone();
+                    let connector = connector.clone();
+                    tokio::spawn(async move {
+                        me.deliver(&connector, id, port, mode, peer, local).await
+                    });
+                }
+                AgentEvent::HttpRequest {
+                    port,
+                    method,
+                    path,
+                    stolen,
+                } => {
+                    tracing::debug!(port, %method, %path, stolen, "http request");
+                }
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        connector: &AgentConnector,
+        id: u64,
+        port: u16,
+        mode: TrafficMode,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) {
+        let target = lock(&self.listening).get(&port).map(|l| l.local);
+        let mut channel = match connector.open(AgentChannel::Incoming { id }).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(port, "cannot open the incoming channel: {e:#}");
+                return;
+            }
+        };
+        // Nobody listens any more: closing the channel tells the agent at once.
+        let Some(target) = target else { return };
+        let socket = match if target.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        } {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        // Bind first so the source address is known, and recorded, before the program can
+        // accept the connection and ask who it is.
+        let loopback = SocketAddr::new(target.ip(), 0);
+        let Ok(source) = socket.bind(loopback).and_then(|_| socket.local_addr()) else {
+            return;
+        };
+        lock(&self.peers).insert(source, (peer, local));
+        match socket.connect(target).await {
+            Ok(mut stream) => {
+                let _ = stream.set_nodelay(true);
+                tracing::debug!(port, %peer, ?mode, "incoming connection delivered");
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut channel).await;
+            }
+            Err(e) => tracing::warn!(port, %target, "cannot reach the program's listener: {e}"),
+        }
+        lock(&self.peers).remove(&source);
+    }
+}
