@@ -563,17 +563,25 @@ impl Router {
         let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let method = req.method().to_string();
         let path = req.uri().path().to_owned();
-        if let Some(s) = &stealer {
-            let _ = s
-                .client
-                .message_tx
-                .try_send(AgentMessage::Event(AgentEvent::HttpRequest {
-                    port: self.port,
-                    method: method.clone(),
-                    path: path.clone(),
-                    stolen: true,
-                }));
-        }
+        let started = std::time::Instant::now();
+        // What the traffic view shows of a stolen request; sent once the response head is back.
+        let report = stealer.as_ref().map(|s| {
+            let headers = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect::<Vec<_>>();
+            (
+                s.client.message_tx.clone(),
+                headers,
+                s.filter.as_ref().map(|f| f.describe()),
+            )
+        });
         let key = match &stealer {
             Some(s) => Upstream::Client(s.client.id),
             None => Upstream::Target,
@@ -583,6 +591,19 @@ impl Router {
         let response = self
             .forward(key, stealer.as_ref(), http2, upgrade, req)
             .await;
+        let code = response.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+        if let Some((events_tx, headers, filter)) = report {
+            // try_send: the traffic view must never hold up a request.
+            let _ = events_tx.try_send(AgentMessage::Event(AgentEvent::HttpRequest {
+                port: self.port,
+                method: method.clone(),
+                path: path.clone(),
+                headers,
+                status: code,
+                duration_ms: started.elapsed().as_millis() as u64,
+                filter,
+            }));
+        }
         let mut response = match response {
             Ok(r) => r,
             Err(e) => {
@@ -735,6 +756,23 @@ impl CompiledFilter {
             CompiledFilter::Method(m) => req.method().as_str().eq_ignore_ascii_case(m),
             CompiledFilter::AllOf(v) => v.iter().all(|f| f.matches(req)),
             CompiledFilter::AnyOf(v) => v.iter().any(|f| f.matches(req)),
+        }
+    }
+
+    /// The filter as the user wrote it, for the traffic view.
+    pub fn describe(&self) -> String {
+        let list = |v: &[CompiledFilter]| {
+            v.iter()
+                .map(|f| f.describe())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            CompiledFilter::Header(re) => format!("header: {}", re.as_str()),
+            CompiledFilter::Path(re) => format!("path: {}", re.as_str()),
+            CompiledFilter::Method(m) => format!("method: {m}"),
+            CompiledFilter::AllOf(v) => format!("all_of({})", list(v)),
+            CompiledFilter::AnyOf(v) => format!("any_of({})", list(v)),
         }
     }
 

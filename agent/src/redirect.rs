@@ -291,6 +291,16 @@ impl Redirector {
         self.backend
     }
 
+    /// Whether IPv6 connections are redirected too (to the same `to_port`, at `[::1]` or the
+    /// pod's IPv6 address: a listener bound to `0.0.0.0` does not get them). False when
+    /// ip6tables is missing or failed here; the nft backend's `inet` table covers both families.
+    pub fn ipv6(&self) -> bool {
+        match &self.imp {
+            Imp::Iptables { v6, .. } => v6.is_some(),
+            Imp::Nft { .. } => true,
+        }
+    }
+
     pub fn agent_id(&self) -> &str {
         &self.agent_id
     }
@@ -299,17 +309,17 @@ impl Redirector {
 /// Removes `agent_id`'s rules in the current network namespace without a [`Redirector`] (the
 /// guard's job): its iptables chain and the jumps to it in every iptables flavour installed
 /// (nft and legacy, IPv4 and IPv6), and its nft table. Nothing of another id is touched. Finding
-/// nothing is success.
+/// nothing is success, and so is a tool that cannot list anything here (no nf_tables, no IPv6).
 pub fn cleanup_agent(agent_id: &str) -> Result<()> {
     let chain = chain_name(agent_id)?;
     let mut errors = Vec::new();
     for ipt in Iptables::all_installed() {
-        if let Err(e) = ipt.cleanup(&chain) {
+        if let Err(e) = ipt.cleanup_if_listable(&chain) {
             errors.push(format!("{e:#}"));
         }
     }
     if let Some(program) = Program::find("nft") {
-        if let Err(e) = Nft::new(program, nft_table_name(agent_id)?).cleanup() {
+        if let Err(e) = Nft::new(program, nft_table_name(agent_id)?).cleanup_if_listable() {
             errors.push(format!("{e:#}"));
         }
     }

@@ -18,11 +18,18 @@ use std::sync::Mutex;
 
 /// Address → the name the program looked up to get it; lets hostname rules of the outgoing
 /// filter apply to the connection that follows a lookup.
-static NAMES: Mutex<Option<HashMap<IpAddr, String>>> = Mutex::new(None);
+static NAMES: Mutex<Option<NameMap>> = Mutex::new(None);
+type NameMap = HashMap<IpAddr, String>;
 const MAX_NAMES: usize = 4096;
 
 /// Heads of the addrinfo lists the layer allocated.
 static OURS: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
+/// What the fork hook holds across `fork`.
+pub type ForkLocks = (
+    std::sync::MutexGuard<'static, Option<NameMap>>,
+    std::sync::MutexGuard<'static, Option<HashSet<usize>>>,
+);
 
 pub fn hostname_of(ip: IpAddr) -> Option<String> {
     let ip = mirrord_protocol::config::canonical_ip(ip);
@@ -46,10 +53,7 @@ fn remember(name: &str, addrs: &[IpAddr]) {
 }
 
 /// Locks used by the fork hook so no other thread holds them at the moment of the fork.
-pub fn fork_locks() -> (
-    std::sync::MutexGuard<'static, Option<HashMap<IpAddr, String>>>,
-    std::sync::MutexGuard<'static, Option<HashSet<usize>>>,
-) {
+pub fn fork_locks() -> ForkLocks {
     (
         NAMES.lock().unwrap_or_else(|p| p.into_inner()),
         OURS.lock().unwrap_or_else(|p| p.into_inner()),
@@ -325,11 +329,11 @@ fn h_errno_of(e: &ResolveError) -> c_int {
     }
 }
 
+/// The official name and the IPv4 addresses of a host.
+type V4Host = (String, Vec<[u8; 4]>);
+
 /// IPv4 answers for the `gethostbyname` family, or `None` to bypass.
-fn lookup_v4(
-    st: &LayerState,
-    name: *const c_char,
-) -> Option<Result<(String, Vec<[u8; 4]>), ResolveError>> {
+fn lookup_v4(st: &LayerState, name: *const c_char) -> Option<Result<V4Host, ResolveError>> {
     if name.is_null() {
         return None;
     }

@@ -107,13 +107,18 @@ pub enum AgentEvent {
         /// The address the client connected to (the pod's address and `port`).
         local: SocketAddr,
     },
-    /// An HTTP request the agent routed on a filtered port, for the traffic view.
+    /// An HTTP request the agent gave this client (steal), for the traffic view; sent when the
+    /// response head came back.
     HttpRequest {
         port: u16,
         method: String,
         path: String,
-        /// Whether it went to this client (true) or to the target (false).
-        stolen: bool,
+        headers: Vec<(String, String)>,
+        /// Response status; 0 when the request failed.
+        status: u16,
+        duration_ms: u64,
+        /// The filter that took it, as configured (`None` for an unfiltered steal).
+        filter: Option<String>,
     },
 }
 

@@ -14,6 +14,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 /// A whole configuration file.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrordConfig {
@@ -42,11 +43,14 @@ pub struct TargetConfig {
     pub namespace: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TargetConfigMap {
+    /// The target path, e.g. `pod/NAME` or `pid/PID`.
     #[serde(default)]
     path: Option<String>,
+    /// Kubernetes namespace of the target.
     #[serde(default)]
     namespace: Option<String>,
 }
@@ -175,6 +179,7 @@ impl fmt::Display for TargetPath {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureConfig {
@@ -182,6 +187,7 @@ pub struct FeatureConfig {
     pub network: NetworkConfig,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
@@ -194,21 +200,31 @@ pub struct NetworkConfig {
 }
 
 /// `feature.network.incoming`: `"mirror" | "steal" | "off"` or the full object.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IncomingConfigMap {
+    /// `mirror` (a copy; the target keeps serving), `steal` (instead of the target) or `off`.
     #[serde(default)]
     mode: IncomingMode,
+    /// `[[local_port, remote_port], ...]`: the program listens on local_port and gets the
+    /// traffic of the target's remote_port.
     #[serde(default)]
     port_mapping: Vec<(u16, u16)>,
+    /// Listeners on loopback addresses stay local (not subscribed).
     #[serde(default)]
     ignore_localhost: bool,
+    /// Ports the program listens on that are never subscribed.
     #[serde(default)]
     ignore_ports: Vec<u16>,
+    /// If set, only these ports of the target are subscribed.
     #[serde(default)]
     ports: Option<Vec<u16>>,
+    /// `[[remote_port, local_port], ...]`: when the program listens on remote_port, bind
+    /// local_port on this machine instead.
     #[serde(default)]
     listen_ports: Vec<(u16, u16)>,
+    /// Steal only the HTTP requests that match (header, path, method, all_of, any_of).
     #[serde(default)]
     http_filter: HttpFilterConfig,
 }
@@ -286,6 +302,7 @@ impl Default for IncomingConfigFull {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IncomingMode {
@@ -296,6 +313,7 @@ pub enum IncomingMode {
 }
 
 /// `http_filter`: which requests a steal takes.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpFilterConfig {
@@ -315,6 +333,7 @@ pub struct HttpFilterConfig {
 }
 
 /// One entry of `all_of` / `any_of`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 pub enum InnerFilter {
@@ -324,6 +343,7 @@ pub enum InnerFilter {
 }
 
 /// A regular expression, checked when the config is read.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct RegexString(pub String);
@@ -360,15 +380,22 @@ impl Default for OutgoingConfig {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OutgoingConfigMap {
+    /// Make TCP connections from the target.
     #[serde(default = "yes")]
     tcp: bool,
+    /// Send UDP datagrams from the target.
     #[serde(default = "yes")]
     udp: bool,
+    /// Connections to loopback addresses stay on this machine.
     #[serde(default)]
     ignore_localhost: bool,
+    /// `{"remote": [rules]}` sends only matching destinations through the target;
+    /// `{"local": [rules]}` keeps matching destinations on this machine.
+    /// Rule: `[tcp://|udp://]name|ip|subnet[:port]`.
     #[serde(default)]
     filter: Option<OutgoingFilter>,
 }
@@ -408,6 +435,7 @@ impl<'de> Deserialize<'de> for OutgoingConfig {
 
 /// `filter: {remote: [...]}` sends only matching destinations through the pod;
 /// `filter: {local: [...]}` keeps matching destinations on the developer's machine.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 pub enum OutgoingFilter {
@@ -477,11 +505,15 @@ impl Default for DnsConfig {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DnsConfigMap {
+    /// Resolve names with the target's DNS configuration.
     #[serde(default = "yes")]
     enabled: bool,
+    /// `{"remote": [names]}` resolves only matching names in the cluster;
+    /// `{"local": [names]}` resolves matching names on this machine.
     #[serde(default)]
     filter: Option<DnsFilter>,
 }
@@ -514,6 +546,7 @@ impl<'de> Deserialize<'de> for DnsConfig {
 
 /// `dns.filter: {remote: [...]}` resolves only matching names in the cluster;
 /// `dns.filter: {local: [...]}` resolves matching names on the developer's machine.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 pub enum DnsFilter {
@@ -724,6 +757,7 @@ impl<'de> Deserialize<'de> for AddressRule {
 }
 
 /// `agent`: how the agent is run.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
@@ -824,4 +858,112 @@ impl IncomingConfigFull {
             .find(|(remote, _)| *remote == port)
             .map(|(_, local)| *local)
     }
+}
+
+#[cfg(feature = "schema")]
+mod schema {
+    //! JSON Schema for the types whose JSON form is "a shorthand or an object".
+    use super::*;
+    use schemars::gen::SchemaGenerator;
+    use schemars::schema::{InstanceType, Metadata, Schema, SchemaObject, SubschemaValidation};
+    use schemars::JsonSchema;
+
+    fn either(gen: &mut SchemaGenerator, short: Schema, full: Schema, doc: &str) -> Schema {
+        let _ = gen;
+        Schema::Object(SchemaObject {
+            metadata: Some(Box::new(Metadata {
+                description: Some(doc.to_owned()),
+                ..Default::default()
+            })),
+            subschemas: Some(Box::new(SubschemaValidation {
+                any_of: Some(vec![short, full]),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+    }
+
+    fn simple(t: InstanceType) -> Schema {
+        Schema::Object(SchemaObject {
+            instance_type: Some(t.into()),
+            ..Default::default()
+        })
+    }
+
+    impl JsonSchema for TargetConfig {
+        fn schema_name() -> String {
+            "TargetConfig".into()
+        }
+        fn json_schema(gen: &mut SchemaGenerator) -> Schema {
+            let full = gen.subschema_for::<TargetConfigMap>();
+            either(gen, simple(InstanceType::String), full, "The target: pod/NAME[/container/C], deployment/NAME, statefulset/NAME, targetless, pid/PID or netns/NAME; or {path, namespace}.")
+        }
+    }
+
+    impl JsonSchema for IncomingConfigFull {
+        fn schema_name() -> String {
+            "IncomingConfig".into()
+        }
+        fn json_schema(gen: &mut SchemaGenerator) -> Schema {
+            let short = gen.subschema_for::<IncomingMode>();
+            let full = gen.subschema_for::<IncomingConfigMap>();
+            either(gen, short, full, "Incoming traffic of the target's ports: \"mirror\", \"steal\", \"off\" or an object.")
+        }
+    }
+
+    impl JsonSchema for OutgoingConfig {
+        fn schema_name() -> String {
+            "OutgoingConfig".into()
+        }
+        fn json_schema(gen: &mut SchemaGenerator) -> Schema {
+            let full = gen.subschema_for::<OutgoingConfigMap>();
+            either(
+                gen,
+                simple(InstanceType::Boolean),
+                full,
+                "Outgoing connections made from the target: true, false or an object.",
+            )
+        }
+    }
+
+    impl JsonSchema for DnsConfig {
+        fn schema_name() -> String {
+            "DnsConfig".into()
+        }
+        fn json_schema(gen: &mut SchemaGenerator) -> Schema {
+            let full = gen.subschema_for::<DnsConfigMap>();
+            either(
+                gen,
+                simple(InstanceType::Boolean),
+                full,
+                "Name resolution with the target's DNS configuration: true, false or an object.",
+            )
+        }
+    }
+
+    impl JsonSchema for AddressRule {
+        fn schema_name() -> String {
+            "AddressRule".into()
+        }
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            Schema::Object(SchemaObject {
+                instance_type: Some(InstanceType::String.into()),
+                metadata: Some(Box::new(Metadata {
+                    description: Some("[tcp://|udp://]name|ip|subnet[:port], e.g. 10.0.0.0/8:5432, db.internal, :53".into()),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+        }
+    }
+}
+
+/// The JSON Schema of a configuration file.
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::gen::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<MirrordConfig>();
+    // A schema is plain data; serialising it cannot fail.
+    serde_json::to_value(schema).expect("schema serialises")
 }

@@ -12,6 +12,7 @@
 //! This crate holds no I/O policy: only types, the codec and the version rule.
 
 pub mod agent;
+pub mod api;
 pub mod codec;
 pub mod config;
 pub mod layer;

@@ -57,7 +57,7 @@ impl AgentConnector {
 pub struct AgentProcess {
     child: Child,
     /// Held open: the agent exits when it reads end-of-file, so it never outlives the server.
-    _lifeline: ChildStdin,
+    lifeline: Option<ChildStdin>,
     pub pid: u32,
     pub socket: PathBuf,
     /// Last lines the agent wrote to stderr, for error messages.
@@ -115,7 +115,7 @@ impl AgentProcess {
         let ready = tokio::time::timeout(AGENT_START_TIMEOUT, stdout.read_line(&mut line)).await;
         let mut agent = AgentProcess {
             child,
-            _lifeline: lifeline,
+            lifeline: Some(lifeline),
             pid,
             socket,
             stderr_tail,
@@ -165,11 +165,24 @@ impl AgentProcess {
         }
     }
 
-    /// Ends the agent and waits for it.
+    /// Ends the agent and waits for it. Closing its lifeline lets it exit cleanly, removing its
+    /// redirect rules itself before it goes, so the target serves its ports again by the time
+    /// this returns; an agent that does not go in time is killed (and its guard cleans up).
     pub async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        drop(self.lifeline.take());
+        if tokio::time::timeout(Duration::from_secs(3), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
         let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// The agent's exit status if it has exited, without waiting.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Resolves when the agent process exits.

@@ -2,7 +2,9 @@
 //! the connections the agent announces to the process's loopback listener.
 
 use crate::agent::{AgentConnector, AgentControl};
+use crate::traffic::TrafficLog;
 use mirrord_protocol::agent::{AgentChannel, AgentEvent, AgentRequest, AgentResponse, TrafficMode};
+use mirrord_protocol::api::{now_ms, TrafficEvent};
 use mirrord_protocol::config::{IncomingConfig, IncomingMode};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ struct Listening {
 
 pub struct IncomingRouter {
     config: IncomingConfig,
+    traffic: Arc<TrafficLog>,
     listening: Mutex<HashMap<u16, Listening>>,
     /// Source address of a delivery connection → (client in the cluster, pod address).
     peers: Mutex<HashMap<SocketAddr, (SocketAddr, SocketAddr)>>,
@@ -29,9 +32,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl IncomingRouter {
-    pub fn new(config: IncomingConfig) -> Arc<IncomingRouter> {
+    pub fn new(config: IncomingConfig, traffic: Arc<TrafficLog>) -> Arc<IncomingRouter> {
         Arc::new(IncomingRouter {
             config,
+            traffic,
             listening: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
         })
@@ -71,6 +75,12 @@ impl IncomingRouter {
             Ok(AgentResponse::Subscribed) => {
                 lock(&self.listening).insert(port, Listening { local, owner });
                 tracing::info!(port, %local, ?mode, "port subscribed");
+                self.traffic.emit(TrafficEvent::PortSubscription {
+                    time: now_ms(),
+                    port,
+                    mode: mode_name(mode).into(),
+                    active: true,
+                });
                 Ok(())
             }
             Ok(AgentResponse::Error(e)) => Err(e),
@@ -90,6 +100,12 @@ impl IncomingRouter {
         if removed {
             let _ = control.request(AgentRequest::Unsubscribe { port }).await;
             tracing::info!(port, "port unsubscribed");
+            self.traffic.emit(TrafficEvent::PortSubscription {
+                time: now_ms(),
+                port,
+                mode: self.mode_label().into(),
+                active: false,
+            });
         }
     }
 
@@ -102,6 +118,21 @@ impl IncomingRouter {
             .collect();
         for port in ports {
             self.unlisten(control, owner, port).await;
+        }
+    }
+
+    /// Ports this session's processes currently receive.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = lock(&self.listening).keys().copied().collect();
+        p.sort_unstable();
+        p
+    }
+
+    fn mode_label(&self) -> &'static str {
+        match self.config.mode {
+            IncomingMode::Steal => "steal",
+            IncomingMode::Mirror => "mirror",
+            IncomingMode::Off => "off",
         }
     }
 
@@ -134,10 +165,21 @@ impl IncomingRouter {
                     port,
                     method,
                     path,
-                    stolen,
-                } => {
-                    tracing::debug!(port, %method, %path, stolen, "http request");
-                }
+                    headers,
+                    status,
+                    duration_ms,
+                    filter,
+                } => self.traffic.emit(TrafficEvent::IncomingRequest {
+                    time: now_ms(),
+                    port,
+                    method,
+                    path,
+                    headers: headers.into_iter().collect(),
+                    status,
+                    duration_ms,
+                    mode: "steal".into(),
+                    matched_filter: filter,
+                }),
             }
         }
     }
@@ -180,10 +222,23 @@ impl IncomingRouter {
             Ok(mut stream) => {
                 let _ = stream.set_nodelay(true);
                 tracing::debug!(port, %peer, ?mode, "incoming connection delivered");
+                self.traffic.emit(TrafficEvent::IncomingConnection {
+                    time: now_ms(),
+                    peer: peer.to_string(),
+                    port,
+                    mode: mode_name(mode).into(),
+                });
                 let _ = tokio::io::copy_bidirectional(&mut stream, &mut channel).await;
             }
             Err(e) => tracing::warn!(port, %target, "cannot reach the program's listener: {e}"),
         }
         lock(&self.peers).remove(&source);
+    }
+}
+
+fn mode_name(mode: TrafficMode) -> &'static str {
+    match mode {
+        TrafficMode::Mirror => "mirror",
+        TrafficMode::Steal => "steal",
     }
 }

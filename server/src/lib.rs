@@ -7,8 +7,10 @@
 
 pub mod agent;
 pub mod config_file;
+pub mod daemon;
 pub mod exec;
 pub mod incoming;
 pub mod paths;
 pub mod proxy;
 pub mod session;
+pub mod traffic;

@@ -6,8 +6,10 @@
 
 use crate::agent::{AgentConnector, AgentControl};
 use crate::incoming::IncomingRouter;
+use crate::traffic::TrafficLog;
 use anyhow::{Context, Result};
 use mirrord_protocol::agent::{AgentChannel, AgentRequest, AgentResponse, Datagram};
+use mirrord_protocol::api::{now_ms, ProcessInfo, TrafficEvent};
 use mirrord_protocol::codec::{read_frame_async, write_frame_async};
 use mirrord_protocol::layer::{DataReply, LayerHello, LayerRequest, ServerHello, ServerResponse};
 use mirrord_protocol::net::{ConnectReply, ResolveError, UdpOpenReply};
@@ -37,6 +39,23 @@ pub struct ProxyShared {
     pub incoming: Arc<IncomingRouter>,
     /// Ids for layer control connections (one per process).
     pub next_process: std::sync::atomic::AtomicU64,
+    pub traffic: Arc<TrafficLog>,
+    /// Processes in the session, by control connection.
+    pub processes: std::sync::Mutex<HashMap<u64, ProcessInfo>>,
+}
+
+impl ProxyShared {
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        let mut v: Vec<ProcessInfo> = self
+            .processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|p| p.pid);
+        v
+    }
 }
 
 pub struct LayerProxy {
@@ -174,6 +193,22 @@ async fn control_channel(
     let owner = shared
         .next_process
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .processes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            owner,
+            ProcessInfo {
+                pid,
+                executable: executable.clone(),
+            },
+        );
+    shared.traffic.emit(TrafficEvent::ProcessConnected {
+        time: now_ms(),
+        pid,
+        executable: executable.clone(),
+    });
     // This process's UDP relays, by relay address; dropped (and so stopped) with the channel.
     let mut relays: HashMap<SocketAddr, RelayTask> = HashMap::new();
     let result = loop {
@@ -184,9 +219,13 @@ async fn control_channel(
         };
         let response = match request {
             LayerRequest::Resolve { name, family } => {
+                let started = std::time::Instant::now();
                 let result = match shared
                     .control
-                    .request(AgentRequest::Resolve { name, family })
+                    .request(AgentRequest::Resolve {
+                        name: name.clone(),
+                        family,
+                    })
                     .await
                 {
                     Ok(AgentResponse::Resolved(r)) => r,
@@ -195,11 +234,34 @@ async fn control_channel(
                     ))),
                     Err(e) => Err(ResolveError::Temporary(e.to_string())),
                 };
+                shared.traffic.emit(TrafficEvent::DnsQuery {
+                    time: now_ms(),
+                    name,
+                    answers: result
+                        .as_ref()
+                        .map(|r| r.addresses.iter().map(|a| a.to_string()).collect())
+                        .unwrap_or_default(),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    error: result.as_ref().err().map(|e| e.to_string()),
+                });
                 ServerResponse::Resolved(result)
             }
             LayerRequest::UdpOpen { remote, dns } => {
                 match open_udp_relay(&shared, remote, dns).await {
                     Ok((relay_addr, reply, task)) => {
+                        shared.traffic.emit(TrafficEvent::OutgoingConnection {
+                            time: now_ms(),
+                            host: None,
+                            address: remote.ip().to_string(),
+                            port: remote.port(),
+                            protocol: if dns { "udp (dns)" } else { "udp" }.into(),
+                            error: match reply {
+                                UdpOpenReply::Failed { errno } => {
+                                    Some(std::io::Error::from_raw_os_error(errno).to_string())
+                                }
+                                UdpOpenReply::Opened { .. } => None,
+                            },
+                        });
                         if let Some(task) = task {
                             relays.insert(relay_addr, task);
                         }
@@ -244,6 +306,16 @@ async fn control_channel(
         write_frame_async(&mut stream, &response).await?;
     };
     tracing::info!(pid, %executable, "process left the session");
+    shared
+        .processes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&owner);
+    shared.traffic.emit(TrafficEvent::ProcessDisconnected {
+        time: now_ms(),
+        pid,
+        executable,
+    });
     shared.incoming.owner_gone(&shared.control, owner).await;
     result
 }
@@ -305,6 +377,19 @@ async fn data_connection(mut stream: TcpStream, shared: Arc<ProxyShared>) -> Res
         }
     };
     tracing::debug!(pid, %remote, ?hostname, ?reply, "outgoing connection");
+    shared.traffic.emit(TrafficEvent::OutgoingConnection {
+        time: now_ms(),
+        host: hostname,
+        address: remote.ip().to_string(),
+        port: remote.port(),
+        protocol: "tcp".into(),
+        error: match reply {
+            ConnectReply::Failed { errno } => {
+                Some(std::io::Error::from_raw_os_error(errno).to_string())
+            }
+            ConnectReply::Connected { .. } => None,
+        },
+    });
     write_frame_async(&mut stream, &DataReply::Connect(reply)).await?;
     if let (ConnectReply::Connected { .. }, Some(agent)) = (reply, agent.as_mut()) {
         splice(&mut stream, agent).await;

@@ -4,6 +4,7 @@
 use crate::agent::{AgentConnector, AgentControl, AgentProcess};
 use crate::incoming::IncomingRouter;
 use crate::proxy::{LayerProxy, ProxyShared};
+use crate::traffic::TrafficLog;
 use anyhow::{Context, Result};
 use mirrord_protocol::config::{MirrordConfig, TargetPath};
 use std::path::PathBuf;
@@ -26,6 +27,8 @@ pub struct Session {
     pub target: TargetPath,
     pub agent: AgentProcess,
     pub proxy: LayerProxy,
+    /// Live state of the session (processes, ports, traffic).
+    pub shared: Arc<ProxyShared>,
     config_json: String,
     layer_path: PathBuf,
 }
@@ -53,7 +56,11 @@ impl Session {
         let (control, event_rx) = AgentControl::open(&connector)
             .await
             .context("opening the agent's control channel")?;
-        let incoming = IncomingRouter::new(opts.config.feature.network.incoming.clone());
+        let traffic = Arc::new(TrafficLog::default());
+        let incoming = IncomingRouter::new(
+            opts.config.feature.network.incoming.clone(),
+            traffic.clone(),
+        );
         tokio::spawn(incoming.clone().run(event_rx, connector.clone()));
         let shared = Arc::new(ProxyShared {
             token: token.clone(),
@@ -61,8 +68,11 @@ impl Session {
             control,
             incoming,
             next_process: std::sync::atomic::AtomicU64::new(1),
+            traffic,
+            processes: Default::default(),
         });
-        let proxy = LayerProxy::start(opts.runtime_dir.join(format!("{id}.sock")), shared).await?;
+        let proxy =
+            LayerProxy::start(opts.runtime_dir.join(format!("{id}.sock")), shared.clone()).await?;
         let config_json =
             serde_json::to_string(&opts.config).context("serialising the configuration")?;
         tracing::info!(session = %id, target = %opts.target, agent_pid = agent.pid, "session started");
@@ -72,6 +82,7 @@ impl Session {
             target: opts.target,
             agent,
             proxy,
+            shared,
             config_json,
             layer_path: opts.layer_path,
         })

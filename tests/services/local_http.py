@@ -92,5 +92,5 @@ class Handler(BaseHTTPRequestHandler):
 
 
 server = Server((opts.bind, opts.port), Handler)
-emit({"listening": "%s:%d" % server.socket.getsockname()[:2]})
+emit({"listening": "%s:%d" % server.socket.getsockname()[:2], "pid": os.getpid()})
 server.serve_forever()

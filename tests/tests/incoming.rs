@@ -1,11 +1,19 @@
 //! Incoming traffic end to end: requests sent from the `client` namespace to the pod reach the
 //! developer's program (mirrored or stolen), which runs under `mirrord exec` in `dev`.
+//!
+//! Every test builds its own cluster. Traffic is only ever sent from the `client` namespace (to
+//! the pod) or inside `dev` (to the program's local listener); the pod's rules are read with
+//! `iptables-save` / `nft` run inside the pod namespace.
 
-use mirrord_tests::{output_within, target_dir_bin, Cluster, ManagedChild};
+use mirrord_tests::{output_within, run_ok, target_dir_bin, Cluster, ManagedChild};
+use serde_json::Value;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
+/// The system Python (the `python3` on PATH may be a pyenv shim).
+const PY: &str = "/usr/bin/python3";
 
 fn service(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -20,28 +28,56 @@ fn config(c: &Cluster, name: &str, config: &str) -> PathBuf {
     p
 }
 
-/// Starts the local HTTP program on `port` under mirrord with `config`; waits until it listens.
-fn local_app(c: &Cluster, config: &PathBuf, port: u16, extra: &[&str]) -> ManagedChild {
+/// HTTP clients must connect themselves, not through a proxy from the caller's environment.
+fn no_proxy(cmd: &mut Command) -> &mut Command {
+    for var in [
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// `mirrord exec -t pid/<pod> -f config -- program args` in the dev namespace.
+fn mirrord(c: &Cluster, config: &PathBuf, program: &str, args: &[&str]) -> Command {
     let mut cmd = c.dev(target_dir_bin("mirrord"));
     cmd.args(["exec", "-t", &format!("pid/{}", c.pod_pid()), "-f"])
         .arg(config)
-        .args(["--", "/usr/bin/python3", "-B"])
-        .arg(service("local_http.py"))
-        .arg(port.to_string())
-        .args(extra)
+        .arg("--")
+        .arg(program)
+        .args(args)
         .env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
-    let mut child = c.spawn(cmd).unwrap();
+    no_proxy(&mut cmd);
+    cmd
+}
+
+/// The local HTTP program on `port` under mirrord with `config`.
+fn local_app_cmd(c: &Cluster, config: &PathBuf, port: u16, extra: &[&str]) -> Command {
+    let script = service("local_http.py").display().to_string();
+    let port = port.to_string();
+    let mut args = vec!["-B", script.as_str(), port.as_str()];
+    args.extend_from_slice(extra);
+    mirrord(c, config, PY, &args)
+}
+
+/// Starts the local HTTP program on `port` under mirrord with `config`; waits until it listens
+/// (for a subscribed port, `listen` returns once the agent redirects the port).
+fn local_app(c: &Cluster, config: &PathBuf, port: u16, extra: &[&str]) -> ManagedChild {
+    let mut child = c.spawn(local_app_cmd(c, config, port, extra)).unwrap();
     child.wait_line("listening", WAIT).unwrap();
     child
 }
 
-/// curl from the client namespace to the pod; returns (status line's served-by header, body).
-fn curl_pod(c: &Cluster, path: &str, headers: &[&str]) -> (String, String) {
+/// curl from the client namespace to the pod's port 80; returns (x-served-by, body).
+fn curl_pod(c: &Cluster, path: &str, args: &[&str]) -> (String, String) {
     let mut cmd = c.client("curl");
-    cmd.args(["-sS", "--max-time", "10", "-D", "-"]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
+    no_proxy(&mut cmd).args(["-sS", "--max-time", "10", "-D", "-"]);
+    cmd.args(args);
     cmd.arg(format!("http://{}{path}", Cluster::POD_IP));
     let out = output_within(&mut cmd, WAIT).unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -50,17 +86,143 @@ fn curl_pod(c: &Cluster, path: &str, headers: &[&str]) -> (String, String) {
         "{text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let served_by = text
+    served_by(&text)
+}
+
+/// (x-served-by, body) of a response printed by `curl -D -`.
+fn served_by(text: &str) -> (String, String) {
+    let by = text
         .lines()
         .find_map(|l| {
-            l.strip_prefix("x-served-by: ")
-                .or_else(|| l.strip_prefix("X-Served-By: "))
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-served-by").then(|| v.trim())
         })
         .unwrap_or("")
-        .trim()
         .to_owned();
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (served_by, body)
+    (by, body)
+}
+
+/// `curl -H h...` arguments.
+fn headers<'a>(hs: &[&'a str]) -> Vec<&'a str> {
+    hs.iter().flat_map(|h| ["-H", *h]).collect()
+}
+
+fn json_line(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+/// Runs `cmd` (a load client printing one JSON summary line) and returns the summary.
+fn summary(mut cmd: Command, timeout: Duration) -> Value {
+    let out = output_within(&mut cmd, timeout).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_line(stdout.lines().last().unwrap_or(""))
+}
+
+/// `http_mix.py` from the client namespace against the pod's `port`: `count` requests over
+/// `conns` keep-alive connections; each request's answer is checked against its kind's
+/// `expect` (`kinds` is a JSON list, see the script).
+fn http_mix(c: &Cluster, port: u16, count: usize, conns: usize, kinds: &str) -> Value {
+    let mut cmd = c.client(PY);
+    no_proxy(&mut cmd)
+        .arg("-B")
+        .arg(service("http_mix.py"))
+        .arg(Cluster::POD_IP.to_string())
+        .arg(port.to_string())
+        .arg(count.to_string())
+        .arg(conns.to_string())
+        .arg(kinds);
+    summary(cmd, Duration::from_secs(120))
+}
+
+/// Checks a load client's summary: everything sent, everything answered by the right side,
+/// and `by` (served-by → count) as expected when given.
+fn assert_all_ok(s: &Value, count: usize, what: &str) {
+    assert_eq!(s["sent"], count, "{what}: {s}");
+    assert_eq!(s["ok"], count, "{what}: {s}");
+}
+
+/// Pulls every JSON request line the program printed so far (waiting until `n` arrived).
+fn wait_requests(app: &mut ManagedChild, n: usize, timeout: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let lines: Vec<Value> = app
+            .stdout_lines()
+            .iter()
+            .filter(|l| l.contains("\"method\""))
+            .map(|l| json_line(l))
+            .collect();
+        if lines.len() >= n || Instant::now() >= deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pod's nat rules as iptables-save and nft print them (run inside the pod namespace).
+fn pod_rules(c: &Cluster) -> String {
+    let ipt = run_ok(&mut c.pod("iptables-save")).unwrap();
+    let nft = run_ok(c.pod("nft").args(["list", "ruleset"])).unwrap_or_default();
+    format!("{ipt}\n{nft}")
+}
+
+/// Chains `MIRRORD_<id>` in the pod's nat table, by id.
+fn agent_ids(c: &Cluster) -> Vec<String> {
+    let ipt = run_ok(c.pod("iptables-save").args(["-t", "nat"])).unwrap();
+    ipt.lines()
+        .filter_map(|l| l.strip_prefix(":MIRRORD_"))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether anything in the pod's rules mentions agent `id` (its chain, jumps to it, its nft
+/// table).
+fn mentions_agent(rules: &str, id: &str) -> bool {
+    rules.contains(&format!("MIRRORD_{id}")) || rules.contains(&format!("mirrord_{id}"))
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns how long it took.
+fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// pids of this cluster's agents (their sockets are in the test's runtime dir).
+fn agent_pids(c: &Cluster) -> Vec<i32> {
+    let run_dir = c.workdir().join("run");
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("mirrord-agent.*{}", run_dir.display())])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Runs a program under mirrord that is expected to fail; returns its output.
+fn run_failing(mut cmd: Command) -> Output {
+    let out = output_within(&mut cmd, Duration::from_secs(60)).unwrap();
+    assert!(
+        !out.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
 }
 
 #[test]
@@ -72,13 +234,14 @@ fn steal_serves_the_client_from_the_local_program_and_the_pod_returns_after() {
         r#"{"feature":{"network":{"incoming":"steal"}}}"#,
     );
     let mut app = local_app(&c, &cfg, 80, &[]);
-    let (by, body) = curl_pod(&c, "/hello", &["x-user: anyone"]);
+    let (by, body) = curl_pod(&c, "/hello", &headers(&["x-user: anyone"]));
     assert_eq!(
         (by.as_str(), body.as_str()),
         ("local", "local: GET /hello\n")
     );
     let seen = app.wait_line("\"path\": \"/hello\"", WAIT).unwrap();
-    // The program sees the real client and the pod's address, as if it ran in the pod.
+    // The program sees the real client and the pod's address, as if it ran in the pod:
+    // accept()'s address ("peer"), getpeername() and getsockname() of the accepted socket.
     assert!(
         seen.contains(&format!("\"peer\": \"{}:", Cluster::CLIENT_IP)),
         "{seen}"
@@ -91,7 +254,589 @@ fn steal_serves_the_client_from_the_local_program_and_the_pod_returns_after() {
         seen.contains(&format!("\"sockname\": \"{}:80\"", Cluster::POD_IP)),
         "{seen}"
     );
+    // Nothing of it reached the pod.
+    assert!(
+        !c.pod_requests().iter().any(|r| r.contains("/hello")),
+        "{:?}",
+        c.pod_requests()
+    );
+    // Keep-alive: several requests on one connection all go to the program.
+    let s = http_mix(
+        &c,
+        80,
+        50,
+        1,
+        r#"[{"method":"GET","path":"/ka","expect":"local"},
+            {"method":"POST","path":"/ka","body":"x","expect":"local"}]"#,
+    );
+    assert_all_ok(&s, 50, "keep-alive steal");
+    assert_eq!(s["connects"], 1, "{s}");
     app.kill().unwrap();
     let (by, _) = curl_pod(&c, "/again", &[]);
     assert_eq!(by, "pod");
+}
+
+/// Mirror: the client gets the pod's own answer, and the program sees the same request.
+#[test]
+fn mirror_copies_requests_to_the_program_while_the_pod_answers() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "mirror.json",
+        r#"{"feature":{"network":{"incoming":"mirror"}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    let (by, body) = curl_pod(
+        &c,
+        "/mirror?q=1",
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "x-custom: forty-two",
+            "-H",
+            "content-type: text/plain",
+            "--data-binary",
+            "hello mirrored body",
+        ],
+    );
+    assert_eq!(
+        (by.as_str(), body.as_str()),
+        ("pod", "pod: POST /mirror?q=1\n")
+    );
+    let line = app.wait_line("\"path\": \"/mirror?q=1\"", WAIT).unwrap();
+    let seen = json_line(&line);
+    assert_eq!(seen["method"], "POST", "{seen}");
+    assert_eq!(seen["headers"]["x-custom"], "forty-two", "{seen}");
+    assert_eq!(seen["headers"]["content-type"], "text/plain", "{seen}");
+    assert_eq!(seen["body"], "hello mirrored body", "{seen}");
+    assert!(
+        seen["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", Cluster::CLIENT_IP)),
+        "{seen}"
+    );
+    assert!(c.pod_requests().contains(&"POST /mirror?q=1".to_owned()));
+}
+
+/// Mirror: a slow program (3 s per request) never delays the pod's answer.
+#[test]
+fn mirror_does_not_wait_for_a_slow_program() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "mirror.json",
+        r#"{"feature":{"network":{"incoming":"mirror"}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &["--delay", "3"]);
+    for i in 0..3 {
+        let path = format!("/slow/{i}");
+        let started = Instant::now();
+        let (by, body) = curl_pod(&c, &path, &[]);
+        let took = started.elapsed();
+        assert_eq!(by, "pod");
+        assert_eq!(body, format!("pod: GET {path}\n"));
+        assert!(
+            took < Duration::from_millis(1500),
+            "request {i} took {took:?}"
+        );
+    }
+    // The program still got every request (it prints before its delay).
+    let seen = wait_requests(&mut app, 3, WAIT);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+const ALICE_BOB_NONE: &str = r#"[
+    {"method":"GET","path":"/alice","headers":{"x-user":"alice"},"expect":"local"},
+    {"method":"POST","path":"/alice","headers":{"x-user":"alice"},"body":"a","expect":"local"},
+    {"method":"GET","path":"/bob","headers":{"x-user":"bob"},"expect":"pod"},
+    {"method":"POST","path":"/bob","headers":{"x-user":"bob"},"body":"b","expect":"pod"},
+    {"method":"GET","path":"/none","expect":"pod"}
+]"#;
+
+/// A header-filtered steal over HTTP/1.1 keep-alive: 1,000 mixed requests on 4 connections,
+/// each answered by the right side, none lost, keep-alive kept.
+#[test]
+fn filtered_steal_routes_each_keep_alive_request_by_header() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "filtered.json",
+        r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice"}}}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    let s = http_mix(&c, 80, 1000, 4, ALICE_BOB_NONE);
+    assert_all_ok(&s, 1000, "header filter");
+    assert_eq!(s["connects"], 4, "keep-alive connections were closed: {s}");
+    let local = s["by"]["local"].as_u64().unwrap() as usize;
+    let pod = s["by"]["pod"].as_u64().unwrap() as usize;
+    assert!(local > 300 && pod > 500, "{s}");
+    // Exactly the stolen requests reached the program, exactly the others the pod.
+    let seen = wait_requests(&mut app, local, WAIT);
+    assert_eq!(seen.len(), local);
+    assert!(seen.iter().all(|r| r["headers"]["x-user"] == "alice"));
+    assert_eq!(c.pod_requests().len(), pod);
+}
+
+/// Path, method and `all_of` filters, each proven with a few hundred mixed keep-alive requests.
+#[test]
+fn path_method_and_all_of_filters_route_each_request() {
+    let cases = [
+        (
+            r#"{"path_filter":"^/api/"}"#,
+            r#"[{"method":"GET","path":"/api/v1","expect":"local"},
+                {"method":"POST","path":"/api/v2","body":"x","expect":"local"},
+                {"method":"GET","path":"/apix","expect":"pod"},
+                {"method":"GET","path":"/other/api/","expect":"pod"}]"#,
+        ),
+        (
+            r#"{"method_filter":"POST"}"#,
+            r#"[{"method":"POST","path":"/m","body":"x","expect":"local"},
+                {"method":"GET","path":"/m","expect":"pod"},
+                {"method":"PUT","path":"/m","body":"y","expect":"pod"},
+                {"method":"DELETE","path":"/m","expect":"pod"}]"#,
+        ),
+        (
+            r#"{"all_of":[{"header":"x-user: alice"},{"path":"^/api/"}]}"#,
+            r#"[{"method":"GET","path":"/api/a","headers":{"x-user":"alice"},"expect":"local"},
+                {"method":"GET","path":"/web/a","headers":{"x-user":"alice"},"expect":"pod"},
+                {"method":"GET","path":"/api/b","headers":{"x-user":"bob"},"expect":"pod"},
+                {"method":"GET","path":"/api/n","expect":"pod"}]"#,
+        ),
+    ];
+    let c = Cluster::start().unwrap();
+    for (i, (filter, kinds)) in cases.iter().enumerate() {
+        let cfg = config(
+            &c,
+            &format!("filter{i}.json"),
+            &format!(
+                r#"{{"feature":{{"network":{{"incoming":{{"mode":"steal","http_filter":{filter}}}}}}}}}"#
+            ),
+        );
+        let mut app = local_app(&c, &cfg, 80, &[]);
+        let before = c.pod_requests().len();
+        let s = http_mix(&c, 80, 300, 3, kinds);
+        assert_all_ok(&s, 300, filter);
+        assert_eq!(s["connects"], 3, "{filter}: {s}");
+        let local = s["by"]["local"].as_u64().unwrap() as usize;
+        let pod = s["by"]["pod"].as_u64().unwrap() as usize;
+        assert!(local > 30 && pod > 100, "{filter}: {s}");
+        assert_eq!(
+            wait_requests(&mut app, local, WAIT).len(),
+            local,
+            "{filter}"
+        );
+        assert_eq!(c.pod_requests().len() - before, pod, "{filter}");
+        app.kill().unwrap();
+        // The session is gone with the program: the pod serves everything again.
+        let (by, _) = curl_pod(&c, "/api/after", &["-X", "POST", "-H", "x-user: alice"]);
+        assert_eq!(by, "pod", "{filter}");
+    }
+}
+
+/// A header-filtered steal over HTTP/2 (h2c, prior knowledge): 1,000 requests with mixed
+/// headers multiplexed on one session; the pod's and the program's h2 servers each get theirs.
+#[test]
+fn filtered_steal_routes_http2_streams_by_header() {
+    let c = Cluster::start().unwrap();
+    let h2 = service("h2.js").display().to_string();
+    let mut pod_h2 = c
+        .spawn_in(c.ns_pod(), "node", [h2.as_str(), "server", "8080", "pod"])
+        .unwrap();
+    pod_h2.wait_line("listening", WAIT).unwrap();
+    let cfg = config(
+        &c,
+        "filtered.json",
+        r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice","ports":[80,8080]}}}}}"#,
+    );
+    let mut local_h2 = c
+        .spawn(mirrord(&c, &cfg, "node", &[&h2, "server", "8080", "local"]))
+        .unwrap();
+    local_h2.wait_line("listening", WAIT).unwrap();
+    let mut client = c.client("node");
+    no_proxy(&mut client).args([
+        h2.as_str(),
+        "client",
+        &format!("http://{}:8080", Cluster::POD_IP),
+        "1000",
+        "50",
+        ALICE_BOB_NONE,
+    ]);
+    let s = summary(client, Duration::from_secs(120));
+    assert_all_ok(&s, 1000, "h2 header filter");
+    let local = s["by"]["local"].as_u64().unwrap();
+    let pod = s["by"]["pod"].as_u64().unwrap();
+    assert!(local > 300 && pod > 500, "{s}");
+}
+
+/// Two sessions steal the pod's port 80 at once with different header filters: each gets its
+/// own requests only, the rest reach the pod. An unfiltered steal cannot join them.
+#[test]
+fn two_sessions_steal_one_port_with_different_filters() {
+    let c = Cluster::start().unwrap();
+    let alice = config(
+        &c,
+        "alice.json",
+        r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice"}}}}}"#,
+    );
+    let bob = config(
+        &c,
+        "bob.json",
+        r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: bob"}}}}}"#,
+    );
+    let whole = config(
+        &c,
+        "whole.json",
+        r#"{"feature":{"network":{"incoming":"steal"}}}"#,
+    );
+    // Both programs bind 80 on the developer's machine: the second gets another free port.
+    let mut a = local_app(&c, &alice, 80, &["--name", "alice"]);
+    let mut b = local_app(&c, &bob, 80, &["--name", "bob"]);
+    let kinds = r#"[
+        {"method":"GET","path":"/a","headers":{"x-user":"alice"},"expect":"alice"},
+        {"method":"POST","path":"/a","headers":{"x-user":"alice"},"body":"1","expect":"alice"},
+        {"method":"GET","path":"/b","headers":{"x-user":"bob"},"expect":"bob"},
+        {"method":"POST","path":"/b","headers":{"x-user":"bob"},"body":"2","expect":"bob"},
+        {"method":"GET","path":"/n","headers":{"x-user":"carol"},"expect":"pod"},
+        {"method":"GET","path":"/n","expect":"pod"}
+    ]"#;
+    let s = http_mix(&c, 80, 600, 3, kinds);
+    assert_all_ok(&s, 600, "two filtered sessions");
+    let n_alice = s["by"]["alice"].as_u64().unwrap() as usize;
+    let n_bob = s["by"]["bob"].as_u64().unwrap() as usize;
+    let n_pod = s["by"]["pod"].as_u64().unwrap() as usize;
+    assert!(n_alice > 100 && n_bob > 100 && n_pod > 100, "{s}");
+    let seen_a = wait_requests(&mut a, n_alice, WAIT);
+    assert_eq!(seen_a.len(), n_alice);
+    assert!(seen_a.iter().all(|r| r["headers"]["x-user"] == "alice"));
+    let seen_b = wait_requests(&mut b, n_bob, WAIT);
+    assert_eq!(seen_b.len(), n_bob);
+    assert!(seen_b.iter().all(|r| r["headers"]["x-user"] == "bob"));
+    // The alice program sees the real client, even though bob's agent saw it first.
+    assert!(
+        seen_a
+            .iter()
+            .all(|r| r["peer"].as_str().unwrap().starts_with("10.244.0.20:")),
+        "{:?}",
+        seen_a.first()
+    );
+    assert_eq!(c.pod_requests().len(), n_pod);
+
+    // An unfiltered steal would take their requests: its listen fails, and mirrord says why.
+    let out = run_failing(local_app_cmd(&c, &whole, 80, &["--name", "whole"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("port 80") && stderr.contains("HTTP filter"),
+        "{stderr}"
+    );
+    // The filtered sessions are untouched.
+    assert_eq!(curl_pod(&c, "/still", &headers(&["x-user: bob"])).0, "bob");
+
+    // And the other way round: with an unfiltered steal in place, a filtered one fails.
+    a.kill().unwrap();
+    b.kill().unwrap();
+    poll_until(Duration::from_secs(5), || agent_ids(&c).is_empty())
+        .unwrap_or_else(|| panic!("agents' rules left: {}", pod_rules(&c)));
+    let _w = local_app(&c, &whole, 80, &["--name", "whole"]);
+    assert_eq!(curl_pod(&c, "/w", &[]).0, "whole");
+    let out = run_failing(local_app_cmd(&c, &alice, 80, &["--name", "alice"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("port 80") && stderr.contains("stolen whole"),
+        "{stderr}"
+    );
+    assert_eq!(curl_pod(&c, "/w2", &headers(&["x-user: alice"])).0, "whole");
+}
+
+/// A websocket upgrade that matches the filter reaches the program and stays connected both ways.
+#[test]
+fn websocket_upgrade_matching_the_filter_is_stolen() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "filtered.json",
+        r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice"}}}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    let ws = |extra: &[&str]| {
+        let mut cmd = c.client(PY);
+        cmd.arg("-B")
+            .arg(service("ws_client.py"))
+            .args([&Cluster::POD_IP.to_string(), "80", "hello over ws"])
+            .args(extra);
+        summary(cmd, WAIT)
+    };
+    let r = ws(&["x-user: alice"]);
+    assert!(r["status"].as_str().unwrap().contains(" 101"), "{r}");
+    assert_eq!(r["accept_ok"], true, "{r}");
+    assert_eq!(r["reply"], "local echo: hello over ws", "{r}");
+    let line = app.wait_line("\"path\": \"/ws\"", WAIT).unwrap();
+    assert_eq!(json_line(&line)["headers"]["upgrade"], "websocket");
+    // Not matching: the pod (which does not speak websocket) answers the handshake.
+    let r = ws(&["x-user: bob"]);
+    assert!(r["status"].as_str().unwrap().contains(" 200"), "{r}");
+    assert_eq!(r["served_by"], "pod", "{r}");
+}
+
+/// `port_mapping`: the program listens on 8081 and gets the pod's port 80.
+#[test]
+fn port_mapping_delivers_the_pod_port_to_another_local_port() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "mapping.json",
+        r#"{"feature":{"network":{"incoming":{"mode":"steal","port_mapping":[[8081,80]]}}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 8081, &[]);
+    assert_eq!(
+        curl_pod(&c, "/mapped", &[]),
+        ("local".to_owned(), "local: GET /mapped\n".to_owned())
+    );
+    let line = app.wait_line("\"path\": \"/mapped\"", WAIT).unwrap();
+    assert!(
+        line.contains(&format!("\"sockname\": \"{}:80\"", Cluster::POD_IP)),
+        "{line}"
+    );
+}
+
+/// `ignore_ports`: the port is not subscribed, the pod keeps serving it, and the program still
+/// listens on the developer's machine.
+#[test]
+fn ignore_ports_leaves_the_port_alone() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "ignore.json",
+        r#"{"feature":{"network":{"incoming":{"mode":"steal","ignore_ports":[80]}}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    assert_eq!(curl_pod(&c, "/ignored", &[]).0, "pod");
+    assert!(agent_ids(&c).iter().all(|id| {
+        !run_ok(
+            c.pod("iptables")
+                .args(["-t", "nat", "-S", &format!("MIRRORD_{id}")]),
+        )
+        .unwrap()
+        .contains("--dport 80")
+    }));
+    // Locally it is an ordinary listener on port 80.
+    let out = output_within(
+        no_proxy(&mut c.dev("curl")).args(["-sS", "--max-time", "10", "http://127.0.0.1:80/here"]),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "local: GET /here\n");
+    app.wait_line("\"path\": \"/here\"", WAIT).unwrap();
+}
+
+/// `listen_ports`: the program listens on 80, gets the pod's port 80, and is bound locally at
+/// 18080 (where local tools reach it).
+#[test]
+fn listen_ports_chooses_the_local_port() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "listen.json",
+        r#"{"feature":{"network":{"incoming":{"mode":"steal","listen_ports":[[80,18080]]}}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    assert_eq!(curl_pod(&c, "/remote", &[]).0, "local");
+    let out = output_within(
+        no_proxy(&mut c.dev("curl")).args([
+            "-sS",
+            "--max-time",
+            "10",
+            "http://127.0.0.1:18080/direct",
+        ]),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "local: GET /direct\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = app.wait_line("\"path\": \"/direct\"", WAIT).unwrap();
+    // A local client is left as it is (loopback peer).
+    assert!(line.contains("\"peer\": \"127.0.0.1:"), "{line}");
+}
+
+/// Kubernetes probes stay with the pod during an unfiltered steal.
+#[test]
+fn unfiltered_steal_leaves_kube_probes_to_the_pod() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "steal.json",
+        r#"{"feature":{"network":{"incoming":"steal"}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    assert_eq!(
+        curl_pod(&c, "/healthz", &["-A", "kube-probe/1.29"]),
+        ("pod".to_owned(), "pod: GET /healthz\n".to_owned())
+    );
+    assert_eq!(
+        curl_pod(&c, "/work", &[]),
+        ("local".to_owned(), "local: GET /work\n".to_owned())
+    );
+    // Mixed on keep-alive connections too.
+    let s = http_mix(
+        &c,
+        80,
+        200,
+        2,
+        r#"[{"method":"GET","path":"/healthz","headers":{"User-Agent":"kube-probe/1.29"},"expect":"pod"},
+            {"method":"GET","path":"/work","expect":"local"}]"#,
+    );
+    assert_all_ok(&s, 200, "probes");
+    let seen = wait_requests(&mut app, 1, WAIT);
+    assert!(seen.iter().all(|r| r["path"] != "/healthz"), "{seen:?}");
+}
+
+/// SIGKILL of the agent during a steal: its guard removes its rules within a second, the pod
+/// serves again, and another agent's rules stay.
+#[test]
+fn killed_agent_leaves_no_rules_and_other_agents_rules_survive() {
+    let c = Cluster::start().unwrap();
+    // "Another agent" (same naming scheme, id deadbeef) with a rule for an unused port.
+    for args in [
+        &["-t", "nat", "-N", "MIRRORD_deadbeef"][..],
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "MIRRORD_deadbeef",
+            "-p",
+            "tcp",
+            "-m",
+            "tcp",
+            "--dport",
+            "9",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "10",
+        ],
+        &[
+            "-t",
+            "nat",
+            "-I",
+            "PREROUTING",
+            "1",
+            "-p",
+            "tcp",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "MIRRORD_deadbeef",
+        ],
+    ] {
+        run_ok(c.pod("iptables").args(args)).unwrap();
+    }
+    let foreign_before: Vec<String> = pod_rules(&c)
+        .lines()
+        .filter(|l| l.contains("MIRRORD_deadbeef"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(foreign_before.len(), 3, "{foreign_before:?}");
+
+    let cfg = config(
+        &c,
+        "steal.json",
+        r#"{"feature":{"network":{"incoming":"steal"}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    assert_eq!(curl_pod(&c, "/stolen", &[]).0, "local");
+    let ids: Vec<String> = agent_ids(&c)
+        .into_iter()
+        .filter(|id| id != "deadbeef")
+        .collect();
+    assert_eq!(ids.len(), 1, "{}", pod_rules(&c));
+    let id = &ids[0];
+    let pids = agent_pids(&c);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+
+    // SAFETY: plain kill(2) of a pid we just looked up.
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    let took = poll_until(Duration::from_secs(1), || {
+        !mentions_agent(&pod_rules(&c), id)
+    });
+    assert!(
+        took.is_some(),
+        "rules of agent {id} still there 1 s after SIGKILL:\n{}",
+        pod_rules(&c)
+    );
+    assert_eq!(curl_pod(&c, "/back", &[]).0, "pod");
+    let foreign_after: Vec<String> = pod_rules(&c)
+        .lines()
+        .filter(|l| l.contains("MIRRORD_deadbeef"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(foreign_after, foreign_before);
+    let _ = app.kill();
+}
+
+/// Closing the listener releases the port at once (the session still runs); the program's exit
+/// ends the session and removes the agent's chain.
+#[test]
+fn closing_the_listener_removes_the_rule_at_once() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "steal.json",
+        r#"{"feature":{"network":{"incoming":"steal"}}}"#,
+    );
+    let go = c.workdir().join("go.fifo");
+    run_ok(Command::new("mkfifo").arg(&go)).unwrap();
+    let script = r#"
+import json, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 80))
+s.listen(16)
+print(json.dumps({"listening": 80}), flush=True)
+with open(sys.argv[1]) as f:
+    f.readline()
+    s.close()
+    print("closed", flush=True)
+    f.readline()
+print("bye", flush=True)
+"#;
+    let go_s = go.display().to_string();
+    let mut app = c
+        .spawn(mirrord(&c, &cfg, PY, &["-c", script, &go_s]))
+        .unwrap();
+    app.wait_line("listening", WAIT).unwrap();
+    let ids = agent_ids(&c);
+    assert_eq!(ids.len(), 1, "{}", pod_rules(&c));
+    let chain = format!("MIRRORD_{}", ids[0]);
+    let rules_of =
+        || run_ok(c.pod("iptables").args(["-t", "nat", "-S", &chain])).unwrap_or_default();
+    assert!(rules_of().contains("--dport 80"), "{}", pod_rules(&c));
+
+    let mut fifo = std::fs::OpenOptions::new().write(true).open(&go).unwrap();
+    use std::io::Write;
+    fifo.write_all(b"close\n").unwrap();
+    app.wait_line("closed", WAIT).unwrap();
+    let took = poll_until(Duration::from_secs(1), || {
+        !rules_of().contains("--dport 80")
+    });
+    assert!(took.is_some(), "rule still there: {}", pod_rules(&c));
+    // The session is still there (its chain exists), and the pod serves port 80 again.
+    assert!(agent_ids(&c).contains(&ids[0]));
+    assert_eq!(curl_pod(&c, "/after-close", &[]).0, "pod");
+
+    fifo.write_all(b"exit\n").unwrap();
+    drop(fifo);
+    app.wait_line("bye", WAIT).unwrap();
+    let status = app.wait_timeout(WAIT).unwrap().expect("mirrord exits");
+    assert!(status.success());
+    let took = poll_until(Duration::from_secs(1), || {
+        !mentions_agent(&pod_rules(&c), &ids[0])
+    });
+    assert!(took.is_some(), "chain left: {}", pod_rules(&c));
 }

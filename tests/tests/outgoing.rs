@@ -266,12 +266,12 @@ fn unknown_name_fails_with_eai_noname_like_in_the_pod() {
         (PY, PY_NONAME, "gaierror EAI_NONAME\n"),
         (NODE, NODE_NONAME, "error ENOTFOUND\n"),
     ] {
+        let flag = if program == PY { "-c" } else { "-e" };
         let mut in_pod = c.pod(program);
-        in_pod.args([if program == PY { "-c" } else { "-e" }, code]);
+        in_pod.args([flag, code]);
         let in_pod = run(in_pod);
         assert_eq!(stdout(&in_pod), expected, "{program} in the pod namespace");
 
-        let flag = if program == PY { "-c" } else { "-e" };
         let t = Instant::now();
         let mirrored = run(mirrord(&c, &[], program, &[flag, code]));
         let wall = t.elapsed();
@@ -284,7 +284,7 @@ fn unknown_name_fails_with_eai_noname_like_in_the_pod() {
         let ms = elapsed_ms(&mirrored);
         assert!(ms < 3000, "{program}: the failed lookup took {ms} ms");
         assert!(
-            wall < Duration::from_secs(6),
+            wall < Duration::from_secs(10),
             "{program}: the run took {wall:?}"
         );
     }
@@ -766,28 +766,4 @@ print("pids", os.getpid(), pid)
     expected.sort();
     joined.sort();
     assert_eq!(joined, expected, "{stderr}");
-}
-
-#[test]
-#[ignore]
-fn zz_probe() {
-    let c = Cluster::start().unwrap();
-    std::fs::write(
-        "/tmp/probe.env",
-        format!(
-            "DEV={}\nPOD={}\nPODPID={}\nWORK={}\n",
-            c.ns_dev(),
-            c.ns_pod(),
-            c.pod_pid(),
-            c.workdir().display()
-        ),
-    )
-    .unwrap();
-    let _ = std::fs::remove_file("/tmp/probe.stop");
-    for _ in 0..2400 {
-        if Path::new("/tmp/probe.stop").exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! redirect-probe --id ID [--guard] [--backend B]   # then commands on stdin, one per line:
-//!     add PORT TO_PORT | remove PORT | ports | cleanup | backend | quit
+//!     add PORT TO_PORT | remove PORT | ports | cleanup | backend | ipv6 | quit
 //! redirect-probe --cleanup-agent ID                 # what the guard does
 //! redirect-probe --detect                           # print the backend this namespace gets
 //! ```
@@ -109,6 +109,7 @@ fn command(r: &Redirector, words: &[&str]) -> Result<String> {
         Some("remove") => r.remove(port(1)?).map(|()| String::new()),
         Some("cleanup") => r.cleanup().map(|()| String::new()),
         Some("backend") => Ok(r.backend().to_string()),
+        Some("ipv6") => Ok(r.ipv6().to_string()),
         Some("ports") => Ok(r
             .ports()?
             .iter()

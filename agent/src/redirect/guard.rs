@@ -24,7 +24,7 @@
 //!   so a signal racing with the start-up cannot kill the guard either. SIGKILL of the guard
 //!   itself is not covered (nothing can be).
 //! - **Start-up handshake**: `spawn_guard` returns once the guard reported, over a second pipe,
-//!   that it is set up (or fails after 5 s).
+//!   that it is set up and closed that pipe (or fails after 5 s).
 //!
 //! The guard is a child of the agent; after the agent dies it is reparented (to init or a
 //! subreaper) and reaped there. Caveat: if the agent is PID 1 of its PID namespace (a container
@@ -136,6 +136,8 @@ pub fn spawn_guard(agent_id: &str) -> Result<GuardHandle> {
     }
 }
 
+/// Waits for the guard's "set up" byte and then for the end of the pipe (the guard closes its end
+/// right after the byte), so that on return the guard holds nothing but its lifeline and stdio.
 fn wait_ready(ready_r: &OwnedFd) -> Result<()> {
     let mut pfd = libc::pollfd {
         fd: ready_r.as_raw_fd(),
@@ -143,6 +145,7 @@ fn wait_ready(ready_r: &OwnedFd) -> Result<()> {
         revents: 0,
     };
     let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    let mut got_ready = false;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
@@ -160,18 +163,20 @@ fn wait_ready(ready_r: &OwnedFd) -> Result<()> {
         if r == 0 {
             continue;
         }
-        let mut b = [0u8; 1];
-        // SAFETY: reads at most one byte into a live buffer.
-        let n = unsafe { libc::read(ready_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
-        return match n {
-            1 if b[0] == 1 => Ok(()),
-            n if n < 0
-                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted =>
-            {
-                continue
+        let mut b = [0u8; 8];
+        // SAFETY: reads into a live buffer of the given length.
+        let n = unsafe { libc::read(ready_r.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+        match n {
+            0 if got_ready => return Ok(()),
+            0 => bail!("the redirect guard failed while starting"),
+            n if n > 0 => got_ready |= b[..n as usize].contains(&1),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e).context("waiting for the redirect guard");
+                }
             }
-            _ => bail!("the redirect guard failed while starting"),
-        };
+        }
     }
 }
 
@@ -187,10 +192,7 @@ fn guard_main(
     let body = std::panic::AssertUnwindSafe(|| {
         guard_body(agent_id, agent_pid, life_r, ready_w, log_path, old_mask)
     });
-    let code = match std::panic::catch_unwind(body) {
-        Ok(code) => code,
-        Err(_) => 101,
-    };
+    let code = std::panic::catch_unwind(body).unwrap_or(101);
     // _exit: no atexit handlers, no flushing of buffers copied from the agent.
     // SAFETY: ends this process.
     unsafe { libc::_exit(code) }
@@ -222,6 +224,8 @@ fn guard_body(
             0,
         );
     }
+    // Keep no directory (and its mount) busy.
+    let _ = std::env::set_current_dir("/");
 
     // Keep the two pipe ends above 2 before stdio is replaced.
     let (Ok(life_r), Ok(ready_w)) = (above_stdio(life_r), above_stdio(ready_w)) else {

@@ -79,7 +79,23 @@ impl Nft {
     /// Deletes the table if it exists (only ours: the name is the agent's).
     pub fn cleanup(&self) -> Result<()> {
         let listed = self.program.run(&args(["list", "tables"]))?;
-        if !parse_tables(&listed)
+        self.delete_if_listed(&listed)
+    }
+
+    /// [`Nft::cleanup`], where nft failing to list tables (no nf_tables here) means there is
+    /// nothing to remove.
+    pub fn cleanup_if_listable(&self) -> Result<()> {
+        match self.program.run(&args(["list", "tables"])) {
+            Ok(listed) => self.delete_if_listed(&listed),
+            Err(e) => {
+                tracing::debug!("{e:#}; nothing to remove there");
+                Ok(())
+            }
+        }
+    }
+
+    fn delete_if_listed(&self, listed: &str) -> Result<()> {
+        if !parse_tables(listed)
             .iter()
             .any(|(family, name)| family == "inet" && *name == self.table)
         {

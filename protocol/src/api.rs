@@ -1,0 +1,234 @@
+//! The JSON-RPC API of `mirrord-server` (IDE plugins ↔ daemon): parameters, results and
+//! notifications of the `mirrord/*` methods, in the JSON shape the design brief fixes
+//! (camelCase fields; `TrafficEvent` tagged by `type`).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListTargetsParams {
+    pub workspace_folder: Option<String>,
+    pub config_path: Option<String>,
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetInfo {
+    pub path: String,
+    pub available: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListTargetsResult {
+    pub targets: Vec<TargetInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyConfigParams {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigDiagnostic {
+    pub message: String,
+    /// 1-based, as in editors' status bars; 0 if the problem has no position.
+    pub line: u32,
+    pub column: u32,
+    /// "error" | "warning"
+    pub severity: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyConfigResult {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub diagnostics: Vec<ConfigDiagnostic>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchInfo {
+    pub program: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    pub cwd: Option<String>,
+    pub debugger_type: Option<String>,
+    /// The launch configuration's own environment (for `MIRRORD_CONFIG_FILE`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartSessionParams {
+    pub workspace_folder: Option<String>,
+    pub config_path: Option<String>,
+    pub target: Option<String>,
+    pub launch: Option<LaunchInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartSessionResult {
+    pub session_id: String,
+    pub env: BTreeMap<String, String>,
+    pub env_to_unset: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionIdParams {
+    pub session_id: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Empty {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub target: String,
+    /// "starting" | "ready" | "error" | "stopped"
+    pub state: String,
+    /// Pod ports the session's processes receive traffic of.
+    pub ports: Vec<u16>,
+    /// Processes currently in the session.
+    pub processes: Vec<ProcessInfo>,
+    /// Unix time in milliseconds.
+    pub started_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub executable: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListSessionsResult {
+    pub sessions: Vec<SessionInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficHistoryParams {
+    pub session_id: String,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficHistoryResult {
+    pub events: Vec<TrafficEvent>,
+}
+
+/// `mirrord/traffic` notification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficNotification {
+    pub session_id: String,
+    pub event: TrafficEvent,
+}
+
+/// `mirrord/sessionChanged` notification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionChanged {
+    pub session_id: String,
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Something that happened in a session, for the live traffic view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TrafficEvent {
+    IncomingConnection {
+        /// Unix time in milliseconds.
+        time: u64,
+        peer: String,
+        port: u16,
+        /// "mirror" | "steal"
+        mode: String,
+    },
+    IncomingRequest {
+        time: u64,
+        port: u16,
+        method: String,
+        path: String,
+        headers: BTreeMap<String, String>,
+        /// The response status (0 if the request failed).
+        status: u16,
+        duration_ms: u64,
+        /// "mirror" | "steal"
+        mode: String,
+        /// The filter that took the request (steal), if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        matched_filter: Option<String>,
+    },
+    OutgoingConnection {
+        time: u64,
+        /// The name the program looked up, if it came from a lookup.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+        address: String,
+        port: u16,
+        /// "tcp" | "udp"
+        protocol: String,
+        /// null on success, else why it failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    DnsQuery {
+        time: u64,
+        name: String,
+        answers: Vec<String>,
+        duration_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    PortSubscription {
+        time: u64,
+        port: u16,
+        mode: String,
+        /// false when the port was released.
+        active: bool,
+    },
+    ProcessConnected {
+        time: u64,
+        pid: u32,
+        executable: String,
+    },
+    ProcessDisconnected {
+        time: u64,
+        pid: u32,
+        executable: String,
+    },
+    Error {
+        time: u64,
+        message: String,
+    },
+}
+
+/// Unix time in milliseconds, for event timestamps.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

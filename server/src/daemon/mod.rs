@@ -1,0 +1,505 @@
+//! The IDE daemon's core: sessions owned by clients, the `mirrord/*` methods, and notifications.
+//! Transports (`lsp` for stdio, `ws` for WebSocket) translate JSON-RPC to calls on [`Daemon`].
+
+pub mod config_lsp;
+pub mod lsp;
+pub mod targets;
+pub mod ws;
+
+use crate::config_file::{self, ConfigError};
+use crate::session::{Session, SessionOptions};
+use mirrord_protocol::api::*;
+use mirrord_protocol::config::{MirrordConfig, TargetPath};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A connected IDE (the stdio peer, or one WebSocket connection).
+pub type ClientId = u64;
+
+/// What a transport must deliver to its peer.
+pub trait Notifier: Send + Sync {
+    fn traffic(&self, n: TrafficNotification);
+    fn session_changed(&self, n: SessionChanged);
+    /// Long-step progress: `Begin(title)`, `Report(message)`, `End(message)`.
+    fn progress(&self, token: &str, step: Progress);
+}
+
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Begin(String),
+    Report(String),
+    End(String),
+}
+
+/// A method failed; the message is for a person.
+#[derive(Debug, Clone)]
+pub struct ApiError(pub String);
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError(format!("{e:#}"))
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(e: ConfigError) -> Self {
+        ApiError(e.to_string())
+    }
+}
+
+pub struct DaemonOptions {
+    pub agent_bin: PathBuf,
+    pub layer_path: PathBuf,
+    pub runtime_dir: PathBuf,
+    /// A session with no process for this long ends.
+    pub idle_timeout: Duration,
+}
+
+struct ManagedSession {
+    id: String,
+    owner: ClientId,
+    /// Same key (target, config file, resolved config) → the session is reused by a new launch.
+    key: String,
+    target: String,
+    config_path: Option<PathBuf>,
+    started_at: u64,
+    state: Mutex<String>,
+    env: BTreeMap<String, String>,
+    session: tokio::sync::Mutex<Option<Session>>,
+    shared: Arc<crate::proxy::ProxyShared>,
+    agent_pid: u32,
+    notifier: Arc<dyn Notifier>,
+}
+
+impl ManagedSession {
+    fn set_state(&self, state: &str, message: Option<String>) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state.to_owned();
+        self.notifier.session_changed(SessionChanged {
+            session_id: self.id.clone(),
+            state: state.to_owned(),
+            message,
+        });
+    }
+
+    fn state(&self) -> String {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+pub struct Daemon {
+    opts: DaemonOptions,
+    sessions: Mutex<HashMap<String, Arc<ManagedSession>>>,
+    next_progress: std::sync::atomic::AtomicU64,
+    /// Serialises session starts so two launches of one config share one agent.
+    start_lock: tokio::sync::Mutex<()>,
+    /// Watches the config files of running sessions.
+    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+}
+
+/// Variables a launch must not pass on to the debuggee.
+const ENV_TO_UNSET: &[&str] = &["MIRRORD_ACTIVE", "MIRRORD_CONFIG_FILE"];
+
+impl Daemon {
+    pub fn new(opts: DaemonOptions) -> Arc<Daemon> {
+        let daemon = Arc::new(Daemon {
+            opts,
+            sessions: Mutex::new(HashMap::new()),
+            next_progress: std::sync::atomic::AtomicU64::new(1),
+            start_lock: tokio::sync::Mutex::new(()),
+            watcher: Mutex::new(None),
+        });
+        daemon.clone().start_watcher();
+        daemon
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ManagedSession>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn session(&self, id: &str) -> Result<Arc<ManagedSession>, ApiError> {
+        self.sessions()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError(format!("no session {id}")))
+    }
+
+    pub fn list_targets(&self, params: ListTargetsParams) -> Result<ListTargetsResult, ApiError> {
+        let _ = params;
+        Ok(ListTargetsResult {
+            targets: targets::local_targets(),
+            namespaces: None,
+        })
+    }
+
+    pub fn verify_config(&self, params: VerifyConfigParams) -> VerifyConfigResult {
+        let path = PathBuf::from(&params.path);
+        match config_file::load(&path) {
+            Ok(cfg) => VerifyConfigResult {
+                ok: true,
+                target: cfg.target.and_then(|t| t.path),
+                diagnostics: Vec::new(),
+            },
+            Err(e) => VerifyConfigResult {
+                ok: false,
+                target: None,
+                diagnostics: vec![ConfigDiagnostic {
+                    message: e.message,
+                    line: e.line as u32,
+                    column: e.column as u32,
+                    severity: "error".into(),
+                }],
+            },
+        }
+    }
+
+    pub async fn start_session(
+        self: &Arc<Self>,
+        client: ClientId,
+        notifier: Arc<dyn Notifier>,
+        params: StartSessionParams,
+    ) -> Result<StartSessionResult, ApiError> {
+        let config_path = resolve_config_path(&params);
+        let config = match &config_path {
+            Some(p) => config_file::load(p)?,
+            None => MirrordConfig::default(),
+        };
+        let target_spec = params
+            .target
+            .clone()
+            .or_else(|| config.target.as_ref().and_then(|t| t.path.clone()))
+            .ok_or_else(|| {
+                ApiError("no target: choose one (mirrord/listTargets) or set \"target\" in the configuration".into())
+            })?;
+        let target = TargetPath::parse(&target_spec).map_err(ApiError)?;
+        let key = format!(
+            "{target}|{}|{}",
+            config_path
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            serde_json::to_string(&config).unwrap_or_default()
+        );
+        let _starting = self.start_lock.lock().await;
+        // A relaunch with the same configuration joins the running session: no new agent.
+        let reusable = self
+            .sessions()
+            .values()
+            .find(|s| s.owner == client && s.key == key && s.state() == "ready")
+            .cloned();
+        if let Some(s) = reusable {
+            tracing::info!(session = %s.id, "launch reuses the running session");
+            return Ok(StartSessionResult {
+                session_id: s.id.clone(),
+                env: s.env.clone(),
+                env_to_unset: ENV_TO_UNSET.iter().map(|s| s.to_string()).collect(),
+            });
+        }
+        let token = format!(
+            "mirrord-start-{}",
+            self.next_progress
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        notifier.progress(
+            &token,
+            Progress::Begin(format!("mirrord: starting the agent for {target}")),
+        );
+        let started = Instant::now();
+        let opts = SessionOptions {
+            config,
+            target: target.clone(),
+            agent_bin: self.opts.agent_bin.clone(),
+            layer_path: self.opts.layer_path.clone(),
+            runtime_dir: self.opts.runtime_dir.clone(),
+        };
+        let session = match Session::start(opts).await {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!("mirrord could not start a session on {target}: {e:#}");
+                notifier.progress(&token, Progress::End(msg.clone()));
+                return Err(ApiError(msg));
+            }
+        };
+        notifier.progress(
+            &token,
+            Progress::End(format!(
+                "agent ready in {} ms",
+                started.elapsed().as_millis()
+            )),
+        );
+        let env: BTreeMap<String, String> = session
+            .launch_env(
+                params
+                    .launch
+                    .as_ref()
+                    .and_then(|l| l.env.get("LD_PRELOAD"))
+                    .map(String::as_str),
+            )
+            .into_iter()
+            .collect();
+        let managed = Arc::new(ManagedSession {
+            id: session.id.clone(),
+            owner: client,
+            key,
+            target: target.to_string(),
+            config_path: config_path.clone(),
+            started_at: now_ms(),
+            state: Mutex::new("starting".into()),
+            env: env.clone(),
+            shared: session.shared.clone(),
+            agent_pid: session.agent.pid,
+            session: tokio::sync::Mutex::new(Some(session)),
+            notifier: notifier.clone(),
+        });
+        self.sessions().insert(managed.id.clone(), managed.clone());
+        if let Some(p) = &config_path {
+            self.watch(p);
+        }
+        managed.set_state(
+            "ready",
+            Some(format!("agent pid {} on {target}", managed.agent_pid)),
+        );
+        self.clone().supervise(managed.clone());
+        Ok(StartSessionResult {
+            session_id: managed.id.clone(),
+            env,
+            env_to_unset: ENV_TO_UNSET.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    /// Pumps the session's traffic to its client, reports the agent's death, ends idle sessions.
+    fn supervise(self: Arc<Self>, s: Arc<ManagedSession>) {
+        let mut traffic_rx = s.shared.traffic.subscribe();
+        let pump = s.clone();
+        tokio::spawn(async move {
+            loop {
+                match traffic_rx.recv().await {
+                    Ok(event) => pump.notifier.traffic(TrafficNotification {
+                        session_id: pump.id.clone(),
+                        event,
+                    }),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(session = %pump.id, "traffic view dropped {n} events");
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        let idle = self.opts.idle_timeout;
+        tokio::spawn(async move {
+            let mut idle_since = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                let mut guard = s.session.lock().await;
+                let Some(session) = guard.as_mut() else {
+                    return;
+                };
+                // Has the agent died? (try_wait does not block.)
+                if let Some(status) = session.agent.try_exit() {
+                    drop(guard);
+                    let msg = format!(
+                        "the agent exited ({status}); programs of this session get connection errors. Start the session again."
+                    );
+                    s.shared.traffic.emit(TrafficEvent::Error {
+                        time: now_ms(),
+                        message: msg.clone(),
+                    });
+                    s.set_state("error", Some(msg));
+                    self.stop_session_internal(&s.id).await;
+                    return;
+                }
+                if !s.shared.processes().is_empty() {
+                    idle_since = Instant::now();
+                } else if idle_since.elapsed() >= idle {
+                    drop(guard);
+                    tracing::info!(session = %s.id, "idle, stopping");
+                    self.stop_session_internal(&s.id).await;
+                    return;
+                }
+            }
+        });
+    }
+
+    async fn stop_session_internal(&self, id: &str) {
+        let Some(s) = self.sessions().remove(id) else {
+            return;
+        };
+        if let Some(session) = s.session.lock().await.take() {
+            session.stop().await;
+        }
+        if s.state() != "error" {
+            s.set_state("stopped", None);
+        } else {
+            *s.state.lock().unwrap_or_else(|p| p.into_inner()) = "stopped".into();
+        }
+    }
+
+    pub async fn stop_session(&self, params: SessionIdParams) -> Result<Empty, ApiError> {
+        self.session(&params.session_id)?;
+        self.stop_session_internal(&params.session_id).await;
+        Ok(Empty {})
+    }
+
+    /// The client went away: its sessions end.
+    pub async fn client_gone(&self, client: ClientId) {
+        let ids: Vec<String> = self
+            .sessions()
+            .values()
+            .filter(|s| s.owner == client)
+            .map(|s| s.id.clone())
+            .collect();
+        for id in ids {
+            self.stop_session_internal(&id).await;
+        }
+    }
+
+    pub async fn stop_all(&self) {
+        let ids: Vec<String> = self.sessions().keys().cloned().collect();
+        for id in ids {
+            self.stop_session_internal(&id).await;
+        }
+    }
+
+    pub fn list_sessions(&self) -> ListSessionsResult {
+        let mut sessions: Vec<SessionInfo> = self
+            .sessions()
+            .values()
+            .map(|s| SessionInfo {
+                session_id: s.id.clone(),
+                target: s.target.clone(),
+                state: s.state(),
+                ports: s.shared.incoming.ports(),
+                processes: s.shared.processes(),
+                started_at: s.started_at,
+                agent_pid: Some(s.agent_pid),
+            })
+            .collect();
+        sessions.sort_by_key(|s| s.started_at);
+        ListSessionsResult { sessions }
+    }
+
+    pub fn traffic_history(
+        &self,
+        params: TrafficHistoryParams,
+    ) -> Result<TrafficHistoryResult, ApiError> {
+        let s = self.session(&params.session_id)?;
+        Ok(TrafficHistoryResult {
+            events: s.shared.traffic.history(params.limit),
+        })
+    }
+
+    fn start_watcher(self: Arc<Self>) {
+        use notify::Watcher;
+        let weak = Arc::downgrade(&self);
+        let handle = tokio::runtime::Handle::current();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let Ok(event) = res else { return };
+            let Some(daemon) = weak.upgrade() else { return };
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            for path in event.paths {
+                let daemon = daemon.clone();
+                handle.spawn(async move { daemon.config_changed(&path) });
+            }
+        });
+        match watcher {
+            Ok(mut w) => {
+                // Nothing to watch yet; files are added as sessions start.
+                let _ = w.configure(notify::Config::default());
+                *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
+            }
+            Err(e) => tracing::warn!("config files will not be watched: {e}"),
+        }
+    }
+
+    fn watch(&self, path: &Path) {
+        use notify::Watcher;
+        // Watch the directory: editors replace files on save (rename), which a file watch misses.
+        let dir = path.parent().unwrap_or(path);
+        if let Some(w) = self
+            .watcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!("cannot watch {}: {e}", dir.display());
+            }
+        }
+    }
+
+    /// A config file changed on disk: tell the sessions that use it whether it still works.
+    fn config_changed(&self, path: &Path) {
+        let users: Vec<Arc<ManagedSession>> = self
+            .sessions()
+            .values()
+            .filter(|s| s.config_path.as_deref().is_some_and(|p| same_file(p, path)))
+            .cloned()
+            .collect();
+        if users.is_empty() {
+            return;
+        }
+        let message = match config_file::load(path) {
+            Ok(_) => format!(
+                "{} changed; the next launch uses the new configuration",
+                path.display()
+            ),
+            Err(e) => format!("{e}; this session keeps the configuration it started with"),
+        };
+        for s in users {
+            let state = s.state();
+            s.set_state(&state, Some(message.clone()));
+        }
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || (std::fs::canonicalize(a).ok().is_some()
+            && std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok())
+}
+
+/// Config resolution order: explicit path, `MIRRORD_CONFIG_FILE` of the launch, the first
+/// `*mirrord.{json,toml,yaml}` in `<workspace>/.mirrord/`, none (defaults).
+pub fn resolve_config_path(params: &StartSessionParams) -> Option<PathBuf> {
+    let relative_to_workspace = |p: &str| {
+        let p = PathBuf::from(p);
+        match (&params.workspace_folder, p.is_relative()) {
+            (Some(ws), true) => PathBuf::from(ws).join(p),
+            _ => p,
+        }
+    };
+    if let Some(p) = &params.config_path {
+        return Some(relative_to_workspace(p));
+    }
+    if let Some(p) = params
+        .launch
+        .as_ref()
+        .and_then(|l| l.env.get("MIRRORD_CONFIG_FILE"))
+    {
+        return Some(relative_to_workspace(p));
+    }
+    let dir = PathBuf::from(params.workspace_folder.as_ref()?).join(".mirrord");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                ["mirrord.json", "mirrord.toml", "mirrord.yaml"]
+                    .iter()
+                    .any(|s| n.ends_with(s))
+            })
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
