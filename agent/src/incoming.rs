@@ -13,7 +13,13 @@
 //! A client receives a connection by opening an `Incoming { id }` channel after the agent
 //! announced it with an event; the agent waits a bounded time for that, then serves the target
 //! instead, so a vanished client never blocks the target's traffic.
+//!
+//! Other agents in the same target (other sessions) are not bypassed: what this agent does not
+//! take ("the original destination" above) goes to the next agent that subscribed the port, and
+//! only after the last one to the target; stealing a port that another agent steals in a way
+//! that cannot coexist is refused (see `mesh`).
 
+use crate::mesh::{self, PortUse};
 use crate::redirect::{self, Redirector};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -28,7 +34,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -42,6 +48,12 @@ const SNIFF_TIMEOUT: Duration = Duration::from_millis(1500);
 const MIRROR_QUEUE: usize = 256;
 
 type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A byte stream the agent serves or forwards: a redirected TCP connection, a connection handed
+/// over by another agent, a connection to the target or to the next agent.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+type BoxIo = Box<dyn Io>;
 
 /// One control channel of the agent, as a subscriber.
 #[derive(Clone)]
@@ -70,6 +82,8 @@ pub struct IncomingState {
     /// Announced connections waiting for their client's channel.
     pending: Mutex<HashMap<u64, oneshot::Sender<UnixStream>>>,
     next_id: AtomicU64,
+    /// Serves the other agents of the target (`mesh`), from the first subscription on.
+    mesh_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -84,7 +98,130 @@ impl IncomingState {
             ports: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            mesh_task: Mutex::new(None),
         })
+    }
+
+    /// Starts answering the other agents of the target (once).
+    fn ensure_mesh(self: &Arc<Self>) -> Result<()> {
+        let mut task = lock(&self.mesh_task);
+        if task.is_none() {
+            let listener = mesh::bind(&self.agent_id)?;
+            let me = self.clone();
+            *task = Some(tokio::spawn(async move { me.mesh_loop(listener).await }));
+        }
+        Ok(())
+    }
+
+    async fn mesh_loop(self: Arc<Self>, listener: tokio::net::UnixListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.mesh_request(stream).await {
+                            tracing::debug!("mesh request: {e:#}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept on the mesh socket failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// One request of another agent (see `mesh`).
+    async fn mesh_request(self: Arc<Self>, mut stream: UnixStream) -> Result<()> {
+        let line = tokio::time::timeout(mesh::TIMEOUT, mesh::read_line(&mut stream))
+            .await
+            .context("no mesh request in time")??;
+        let request = match mesh::Request::parse(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                stream.write_all(format!("error {e}\n").as_bytes()).await?;
+                return Ok(());
+            }
+        };
+        match request {
+            mesh::Request::Query { port } => {
+                let answer = format!("{}\n", self.port_use(port));
+                stream.write_all(answer.as_bytes()).await?;
+                Ok(())
+            }
+            mesh::Request::Hop {
+                port,
+                peer,
+                original,
+                mut visited,
+            } => {
+                let subscribers = lock(&self.ports)
+                    .get(&port)
+                    .map(|s| s.subscribers.clone())
+                    .unwrap_or_default();
+                if subscribers.is_empty() || visited.contains(&self.agent_id) {
+                    stream.write_all(b"no\n").await?;
+                    return Ok(());
+                }
+                stream.write_all(b"ok\n").await?;
+                visited.push(self.agent_id.clone());
+                self.serve(Box::new(stream), peer, original, port, subscribers, visited)
+                    .await
+            }
+        }
+    }
+
+    /// How this agent's subscribers use `port` (what other agents are told).
+    fn port_use(&self, port: u16) -> PortUse {
+        lock(&self.ports)
+            .get(&port)
+            .map(|s| {
+                s.subscribers
+                    .iter()
+                    .map(|sub| match (sub.mode, &sub.filter) {
+                        (TrafficMode::Mirror, _) => PortUse::Mirror,
+                        (TrafficMode::Steal, Some(_)) => PortUse::StealFiltered,
+                        (TrafficMode::Steal, None) => PortUse::Steal,
+                    })
+                    .max()
+                    .unwrap_or(PortUse::None)
+            })
+            .unwrap_or(PortUse::None)
+    }
+
+    /// Refuses a steal that cannot coexist with how the other agents use `port`.
+    async fn check_other_agents(&self, port: u16, new: &Subscriber) -> Result<()> {
+        if new.mode != TrafficMode::Steal {
+            return Ok(());
+        }
+        for id in mesh::peers(&self.agent_id) {
+            if let Some(used) = mesh::query(&id, port).await {
+                conflict(used, new.filter.is_some(), port)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where what this agent does not take goes: the next agent (by id) that subscribed `port`
+    /// and has not had its turn, else the target itself.
+    async fn next_hop(
+        &self,
+        port: u16,
+        peer: SocketAddr,
+        original: SocketAddr,
+        visited: &[String],
+    ) -> Result<BoxIo> {
+        for id in mesh::peers(&self.agent_id) {
+            if visited.contains(&id) {
+                continue;
+            }
+            if let Some(stream) = mesh::hop(&id, port, peer, original, visited).await {
+                tracing::debug!(port, %peer, next = id, "handed over to the next agent");
+                return Ok(Box::new(stream));
+            }
+        }
+        Ok(Box::new(connect_unredirected(original).await?))
     }
 
     fn with_redirector<T>(&self, f: impl FnOnce(&Redirector) -> Result<T>) -> Result<T> {
@@ -127,6 +264,10 @@ impl IncomingState {
                 check_conflict(&state.subscribers, &sub, port)?;
             }
         }
+        // Other agents may ask this one from now on. (Two agents stealing one port at the very
+        // same moment may both pass this check: the check is between subscriptions, not atomic.)
+        self.ensure_mesh()?;
+        self.check_other_agents(port, &sub).await?;
         let needs_listener = !lock(&self.ports).contains_key(&port);
         if needs_listener {
             let listener = TcpListener::bind(("0.0.0.0", 0))
@@ -256,24 +397,31 @@ impl IncomingState {
                 .get(&port)
                 .map(|s| s.subscribers.clone())
                 .unwrap_or_default();
+            let _ = stream.set_nodelay(true);
             let me = self.clone();
+            let visited = vec![self.agent_id.clone()];
             tokio::spawn(async move {
-                if let Err(e) = me.serve(stream, peer, original, port, subscribers).await {
+                if let Err(e) = me
+                    .serve(Box::new(stream), peer, original, port, subscribers, visited)
+                    .await
+                {
                     tracing::debug!(port, %peer, "incoming connection ended: {e:#}");
                 }
             });
         }
     }
 
+    /// Serves one connection for `port` (from the redirect, or handed over by another agent);
+    /// `visited` are the agents that had their turn, this one included.
     async fn serve(
         self: Arc<Self>,
-        stream: TcpStream,
+        stream: BoxIo,
         peer: SocketAddr,
         original: SocketAddr,
         port: u16,
         subscribers: Vec<Subscriber>,
+        visited: Vec<String>,
     ) -> Result<()> {
-        let _ = stream.set_nodelay(true);
         let stealers: Vec<Subscriber> = subscribers
             .iter()
             .filter(|s| s.mode == TrafficMode::Steal)
@@ -284,17 +432,19 @@ impl IncomingState {
             .filter(|s| s.mode == TrafficMode::Mirror)
             .cloned()
             .collect();
+        let hop = Hop {
+            peer,
+            original,
+            port,
+            visited,
+        };
         if stealers.is_empty() {
-            return self
-                .pass_through(stream, peer, original, port, &mirrors)
-                .await;
+            return self.pass_through(stream, hop, &mirrors).await;
         }
         let unfiltered = stealers.iter().find(|s| s.filter.is_none()).cloned();
-        match sniff(&stream).await {
-            Protocol::Http => {
-                self.route_http(stream, peer, original, port, stealers)
-                    .await
-            }
+        let (protocol, stream) = sniff(stream).await;
+        match protocol {
+            Protocol::Http => self.route_http(stream, hop, stealers).await,
             Protocol::Other => match unfiltered {
                 Some(stealer) => {
                     match self
@@ -306,28 +456,29 @@ impl IncomingState {
                             let _ = tokio::io::copy_bidirectional(&mut stream, &mut channel).await;
                             Ok(())
                         }
-                        None => self.pass_through(stream, peer, original, port, &[]).await,
+                        None => self.pass_through(Box::new(stream), hop, &[]).await,
                     }
                 }
-                None => {
-                    self.pass_through(stream, peer, original, port, &mirrors)
-                        .await
-                }
+                None => self.pass_through(Box::new(stream), hop, &mirrors).await,
             },
         }
     }
 
-    /// The connection goes to its original destination; mirrors get a copy of what the client
-    /// sends (and whatever they answer is discarded).
+    /// The connection goes on (to the next agent or its original destination); mirrors get a
+    /// copy of what the client sends (and whatever they answer is discarded).
     async fn pass_through(
         self: &Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        original: SocketAddr,
-        port: u16,
+        stream: BoxIo,
+        hop: Hop,
         mirrors: &[Subscriber],
     ) -> Result<()> {
-        let upstream = connect_unredirected(original).await?;
+        let Hop {
+            peer,
+            original,
+            port,
+            ..
+        } = hop;
+        let upstream = self.next_hop(port, peer, original, &hop.visited).await?;
         let mut copies: Vec<mpsc::Sender<Bytes>> = Vec::new();
         for m in mirrors {
             let (copy_tx, mut copy_rx) = mpsc::channel::<Bytes>(MIRROR_QUEUE);
@@ -355,8 +506,8 @@ impl IncomingState {
                 let _ = write.shutdown().await;
             });
         }
-        let (mut client_r, mut client_w) = stream.into_split();
-        let (mut up_r, mut up_w) = upstream.into_split();
+        let (mut client_r, mut client_w) = tokio::io::split(stream);
+        let (mut up_r, mut up_w) = tokio::io::split(upstream);
         let to_target = async move {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
@@ -386,17 +537,16 @@ impl IncomingState {
     /// Serves the connection as HTTP and routes each request.
     async fn route_http(
         self: &Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        original: SocketAddr,
-        port: u16,
+        stream: Prefixed<BoxIo>,
+        hop: Hop,
         stealers: Vec<Subscriber>,
     ) -> Result<()> {
         let router = Arc::new(Router {
             incoming: self.clone(),
-            peer,
-            original,
-            port,
+            peer: hop.peer,
+            original: hop.original,
+            port: hop.port,
+            visited: hop.visited,
             stealers,
             upstreams: tokio::sync::Mutex::new(HashMap::new()),
         });
@@ -412,6 +562,14 @@ impl IncomingState {
     }
 }
 
+/// Where a connection came from and went to, and the agents that had their turn with it.
+struct Hop {
+    peer: SocketAddr,
+    original: SocketAddr,
+    port: u16,
+    visited: Vec<String>,
+}
+
 fn check_conflict(existing: &[Subscriber], new: &Subscriber, port: u16) -> Result<()> {
     if new.mode != TrafficMode::Steal {
         return Ok(());
@@ -420,14 +578,26 @@ fn check_conflict(existing: &[Subscriber], new: &Subscriber, port: u16) -> Resul
         .iter()
         .filter(|s| s.client.id != new.client.id && s.mode == TrafficMode::Steal)
     {
-        if s.filter.is_none() {
-            bail!("port {port} is already stolen whole by another session");
-        }
-        if new.filter.is_none() {
-            bail!("port {port} is already stolen by another session with an HTTP filter; an unfiltered steal would take its requests");
-        }
+        let used = match s.filter {
+            Some(_) => PortUse::StealFiltered,
+            None => PortUse::Steal,
+        };
+        conflict(used, new.filter.is_some(), port)?;
     }
     Ok(())
+}
+
+/// Whether a new steal (filtered or not) of `port` can coexist with another session's `used`:
+/// filtered steals share a port; an unfiltered steal shares it with nobody.
+fn conflict(used: PortUse, new_filtered: bool, port: u16) -> Result<()> {
+    match used {
+        PortUse::Steal => bail!("port {port} is already stolen whole by another session"),
+        PortUse::StealFiltered if !new_filtered => bail!(
+            "port {port} is already stolen by another session with an HTTP filter; an unfiltered \
+             steal would take its requests"
+        ),
+        _ => Ok(()),
+    }
 }
 
 enum Protocol {
@@ -448,31 +618,112 @@ const HTTP_METHODS: &[&[u8]] = &[
 ];
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
-/// Tells HTTP from other protocols by the first bytes, without consuming them.
-async fn sniff(stream: &TcpStream) -> Protocol {
+/// Tells HTTP from other protocols by the first bytes; returns them with the stream (as a
+/// stream that yields them again first).
+async fn sniff(mut stream: BoxIo) -> (Protocol, Prefixed<BoxIo>) {
     let mut buf = [0u8; 16];
+    let mut n = 0;
     let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
-    loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(n)) => n,
-            _ => return Protocol::Other,
+    let protocol = loop {
+        let got = match tokio::time::timeout_at(deadline, stream.read(&mut buf[n..])).await {
+            Ok(Ok(got)) => got,
+            _ => break Protocol::Other,
         };
-        if n == 0 {
-            return Protocol::Other;
+        if got == 0 {
+            break Protocol::Other;
         }
-        let seen = &buf[..n];
-        let could_be = |p: &[u8]| {
-            let k = p.len().min(seen.len());
-            p[..k] == seen[..k]
-        };
-        if HTTP_METHODS.iter().any(|m| seen.starts_with(m)) || seen.starts_with(H2_PREFACE) {
-            return Protocol::Http;
+        n += got;
+        match classify(&buf[..n]) {
+            Some(p) => break p,
+            // A prefix of a method: wait for more bytes.
+            None => continue,
         }
-        if !(HTTP_METHODS.iter().any(|m| could_be(m)) || could_be(H2_PREFACE)) || n == buf.len() {
-            return Protocol::Other;
+    };
+    (protocol, Prefixed::new(buf[..n].to_vec(), stream))
+}
+
+/// HTTP, not HTTP, or `None` while `seen` may still become a request line or the h2 preface.
+fn classify(seen: &[u8]) -> Option<Protocol> {
+    let could_be = |p: &[u8]| {
+        let k = p.len().min(seen.len());
+        p[..k] == seen[..k]
+    };
+    if HTTP_METHODS.iter().any(|m| seen.starts_with(m)) || seen.starts_with(H2_PREFACE) {
+        return Some(Protocol::Http);
+    }
+    if !(HTTP_METHODS.iter().any(|m| could_be(m)) || could_be(H2_PREFACE)) || seen.len() >= 16 {
+        return Some(Protocol::Other);
+    }
+    None
+}
+
+/// A stream whose first bytes were already read: they are read again before the rest.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
         }
-        // A prefix of a method: wait for more bytes (peek returns what is there).
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let me = &mut *self;
+        if me.pos < me.prefix.len() {
+            let n = (me.prefix.len() - me.pos).min(buf.remaining());
+            buf.put_slice(&me.prefix[me.pos..me.pos + n]);
+            me.pos += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut me.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -518,6 +769,7 @@ async fn connect_unredirected(addr: SocketAddr) -> Result<TcpStream> {
 /// Where a request was sent, for reusing connections within one client connection.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Upstream {
+    /// Onwards: the next agent, or the target.
     Target,
     Client(u64),
 }
@@ -548,6 +800,8 @@ struct Router {
     peer: SocketAddr,
     original: SocketAddr,
     port: u16,
+    /// The agents that had their turn with this connection (this one included).
+    visited: Vec<String>,
     stealers: Vec<Subscriber>,
     upstreams: tokio::sync::Mutex<HashMap<Upstream, Sender>>,
 }

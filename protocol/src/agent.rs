@@ -74,6 +74,17 @@ pub enum TrafficMode {
     Mirror,
     /// Instead of the target.
     Steal,
+    /// A copy of both directions (for `mirrord dump`): the channel carries [`Observed`] frames;
+    /// the target keeps serving.
+    Observe,
+}
+
+/// A piece of an observed connection. An empty `data` means that direction has ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    /// From the client to the target (a request), or back (a response).
+    pub from_client: bool,
+    pub data: Vec<u8>,
 }
 
 /// Which HTTP requests a filtered steal takes. Regexes are matched with the `regex` crate;

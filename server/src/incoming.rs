@@ -13,10 +13,20 @@ use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
 
 struct Listening {
-    /// Where the program's listener really is (loopback).
+    /// Where the program's listener really is (loopback), or `None` for an observer.
     local: SocketAddr,
     /// The layer control connection that asked; its end unsubscribes.
     owner: u64,
+    /// For `mirrord dump`: announced connections go here instead of to a program.
+    observer: Option<mpsc::Sender<ObservedConnection>>,
+}
+
+/// A connection of an observed port: `channel` carries `Observed` frames.
+pub struct ObservedConnection {
+    pub port: u16,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub channel: tokio::net::UnixStream,
 }
 
 pub struct IncomingRouter {
@@ -73,7 +83,14 @@ impl IncomingRouter {
             .await
         {
             Ok(AgentResponse::Subscribed) => {
-                lock(&self.listening).insert(port, Listening { local, owner });
+                lock(&self.listening).insert(
+                    port,
+                    Listening {
+                        local,
+                        owner,
+                        observer: None,
+                    },
+                );
                 tracing::info!(port, %local, ?mode, "port subscribed");
                 self.traffic.emit(TrafficEvent::PortSubscription {
                     time: now_ms(),
@@ -82,6 +99,38 @@ impl IncomingRouter {
                     active: true,
                 });
                 Ok(())
+            }
+            Ok(AgentResponse::Error(e)) => Err(e),
+            Ok(other) => Err(format!("unexpected agent answer {other:?}")),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    /// Watches the target's `port` without taking part (both directions, as frames): the
+    /// receiver gets every connection.
+    pub async fn observe(
+        &self,
+        control: &AgentControl,
+        owner: u64,
+        port: u16,
+    ) -> Result<mpsc::Receiver<ObservedConnection>, String> {
+        let (observed_tx, observed_rx) = mpsc::channel(256);
+        let request = AgentRequest::Subscribe {
+            port,
+            mode: TrafficMode::Observe,
+            filter: None,
+        };
+        match control.request(request).await {
+            Ok(AgentResponse::Subscribed) => {
+                lock(&self.listening).insert(
+                    port,
+                    Listening {
+                        local: SocketAddr::from(([127, 0, 0, 1], 0)),
+                        owner,
+                        observer: Some(observed_tx),
+                    },
+                );
+                Ok(observed_rx)
             }
             Ok(AgentResponse::Error(e)) => Err(e),
             Ok(other) => Err(format!("unexpected agent answer {other:?}")),
@@ -193,7 +242,10 @@ impl IncomingRouter {
         peer: SocketAddr,
         local: SocketAddr,
     ) {
-        let target = lock(&self.listening).get(&port).map(|l| l.local);
+        let (target, observer) = match lock(&self.listening).get(&port) {
+            Some(l) => (Some(l.local), l.observer.clone()),
+            None => (None, None),
+        };
         let mut channel = match connector.open(AgentChannel::Incoming { id }).await {
             Ok(c) => c,
             Err(e) => {
@@ -201,6 +253,17 @@ impl IncomingRouter {
                 return;
             }
         };
+        if let Some(observer) = observer {
+            let _ = observer
+                .send(ObservedConnection {
+                    port,
+                    peer,
+                    local,
+                    channel,
+                })
+                .await;
+            return;
+        }
         // Nobody listens any more: closing the channel tells the agent at once.
         let Some(target) = target else { return };
         let socket = match if target.is_ipv4() {
@@ -240,5 +303,6 @@ fn mode_name(mode: TrafficMode) -> &'static str {
     match mode {
         TrafficMode::Mirror => "mirror",
         TrafficMode::Steal => "steal",
+        TrafficMode::Observe => "observe",
     }
 }

@@ -6,9 +6,11 @@
 //! `MIRRORD_PROXY_ADDR`, and loopback TCP listeners that carry each outgoing TCP flow.
 
 pub mod agent;
+pub mod cli;
 pub mod config_file;
 pub mod daemon;
 pub mod exec;
+pub mod http_sniff;
 pub mod incoming;
 pub mod paths;
 pub mod proxy;

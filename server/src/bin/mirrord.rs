@@ -2,8 +2,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use mirrord_protocol::config::{MirrordConfig, TargetPath};
-use mirrord_server::session::SessionOptions;
+use mirrord_protocol::config::{IncomingMode, MirrordConfig, TargetPath};
+use mirrord_server::cli::port_forward::{LocalForward, RemoteForward};
+use mirrord_server::cli::{dump, port_forward, progress::Step};
+use mirrord_server::session::{Session, SessionOptions};
 use mirrord_server::{config_file, exec, paths};
 use std::path::PathBuf;
 
@@ -18,14 +20,8 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Run a command with the target's network: outgoing connections and DNS through the target.
-    Exec(ExecArgs),
-}
-
-#[derive(clap::Args)]
-struct ExecArgs {
+#[derive(clap::Args, Clone)]
+struct TargetArgs {
     /// Configuration file (default: $MIRRORD_CONFIG_FILE).
     #[arg(short = 'f', long = "config-file")]
     config_file: Option<PathBuf>,
@@ -38,9 +34,57 @@ struct ExecArgs {
     /// Path of mirrord-agent (default: $MIRRORD_AGENT_PATH, else next to this binary).
     #[arg(long)]
     agent: Option<PathBuf>,
-    /// The command and its arguments.
-    #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
-    command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command with the target's network: outgoing connections, DNS and incoming traffic.
+    Exec {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Print the traffic arriving at the target's ports (the target keeps serving it).
+    Dump {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Port to watch (repeatable).
+        #[arg(short = 'p', long = "port", required = true)]
+        ports: Vec<u16>,
+        /// One JSON object (a TrafficEvent) per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forward local ports to destinations reached from the target (-L), or the target's ports
+    /// to local ports (-R).
+    PortForward {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// [LPORT:]HOST:PORT[/udp]: local port to HOST:PORT as resolved and reached from the target.
+        #[arg(short = 'L', value_name = "[LPORT:]HOST:PORT")]
+        local: Vec<LocalForward>,
+        /// [RPORT:]LPORT: the target's port RPORT to the local port LPORT.
+        #[arg(short = 'R', value_name = "[RPORT:]LPORT")]
+        remote: Vec<RemoteForward>,
+        /// With -R: mirror the target's port instead of stealing it.
+        #[arg(long)]
+        mirror: bool,
+    },
+    /// List the targets on this machine.
+    Ls {
+        /// One JSON document instead of a list.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a configuration file; errors are printed as FILE:LINE:COLUMN: MESSAGE.
+    VerifyConfig {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Print the JSON Schema of the configuration file.
+    Schema,
 }
 
 fn main() {
@@ -62,36 +106,148 @@ fn main() {
     std::process::exit(code);
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+/// Reads the configuration and resolves the target for a command.
+fn session_options(
+    args: &TargetArgs,
+    tweak: impl FnOnce(&mut MirrordConfig),
+) -> Result<SessionOptions> {
+    let config_path = args
+        .config_file
+        .clone()
+        .or_else(|| std::env::var_os("MIRRORD_CONFIG_FILE").map(PathBuf::from));
+    let mut config = match &config_path {
+        Some(p) => config_file::load(p)?,
+        None => MirrordConfig::default(),
+    };
+    tweak(&mut config);
+    let target_spec = args
+        .target
+        .clone()
+        .or_else(|| config.target.as_ref().and_then(|t| t.path.clone()))
+        .context(
+            "no target: pass -t pid/PID or netns/NAME, or set \"target\" in the configuration",
+        )?;
+    let target = TargetPath::parse(&target_spec).map_err(anyhow::Error::msg)?;
+    Ok(SessionOptions {
+        config,
+        target,
+        agent_bin: paths::agent_path(args.agent.as_deref())?,
+        layer_path: paths::layer_path(args.layer.as_deref())?,
+        runtime_dir: paths::runtime_dir()?,
+    })
+}
+
+async fn start(opts: SessionOptions) -> Result<Session> {
+    let step = Step::start(&format!("starting the agent for {}", opts.target));
+    match Session::start(opts).await {
+        Ok(s) => {
+            step.done(&format!("agent ready (pid {})", s.agent.pid));
+            Ok(s)
+        }
+        Err(e) => {
+            step.fail();
+            Err(e)
+        }
+    }
+}
+
+/// Runs `work` until it ends or until Ctrl-C/SIGTERM, the usual way to end dump and
+/// port-forward (the caller then stops the session, which removes its rules).
+async fn until_interrupted(work: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = sigterm.recv() => Ok(()),
+    }
+}
+
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Exec(args) => {
-            let config_path = args
-                .config_file
-                .clone()
-                .or_else(|| std::env::var_os("MIRRORD_CONFIG_FILE").map(PathBuf::from));
-            let config = match &config_path {
-                Some(p) => config_file::load(p)?,
-                None => MirrordConfig::default(),
-            };
-            let target_spec = args
-                .target
-                .clone()
-                .or_else(|| config.target.as_ref().and_then(|t| t.path.clone()))
-                .context("no target: pass -t pid/PID or netns/NAME, or set \"target\" in the configuration")?;
-            let target = TargetPath::parse(&target_spec).map_err(anyhow::Error::msg)?;
-            let opts = SessionOptions {
-                config,
-                target,
-                agent_bin: paths::agent_path(args.agent.as_deref())?,
-                layer_path: paths::layer_path(args.layer.as_deref())?,
-                runtime_dir: paths::runtime_dir()?,
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("starting the runtime")?;
-            runtime.block_on(exec::exec(opts, &args.command))
+        Command::Exec { target, command } => {
+            let opts = session_options(&target, |_| {})?;
+            runtime()?.block_on(exec::exec(opts, &command))
+        }
+        Command::Dump {
+            target,
+            ports,
+            json,
+        } => {
+            let opts = session_options(&target, |_| {})?;
+            runtime()?.block_on(async move {
+                let session = start(opts).await?;
+                let result = until_interrupted(dump::run(&session, &ports, json)).await;
+                session.stop().await;
+                result.map(|_| 0)
+            })
+        }
+        Command::PortForward {
+            target,
+            local,
+            remote,
+            mirror,
+        } => {
+            if local.is_empty() && remote.is_empty() {
+                anyhow::bail!("nothing to forward: give -L and/or -R");
+            }
+            let opts = session_options(&target, |c| {
+                c.feature.network.incoming.mode = if mirror {
+                    IncomingMode::Mirror
+                } else {
+                    IncomingMode::Steal
+                };
+                // -R forwards whole ports: no HTTP filter applies.
+                c.feature.network.incoming.http_filter = Default::default();
+            })?;
+            runtime()?.block_on(async move {
+                let session = start(opts).await?;
+                let result = until_interrupted(port_forward::run(&session, &local, &remote)).await;
+                session.stop().await;
+                result.map(|_| 0)
+            })
+        }
+        Command::Ls { json } => {
+            let targets = mirrord_server::daemon::targets::local_targets();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "targets": targets }))?
+                );
+            } else {
+                for t in targets {
+                    println!("{}", t.path);
+                }
+            }
+            Ok(0)
+        }
+        Command::VerifyConfig { file } => match config_file::load(&file) {
+            Ok(cfg) => {
+                let target = cfg
+                    .target
+                    .and_then(|t| t.path)
+                    .unwrap_or_else(|| "none".into());
+                println!("{}: ok (target: {target})", file.display());
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(1)
+            }
+        },
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&mirrord_protocol::config::json_schema())?
+            );
+            Ok(0)
         }
     }
 }
