@@ -16,6 +16,8 @@ have sha256sum || need_apt+=(coreutils)
 have node || need_apt+=(nodejs)
 have cc || need_apt+=(gcc)
 have pkill || need_apt+=(procps)
+have iptables-legacy || need_apt+=(iptables)
+/usr/bin/python3 -c 'import jsonschema' 2>/dev/null || need_apt+=(python3-jsonschema)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -180,9 +180,10 @@ impl IncomingState {
                 s.subscribers
                     .iter()
                     .map(|sub| match (sub.mode, &sub.filter) {
-                        (TrafficMode::Mirror, _) => PortUse::Mirror,
                         (TrafficMode::Steal, Some(_)) => PortUse::StealFiltered,
                         (TrafficMode::Steal, None) => PortUse::Steal,
+                        // Copies only: the target keeps serving.
+                        _ => PortUse::Mirror,
                     })
                     .max()
                     .unwrap_or(PortUse::None)
@@ -929,7 +930,10 @@ impl Router {
                 handshake(TokioIo::new(channel), http2).await
             }
             None => {
-                let stream = connect_unredirected(self.original).await?;
+                let stream = self
+                    .incoming
+                    .next_hop(self.port, self.peer, self.original, &self.visited)
+                    .await?;
                 handshake(TokioIo::new(stream), http2).await
             }
         }

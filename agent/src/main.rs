@@ -9,6 +9,7 @@
 mod dns;
 mod incoming;
 mod listener;
+mod mesh;
 mod outgoing;
 mod target;
 

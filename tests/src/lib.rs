@@ -4,6 +4,7 @@
 //! Everything here needs root (network namespaces, bridges, `ip netns exec`).
 
 pub mod cluster;
+pub mod lsp_client;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,201 @@
+//! The CLI's other commands: `port-forward`, `dump`, `verify-config`, `schema`, `ls`.
+
+use mirrord_tests::{output_within, target_dir_bin, Cluster, ManagedChild};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn mirrord(c: &Cluster, args: &[&str]) -> Command {
+    let mut cmd = c.dev(target_dir_bin("mirrord"));
+    cmd.args(args).env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
+    cmd
+}
+
+fn run(mut cmd: Command) -> Output {
+    output_within(&mut cmd, Duration::from_secs(120)).unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Starts `mirrord port-forward ...` and waits for its ready line.
+fn port_forward(c: &Cluster, args: &[&str]) -> ManagedChild {
+    let target = format!("pid/{}", c.pod_pid());
+    let mut all = vec!["port-forward", "-t", target.as_str()];
+    all.extend_from_slice(args);
+    let mut child = c.spawn(mirrord(c, &all)).unwrap();
+    child.wait_line("port-forward ready", WAIT).unwrap();
+    child
+}
+
+/// Rules of any mirrord agent in the pod's nat table.
+fn agent_rules(c: &Cluster) -> Vec<String> {
+    let out = run({
+        let mut cmd = c.pod("iptables-save");
+        cmd.args(["-t", "nat"]);
+        cmd
+    });
+    text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("MIRRORD_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn local_forward_reaches_a_cluster_service_by_name_with_50_parallel_connections() {
+    let c = Cluster::start().unwrap();
+    let mut pf = port_forward(&c, &["-L", "9000:payment-service.payments:8080", "-L", "9001:payment-service:9001/udp"]);
+    let out = run({
+        let mut cmd = c.dev("curl");
+        cmd.args(["-sS", "-f", "http://127.0.0.1:9000/"]);
+        cmd
+    });
+    assert_eq!(text(&out.stdout), "payment-service: hello\n", "{}", text(&out.stderr));
+    // 50 connections at once from one process.
+    let script = r#"
+import concurrent.futures, urllib.request
+def get(i):
+    return urllib.request.urlopen('http://127.0.0.1:9000/whoami', timeout=30).read().decode()
+with concurrent.futures.ThreadPoolExecutor(50) as ex:
+    results = list(ex.map(get, range(50)))
+print(sum(1 for r in results if r.startswith('payment-service: peer 10.244.0.10:')))
+"#;
+    let out = run({
+        let mut cmd = c.dev("/usr/bin/python3");
+        cmd.args(["-c", script]);
+        cmd
+    });
+    assert_eq!(text(&out.stdout).trim(), "50", "{}", text(&out.stderr));
+    // UDP: a datagram to the local port comes back from the cluster's echo service.
+    let udp = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(10)
+s.sendto(b'ping through the pod', ('127.0.0.1', 9001))
+print(s.recvfrom(1024)[0].decode())
+"#;
+    let out = run({
+        let mut cmd = c.dev("/usr/bin/python3");
+        cmd.args(["-c", udp]);
+        cmd
+    });
+    assert!(text(&out.stdout).contains("ping through the pod"), "{} {}", text(&out.stdout), text(&out.stderr));
+    pf.signal(libc::SIGINT).unwrap();
+    let status = pf.wait_timeout(WAIT).unwrap().expect("port-forward ends on Ctrl-C");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn remote_forward_serves_the_pods_port_locally_until_ctrl_c() {
+    let c = Cluster::start().unwrap();
+    // A server on the developer's machine, port 8081.
+    let mut local = c
+        .spawn({
+            let mut cmd = c.dev("/usr/bin/python3");
+            cmd.args(["-B"])
+                .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("services/local_http.py"))
+                .args(["8081", "--bind", "127.0.0.1"]);
+            cmd
+        })
+        .unwrap();
+    local.wait_line("listening", WAIT).unwrap();
+    let mut pf = port_forward(&c, &["-R", "80:8081"]);
+    let curl = || {
+        let out = run({
+            let mut cmd = c.client("curl");
+            cmd.args(["-sS", "-D", "-", "--max-time", "10", &format!("http://{}/via-R", Cluster::POD_IP)]);
+            cmd
+        });
+        text(&out.stdout)
+    };
+    let answer = curl();
+    assert!(answer.contains("x-served-by: local"), "{answer}");
+    assert!(!agent_rules(&c).is_empty());
+    pf.signal(libc::SIGINT).unwrap();
+    let status = pf.wait_timeout(WAIT).unwrap().expect("port-forward ends on Ctrl-C");
+    assert!(status.success(), "{status}");
+    // Once mirrord has exited, the pod serves its port again and no rule is left.
+    let answer = curl();
+    assert!(answer.to_ascii_lowercase().contains("x-served-by: pod"), "{answer}");
+    assert_eq!(agent_rules(&c), Vec::<String>::new());
+}
+
+#[test]
+fn verify_config_reports_file_line_and_column() {
+    let c = Cluster::start().unwrap();
+    let bad = c.workdir().join("bad.mirrord.json");
+    std::fs::write(&bad, "{\n  \"feature\": {\n    \"network\": {\n      \"incoming\": {\"mode\": \"stael\"}\n    }\n  }\n}\n").unwrap();
+    let out = run(mirrord(&c, &["verify-config", bad.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.starts_with(&format!("{}:4:", bad.display())), "{err}");
+    assert!(err.contains("unknown variant `stael`"), "{err}");
+    let good = c.workdir().join("good.json");
+    std::fs::write(&good, r#"{"target": "pid/1", "feature": {"network": {"incoming": "steal"}}}"#).unwrap();
+    let out = run(mirrord(&c, &["verify-config", good.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok (target: pid/1)"));
+}
+
+/// Every JSON example in the README is valid for both the generated schema (checked by an
+/// independent validator) and the real parser; and the schema rejects what the parser rejects.
+#[test]
+fn schema_validates_the_readme_examples() {
+    let c = Cluster::start().unwrap();
+    let out = run(mirrord(&c, &["schema"]));
+    assert!(out.status.success());
+    let schema_path = c.workdir().join("schema.json");
+    std::fs::write(&schema_path, &out.stdout).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let examples: Vec<&str> = readme
+        .split("```json\n")
+        .skip(1)
+        .filter_map(|s| s.split("\n```").next())
+        .collect();
+    assert!(examples.len() >= 2, "the README has example configurations");
+    let validate = r#"
+import json, sys, jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft7Validator.check_schema(schema)
+for path in sys.argv[2:]:
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(json.load(open(path))))
+    print(path, 'valid' if not errors else 'invalid: ' + errors[0].message)
+"#;
+    let mut paths = Vec::new();
+    for (i, ex) in examples.iter().enumerate() {
+        let p = c.workdir().join(format!("example{i}.json"));
+        std::fs::write(&p, ex).unwrap();
+        let out = run(mirrord(&c, &["verify-config", p.to_str().unwrap()]));
+        assert!(out.status.success(), "README example {i}: {}", text(&out.stderr));
+        paths.push(p.display().to_string());
+    }
+    let bad = c.workdir().join("unknown-key.json");
+    std::fs::write(&bad, r#"{"feature": {"network": {"incomin": "steal"}}}"#).unwrap();
+    paths.push(bad.display().to_string());
+    let out = run({
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args(["-c", validate]).arg(&schema_path).args(&paths);
+        cmd
+    });
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report} {}", text(&out.stderr));
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), paths.len(), "{report}");
+    for l in &lines[..lines.len() - 1] {
+        assert!(l.ends_with(" valid"), "{report}");
+    }
+    assert!(lines.last().unwrap().contains("invalid"), "{report}");
+}
+
+#[test]
+fn ls_lists_local_targets() {
+    let c = Cluster::start().unwrap();
+    let out = run(mirrord(&c, &["ls", "--json"]));
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let paths: Vec<&str> = v["targets"].as_array().unwrap().iter().filter_map(|t| t["path"].as_str()).collect();
+    assert!(paths.contains(&format!("netns/{}", c.ns_pod()).as_str()), "{paths:?}");
+}

@@ -1,0 +1,113 @@
+// The JSON shapes of mirrord-server's JSON-RPC API (protocol/src/api.rs): camelCase fields,
+// TrafficEvent tagged by `type` with snake_case fields.
+
+export interface TargetInfo {
+  path: string;
+  available: boolean;
+}
+
+export interface ListTargetsParams {
+  workspaceFolder?: string;
+  configPath?: string;
+  namespace?: string;
+}
+
+export interface ListTargetsResult {
+  targets: TargetInfo[];
+  namespaces?: string[];
+}
+
+export interface LaunchInfo {
+  program?: string;
+  args: string[];
+  cwd?: string;
+  debuggerType?: string;
+  env: Record<string, string>;
+}
+
+export interface StartSessionParams {
+  workspaceFolder?: string;
+  configPath?: string;
+  target?: string;
+  launch?: LaunchInfo;
+}
+
+export interface StartSessionResult {
+  sessionId: string;
+  env: Record<string, string>;
+  envToUnset: string[];
+}
+
+export interface ProcessInfo {
+  pid: number;
+  executable: string;
+}
+
+export interface SessionInfo {
+  sessionId: string;
+  target: string;
+  state: string;
+  ports: number[];
+  processes: ProcessInfo[];
+  startedAt: number;
+  agentPid?: number;
+}
+
+export interface ListSessionsResult {
+  sessions: SessionInfo[];
+}
+
+export interface SessionChanged {
+  sessionId: string;
+  state: string;
+  message?: string;
+}
+
+export type TrafficEvent =
+  | { type: 'incoming_connection'; time: number; peer: string; port: number; mode: string }
+  | {
+      type: 'incoming_request';
+      time: number;
+      port: number;
+      method: string;
+      path: string;
+      headers: Record<string, string>;
+      status: number;
+      duration_ms: number;
+      mode: string;
+      matched_filter?: string;
+    }
+  | {
+      type: 'outgoing_connection';
+      time: number;
+      host?: string;
+      address: string;
+      port: number;
+      protocol: string;
+      error?: string;
+    }
+  | { type: 'dns_query'; time: number; name: string; answers: string[]; duration_ms: number; error?: string }
+  | { type: 'port_subscription'; time: number; port: number; mode: string; active: boolean }
+  | { type: 'process_connected'; time: number; pid: number; executable: string }
+  | { type: 'process_disconnected'; time: number; pid: number; executable: string }
+  | { type: 'error'; time: number; message: string };
+
+export interface TrafficNotification {
+  sessionId: string;
+  event: TrafficEvent;
+}
+
+export interface TrafficHistoryResult {
+  events: TrafficEvent[];
+}
+
+export const METHODS = {
+  listTargets: 'mirrord/listTargets',
+  verifyConfig: 'mirrord/verifyConfig',
+  startSession: 'mirrord/startSession',
+  stopSession: 'mirrord/stopSession',
+  listSessions: 'mirrord/listSessions',
+  trafficHistory: 'mirrord/trafficHistory',
+  traffic: 'mirrord/traffic',
+  sessionChanged: 'mirrord/sessionChanged',
+} as const;
