@@ -289,7 +289,9 @@ mod tests {
         ] {
             assert_eq!(u.to_string().parse::<PortUse>().unwrap(), u);
         }
-        assert!(PortUse::Steal > PortUse::StealFiltered && PortUse::StealFiltered > PortUse::Mirror);
+        assert!(
+            PortUse::Steal > PortUse::StealFiltered && PortUse::StealFiltered > PortUse::Mirror
+        );
     }
 
     #[test]

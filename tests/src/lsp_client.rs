@@ -347,12 +347,7 @@ fn read_frame(r: &mut impl BufRead, framing: Framing) -> Option<Vec<u8>> {
     }
 }
 
-fn read_loop(
-    stdout: std::process::ChildStdout,
-    framing: Framing,
-    writer: Writer,
-    inbox: Shared,
-) {
+fn read_loop(stdout: std::process::ChildStdout, framing: Framing, writer: Writer, inbox: Shared) {
     let mut r = BufReader::new(stdout);
     while let Some(body) = read_frame(&mut r, framing) {
         let (m, cv) = &*inbox;

@@ -8,7 +8,8 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn mirrord(c: &Cluster, args: &[&str]) -> Command {
     let mut cmd = c.dev(target_dir_bin("mirrord"));
-    cmd.args(args).env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
+    cmd.args(args)
+        .env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
     cmd
 }
 
@@ -47,13 +48,26 @@ fn agent_rules(c: &Cluster) -> Vec<String> {
 #[test]
 fn local_forward_reaches_a_cluster_service_by_name_with_50_parallel_connections() {
     let c = Cluster::start().unwrap();
-    let mut pf = port_forward(&c, &["-L", "9000:payment-service.payments:8080", "-L", "9001:payment-service:9001/udp"]);
+    let mut pf = port_forward(
+        &c,
+        &[
+            "-L",
+            "9000:payment-service.payments:8080",
+            "-L",
+            "9001:payment-service:9001/udp",
+        ],
+    );
     let out = run({
         let mut cmd = c.dev("curl");
         cmd.args(["-sS", "-f", "http://127.0.0.1:9000/"]);
         cmd
     });
-    assert_eq!(text(&out.stdout), "payment-service: hello\n", "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "payment-service: hello\n",
+        "{}",
+        text(&out.stderr)
+    );
     // 50 connections at once from one process.
     let script = r#"
 import concurrent.futures, urllib.request
@@ -82,9 +96,17 @@ print(s.recvfrom(1024)[0].decode())
         cmd.args(["-c", udp]);
         cmd
     });
-    assert!(text(&out.stdout).contains("ping through the pod"), "{} {}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("ping through the pod"),
+        "{} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     pf.signal(libc::SIGINT).unwrap();
-    let status = pf.wait_timeout(WAIT).unwrap().expect("port-forward ends on Ctrl-C");
+    let status = pf
+        .wait_timeout(WAIT)
+        .unwrap()
+        .expect("port-forward ends on Ctrl-C");
     assert!(status.success(), "{status}");
 }
 
@@ -96,7 +118,9 @@ fn remote_forward_serves_the_pods_port_locally_until_ctrl_c() {
         .spawn({
             let mut cmd = c.dev("/usr/bin/python3");
             cmd.args(["-B"])
-                .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("services/local_http.py"))
+                .arg(
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("services/local_http.py"),
+                )
                 .args(["8081", "--bind", "127.0.0.1"]);
             cmd
         })
@@ -106,7 +130,14 @@ fn remote_forward_serves_the_pods_port_locally_until_ctrl_c() {
     let curl = || {
         let out = run({
             let mut cmd = c.client("curl");
-            cmd.args(["-sS", "-D", "-", "--max-time", "10", &format!("http://{}/via-R", Cluster::POD_IP)]);
+            cmd.args([
+                "-sS",
+                "-D",
+                "-",
+                "--max-time",
+                "10",
+                &format!("http://{}/via-R", Cluster::POD_IP),
+            ]);
             cmd
         });
         text(&out.stdout)
@@ -115,11 +146,17 @@ fn remote_forward_serves_the_pods_port_locally_until_ctrl_c() {
     assert!(answer.contains("x-served-by: local"), "{answer}");
     assert!(!agent_rules(&c).is_empty());
     pf.signal(libc::SIGINT).unwrap();
-    let status = pf.wait_timeout(WAIT).unwrap().expect("port-forward ends on Ctrl-C");
+    let status = pf
+        .wait_timeout(WAIT)
+        .unwrap()
+        .expect("port-forward ends on Ctrl-C");
     assert!(status.success(), "{status}");
     // Once mirrord has exited, the pod serves its port again and no rule is left.
     let answer = curl();
-    assert!(answer.to_ascii_lowercase().contains("x-served-by: pod"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("x-served-by: pod"),
+        "{answer}"
+    );
     assert_eq!(agent_rules(&c), Vec::<String>::new());
 }
 
@@ -134,7 +171,11 @@ fn verify_config_reports_file_line_and_column() {
     assert!(err.starts_with(&format!("{}:4:", bad.display())), "{err}");
     assert!(err.contains("unknown variant `stael`"), "{err}");
     let good = c.workdir().join("good.json");
-    std::fs::write(&good, r#"{"target": "pid/1", "feature": {"network": {"incoming": "steal"}}}"#).unwrap();
+    std::fs::write(
+        &good,
+        r#"{"target": "pid/1", "feature": {"network": {"incoming": "steal"}}}"#,
+    )
+    .unwrap();
     let out = run(mirrord(&c, &["verify-config", good.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("ok (target: pid/1)"));
@@ -149,7 +190,8 @@ fn schema_validates_the_readme_examples() {
     assert!(out.status.success());
     let schema_path = c.workdir().join("schema.json");
     std::fs::write(&schema_path, &out.stdout).unwrap();
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let examples: Vec<&str> = readme
         .split("```json\n")
         .skip(1)
@@ -169,7 +211,11 @@ for path in sys.argv[2:]:
         let p = c.workdir().join(format!("example{i}.json"));
         std::fs::write(&p, ex).unwrap();
         let out = run(mirrord(&c, &["verify-config", p.to_str().unwrap()]));
-        assert!(out.status.success(), "README example {i}: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "README example {i}: {}",
+            text(&out.stderr)
+        );
         paths.push(p.display().to_string());
     }
     let bad = c.workdir().join("unknown-key.json");
@@ -196,6 +242,14 @@ fn ls_lists_local_targets() {
     let out = run(mirrord(&c, &["ls", "--json"]));
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let paths: Vec<&str> = v["targets"].as_array().unwrap().iter().filter_map(|t| t["path"].as_str()).collect();
-    assert!(paths.contains(&format!("netns/{}", c.ns_pod()).as_str()), "{paths:?}");
+    let paths: Vec<&str> = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["path"].as_str())
+        .collect();
+    assert!(
+        paths.contains(&format!("netns/{}", c.ns_pod()).as_str()),
+        "{paths:?}"
+    );
 }
