@@ -89,6 +89,10 @@ impl AgentProcess {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group: a signal to the caller's group (Ctrl-C in a terminal, a
+            // supervisor killing the group) must not take the agent down before the session
+            // ends; it exits when its stdin closes and removes its redirect rules on the way.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting the agent {}", agent_bin.display()))?;

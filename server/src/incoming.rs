@@ -2,6 +2,7 @@
 //! the connections the agent announces to the process's loopback listener.
 
 use crate::agent::{AgentConnector, AgentControl};
+use crate::http_sniff::{Head, Seen, Sniffer};
 use crate::traffic::TrafficLog;
 use mirrord_protocol::agent::{AgentChannel, AgentEvent, AgentRequest, AgentResponse, TrafficMode};
 use mirrord_protocol::api::{now_ms, TrafficEvent};
@@ -185,6 +186,88 @@ impl IncomingRouter {
         }
     }
 
+    /// Relays a mirrored connection to the program while turning the HTTP/1 requests in it (and
+    /// the program's answers) into traffic events.
+    async fn relay_sniffing(
+        &self,
+        program: tokio::net::TcpStream,
+        agent: tokio::net::UnixStream,
+        port: u16,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        type Pending = std::collections::VecDeque<(
+            String,
+            String,
+            std::collections::BTreeMap<String, String>,
+            std::time::Instant,
+        )>;
+        let waiting: Arc<Mutex<Pending>> = Arc::default();
+        let (mut agent_r, mut agent_w) = agent.into_split();
+        let (mut program_r, mut program_w) = program.into_split();
+        let methods: Arc<Mutex<std::collections::VecDeque<String>>> = Arc::default();
+        let requests_waiting = waiting.clone();
+        let request_methods = methods.clone();
+        let to_program = async move {
+            let mut sniffer = Sniffer::new(true);
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = agent_r.read(&mut buf).await {
+                if n == 0 || program_w.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                for seen in sniffer.feed(&buf[..n]) {
+                    if let Seen::Head(Head::Request {
+                        method,
+                        path,
+                        headers,
+                        ..
+                    }) = seen
+                    {
+                        lock(&requests_waiting).push_back((
+                            method,
+                            path,
+                            headers,
+                            std::time::Instant::now(),
+                        ));
+                    }
+                }
+                lock(&request_methods).extend(sniffer.pending_methods.drain(..));
+            }
+            let _ = program_w.shutdown().await;
+        };
+        let from_program = async {
+            let mut sniffer = Sniffer::new(false);
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = program_r.read(&mut buf).await {
+                if n == 0 || agent_w.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                sniffer.pending_methods.extend(lock(&methods).drain(..));
+                for seen in sniffer.feed(&buf[..n]) {
+                    if let Seen::Head(Head::Response { status, .. }) = seen {
+                        if status < 200 {
+                            continue;
+                        }
+                        if let Some((method, path, headers, since)) = lock(&waiting).pop_front() {
+                            self.traffic.emit(TrafficEvent::IncomingRequest {
+                                time: now_ms(),
+                                port,
+                                method,
+                                path,
+                                headers,
+                                status,
+                                duration_ms: since.elapsed().as_millis() as u64,
+                                mode: "mirror".into(),
+                                matched_filter: None,
+                            });
+                        }
+                    }
+                }
+            }
+            let _ = agent_w.shutdown().await;
+        };
+        tokio::join!(to_program, from_program);
+    }
+
     pub fn peer_of(&self, source: SocketAddr) -> Option<(SocketAddr, SocketAddr)> {
         lock(&self.peers).get(&source).copied()
     }
@@ -291,7 +374,13 @@ impl IncomingRouter {
                     port,
                     mode: mode_name(mode).into(),
                 });
-                let _ = tokio::io::copy_bidirectional(&mut stream, &mut channel).await;
+                if mode == TrafficMode::Mirror {
+                    // Stolen HTTP requests are reported by the agent, which routes them; mirrored
+                    // ones are read here, from the copy on its way to the program.
+                    self.relay_sniffing(stream, channel, port).await;
+                } else {
+                    let _ = tokio::io::copy_bidirectional(&mut stream, &mut channel).await;
+                }
             }
             Err(e) => tracing::warn!(port, %target, "cannot reach the program's listener: {e}"),
         }
