@@ -27,7 +27,8 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty};
 use hyper::body::Incoming as IncomingBody;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mirrord_protocol::agent::{AgentEvent, AgentMessage, HttpFilter, TrafficMode};
+use mirrord_protocol::agent::{AgentEvent, AgentMessage, HttpFilter, Observed, TrafficMode};
+use mirrord_protocol::codec::write_frame_async;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -41,6 +42,9 @@ use tokio::task::JoinHandle;
 
 /// How long a client may take to pick up an announced connection before the target serves it.
 const PICKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a released port's listener keeps passing on connections the redirect sent to it
+/// before the rule was removed.
+const LISTENER_LINGER: Duration = Duration::from_secs(1);
 /// How long to wait for a connection's first bytes to tell HTTP from other protocols.
 const SNIFF_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Chunks queued per mirroring client; a client that falls further behind loses its copy
@@ -312,12 +316,23 @@ impl IncomingState {
         if state.subscribers.is_empty() {
             // Just looked up under the same lock.
             let state = ports.remove(&port).expect("port state present");
-            state.accept_task.abort();
             drop(ports);
+            // The rule goes first, the listener after a moment: connections the rule sent here
+            // before it went still arrive (their NAT is decided), and the listener passes them
+            // on (nobody subscribes any more) instead of the kernel refusing them.
             if let Some(r) = lock(&self.redirector).as_ref() {
                 if let Err(e) = r.remove(port) {
                     tracing::warn!(port, "removing the redirect: {e:#}");
                 }
+            }
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        tokio::time::sleep(LISTENER_LINGER).await;
+                        state.accept_task.abort();
+                    });
+                }
+                Err(_) => state.accept_task.abort(),
             }
             tracing::info!(port, "port released");
         }
@@ -428,9 +443,10 @@ impl IncomingState {
             .filter(|s| s.mode == TrafficMode::Steal)
             .cloned()
             .collect();
+        // Mirrors and observers (dump) both ride along with the connection.
         let mirrors: Vec<Subscriber> = subscribers
             .iter()
-            .filter(|s| s.mode == TrafficMode::Mirror)
+            .filter(|s| matches!(s.mode, TrafficMode::Mirror | TrafficMode::Observe))
             .cloned()
             .collect();
         let hop = Hop {
@@ -466,7 +482,8 @@ impl IncomingState {
     }
 
     /// The connection goes on (to the next agent or its original destination); mirrors get a
-    /// copy of what the client sends (and whatever they answer is discarded).
+    /// copy of what the client sends (and whatever they answer is discarded); observers get
+    /// both directions as `Observed` frames.
     async fn pass_through(
         self: &Arc<Self>,
         stream: BoxIo,
@@ -480,12 +497,36 @@ impl IncomingState {
             ..
         } = hop;
         let upstream = self.next_hop(port, peer, original, &hop.visited).await?;
+        // Copies of the client's bytes for mirrors; of both directions for observers (dump).
         let mut copies: Vec<mpsc::Sender<Bytes>> = Vec::new();
+        let mut observers: Vec<mpsc::Sender<(bool, Bytes)>> = Vec::new();
         for m in mirrors {
-            let (copy_tx, mut copy_rx) = mpsc::channel::<Bytes>(MIRROR_QUEUE);
-            copies.push(copy_tx);
             let me = self.clone();
             let client = m.client.clone();
+            if m.mode == TrafficMode::Observe {
+                let (observed_tx, mut observed_rx) = mpsc::channel::<(bool, Bytes)>(MIRROR_QUEUE);
+                observers.push(observed_tx);
+                tokio::spawn(async move {
+                    let Some(mut channel) = me
+                        .announce(&client, port, TrafficMode::Observe, peer, original)
+                        .await
+                    else {
+                        return;
+                    };
+                    while let Some((from_client, data)) = observed_rx.recv().await {
+                        let frame = Observed {
+                            from_client,
+                            data: data.to_vec(),
+                        };
+                        if write_frame_async(&mut channel, &frame).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                continue;
+            }
+            let (copy_tx, mut copy_rx) = mpsc::channel::<Bytes>(MIRROR_QUEUE);
+            copies.push(copy_tx);
             tokio::spawn(async move {
                 let Some(channel) = me
                     .announce(&client, port, TrafficMode::Mirror, peer, original)
@@ -507,6 +548,7 @@ impl IncomingState {
                 let _ = write.shutdown().await;
             });
         }
+        let mut response_observers = observers.clone();
         let (mut client_r, mut client_w) = tokio::io::split(stream);
         let (mut up_r, mut up_w) = tokio::io::split(upstream);
         let to_target = async move {
@@ -519,16 +561,36 @@ impl IncomingState {
                 if up_w.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
-                if !copies.is_empty() {
+                if !copies.is_empty() || !observers.is_empty() {
                     let chunk = Bytes::copy_from_slice(&buf[..n]);
                     // try_send: a slow mirror loses its copy instead of slowing the target.
                     copies.retain(|c| c.try_send(chunk.clone()).is_ok());
+                    observers.retain(|o| o.try_send((true, chunk.clone())).is_ok());
                 }
+            }
+            for o in &observers {
+                let _ = o.try_send((true, Bytes::new()));
             }
             let _ = up_w.shutdown().await;
         };
         let from_target = async move {
-            let _ = tokio::io::copy(&mut up_r, &mut client_w).await;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match up_r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if client_w.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                if !response_observers.is_empty() {
+                    let chunk = Bytes::copy_from_slice(&buf[..n]);
+                    response_observers.retain(|o| o.try_send((false, chunk.clone())).is_ok());
+                }
+            }
+            for o in &response_observers {
+                let _ = o.try_send((false, Bytes::new()));
+            }
             let _ = client_w.shutdown().await;
         };
         tokio::join!(to_target, from_target);

@@ -200,9 +200,9 @@ pub async fn read_line<S: AsyncRead + Unpin>(stream: &mut S) -> Result<String> {
 /// Connects to agent `id`, sends `request` and returns its answer line and the stream.
 async fn ask(id: &str, request: &Request) -> Result<(String, UnixStream)> {
     let exchange = async {
-        let std_stream = std::os::unix::net::UnixStream::connect_addr(&socket_addr(id)?)?;
-        std_stream.set_nonblocking(true)?;
-        let mut stream = UnixStream::from_std(std_stream)?;
+        // Non-blocking connect (a leading NUL names an abstract socket): a peer that stopped
+        // accepting fails this at once instead of blocking a runtime thread.
+        let mut stream = UnixStream::connect(format!("\0{NAME_PREFIX}{id}")).await?;
         stream.write_all(request.encode().as_bytes()).await?;
         let answer = read_line(&mut stream).await?;
         Ok::<_, anyhow::Error>((answer, stream))

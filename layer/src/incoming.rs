@@ -38,15 +38,12 @@ pub unsafe fn bind(st: &LayerState, fd: c_int, requested: SocketAddr, domain: c_
     } else {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     };
-    // Prefer the configured port, then the program's own port (so local tools can still reach
-    // it there), then any free port.
-    let mut candidates = Vec::new();
-    if let Some(p) = incoming.listen_port(remote_port) {
-        candidates.push(p);
-    } else {
-        candidates.push(requested.port());
-        candidates.push(0);
-    }
+    // Prefer the configured port (`listen_ports`), else the program's own port (so local tools
+    // can still reach it there), then any free port, as mirrord does when the port is taken.
+    let preferred = incoming
+        .listen_port(remote_port)
+        .unwrap_or(requested.port());
+    let candidates = [preferred, 0];
     let mut last_errno = libc::EADDRINUSE;
     for port in candidates {
         let (c, len) = caddr::to_c(SocketAddr::new(loopback, port), domain);

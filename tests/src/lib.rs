@@ -3,6 +3,7 @@
 //!
 //! Everything here needs root (network namespaces, bridges, `ip netns exec`).
 
+pub mod bench;
 pub mod cluster;
 pub mod lsp_client;
 
@@ -142,32 +143,6 @@ pub fn run_ok(cmd: &mut std::process::Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wait_line_finds_the_needle_and_reports_eof() {
-        let input = std::io::Cursor::new(b"starting\nlistening on 1234\nmore\n".to_vec());
-        let line = wait_line(input, "listening", Duration::from_secs(5)).unwrap();
-        assert_eq!(line, "listening on 1234");
-
-        let input = std::io::Cursor::new(b"starting\n".to_vec());
-        let err = wait_line(input, "ready", Duration::from_secs(5)).unwrap_err();
-        assert!(err.to_string().contains("output ended"), "{err}");
-    }
-
-    #[test]
-    fn wait_line_times_out() {
-        // A pipe whose writer stays open: nothing ever arrives.
-        let (reader, _writer) = std::io::pipe().unwrap();
-        let t = Instant::now();
-        let err = wait_line(reader, "ready", Duration::from_millis(100)).unwrap_err();
-        assert!(err.to_string().contains("within"), "{err}");
-        assert!(t.elapsed() < Duration::from_secs(2));
-    }
-}
-
 /// Runs `cmd` to completion and returns its output, killing its whole process group if it takes
 /// longer than `timeout` (then the error says so). Output is read concurrently, so a chatty child
 /// never blocks.
@@ -217,4 +192,30 @@ pub fn output_within(
         stdout: out_t.join().unwrap_or_default(),
         stderr: err_t.join().unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_line_finds_the_needle_and_reports_eof() {
+        let input = std::io::Cursor::new(b"starting\nlistening on 1234\nmore\n".to_vec());
+        let line = wait_line(input, "listening", Duration::from_secs(5)).unwrap();
+        assert_eq!(line, "listening on 1234");
+
+        let input = std::io::Cursor::new(b"starting\n".to_vec());
+        let err = wait_line(input, "ready", Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("output ended"), "{err}");
+    }
+
+    #[test]
+    fn wait_line_times_out() {
+        // A pipe whose writer stays open: nothing ever arrives.
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let t = Instant::now();
+        let err = wait_line(reader, "ready", Duration::from_millis(100)).unwrap_err();
+        assert!(err.to_string().contains("within"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
 }

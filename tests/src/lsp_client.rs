@@ -10,8 +10,7 @@
 //! the child's stderr) when no answer comes in time; [`RpcClient::wait_notification`] returns
 //! `None`. The child runs in its own process group, which is SIGKILLed when the client drops.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -125,6 +124,14 @@ impl RpcClient {
         write_frame(stdin, self.framing, body).context("writing to the server")
     }
 
+    /// Writes `bytes` as they are, without framing (to test a server's framing errors).
+    pub fn send_unframed(&self, bytes: &[u8]) -> Result<()> {
+        let mut w = lock(&self.writer);
+        let stdin = w.as_mut().context("stdin is closed")?;
+        stdin.write_all(bytes)?;
+        stdin.flush().context("writing to the server")
+    }
+
     fn send(&self, msg: &Value) -> Result<()> {
         self.send_raw(msg.to_string().as_bytes())
     }
@@ -132,7 +139,11 @@ impl RpcClient {
     /// Sends a request and returns its id (for [`RpcClient::wait_response`]).
     pub fn send_request(&self, method: &str, params: Value) -> Value {
         let id = json!(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let mut msg = json!({"jsonrpc": "2.0", "id": id, "method": method});
+        // No params at all rather than `null` (JSON-RPC: params is a structured value if present).
+        if !params.is_null() {
+            msg["params"] = params;
+        }
         if let Err(e) = self.send(&msg) {
             panic!("{}: sending {method}: {e:#}", self.name);
         }
@@ -180,7 +191,10 @@ impl RpcClient {
 
     /// Sends a notification.
     pub fn notify(&self, method: &str, params: Value) {
-        let msg = json!({"jsonrpc": "2.0", "method": method, "params": params});
+        let mut msg = json!({"jsonrpc": "2.0", "method": method});
+        if !params.is_null() {
+            msg["params"] = params;
+        }
         if let Err(e) = self.send(&msg) {
             panic!("{}: sending {method}: {e:#}", self.name);
         }

@@ -253,3 +253,89 @@ fn ls_lists_local_targets() {
         "{paths:?}"
     );
 }
+
+/// Starts `mirrord dump -t pid/<pod> -p 80 [--json]` and waits until it watches.
+fn dump(c: &Cluster, json: bool) -> ManagedChild {
+    let target = format!("pid/{}", c.pod_pid());
+    let mut args = vec!["dump", "-t", target.as_str(), "-p", "80"];
+    if json {
+        args.push("--json");
+    }
+    let mut child = c.spawn(mirrord(c, &args)).unwrap();
+    child.wait_stderr_line("watching port(s) 80", WAIT).unwrap();
+    child
+}
+
+fn curl_pod(c: &Cluster, path: &str) -> String {
+    let out = run({
+        let mut cmd = c.client("curl");
+        cmd.args([
+            "-sS",
+            "-D",
+            "-",
+            "--max-time",
+            "10",
+            "-H",
+            "x-test: dump-me",
+        ])
+        .arg(format!("http://{}{path}", Cluster::POD_IP));
+        cmd
+    });
+    text(&out.stdout)
+}
+
+#[test]
+fn dump_prints_requests_and_responses_while_the_pod_serves() {
+    let c = Cluster::start().unwrap();
+    let mut d = dump(&c, false);
+    let answer = curl_pod(&c, "/dumped");
+    assert!(
+        answer.to_ascii_lowercase().contains("x-served-by: pod"),
+        "{answer}"
+    );
+    assert!(answer.contains("pod: GET /dumped"), "{answer}");
+    d.wait_line("> GET /dumped HTTP/1.1", WAIT).unwrap();
+    d.wait_line("x-test: dump-me", WAIT).unwrap();
+    d.wait_line("< HTTP/1.1 200 OK", WAIT).unwrap();
+    d.wait_line("x-served-by: pod", WAIT).unwrap();
+    d.signal(libc::SIGINT).unwrap();
+    let status = d.wait_timeout(WAIT).unwrap().expect("dump ends on Ctrl-C");
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        agent_rules(&c),
+        Vec::<String>::new(),
+        "dump removed its rules"
+    );
+    // Raw bytes of a non-HTTP connection are shown escaped.
+    let mut d = dump(&c, false);
+    let out = run({
+        let mut cmd = c.client("/usr/bin/python3");
+        cmd.args([
+            "-c",
+            "import socket; s=socket.create_connection(('10.244.0.10',80),5); s.sendall(b'\\x01\\x02binary\\r\\n'); s.shutdown(1); s.recv(100)",
+        ]);
+        cmd
+    });
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    d.wait_line(r#"bytes: "\x01\x02binary\r\n""#, WAIT).unwrap();
+}
+
+#[test]
+fn dump_json_lines_are_traffic_events() {
+    let c = Cluster::start().unwrap();
+    let mut d = dump(&c, true);
+    let answer = curl_pod(&c, "/as-json?x=1");
+    assert!(answer.contains("pod: GET /as-json?x=1"), "{answer}");
+    let line = d.wait_line("\"incoming_request\"", WAIT).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["type"], "incoming_request");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/as-json?x=1");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["headers"]["x-test"], "dump-me");
+    assert_eq!(v["mode"], "mirror");
+    for l in d.stdout_lines() {
+        let e: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+        assert!(e["type"].is_string(), "{l}");
+    }
+}

@@ -42,16 +42,17 @@ fn server_cmd(c: &Cluster, log: &str, args: &[&str]) -> Command {
 
 /// `mirrord-server --stdio` in dev, initialized as an IDE does (with progress support).
 fn stdio_daemon(c: &Cluster, name: &str) -> RpcClient {
+    stdio_daemon_with(c, name, json!({"window": {"workDoneProgress": true}}))
+}
+
+/// [`stdio_daemon`] for a client with these LSP `capabilities`.
+fn stdio_daemon_with(c: &Cluster, name: &str, capabilities: Value) -> RpcClient {
     let cmd = server_cmd(c, &format!("{name}.log"), &["--stdio"]);
     let stderr = c.workdir().join(format!("{name}.stderr"));
     let d = RpcClient::spawn(name, cmd, Framing::ContentLength, &stderr).unwrap();
     let init = d.call(
         "initialize",
-        json!({
-            "processId": null,
-            "rootUri": null,
-            "capabilities": {"window": {"workDoneProgress": true}},
-        }),
+        json!({"processId": null, "rootUri": null, "capabilities": capabilities}),
     );
     assert_eq!(init["serverInfo"]["name"], "mirrord-server", "{init}");
     d.notify("initialized", json!({}));
@@ -168,8 +169,9 @@ fn curl_pod(c: &Cluster, path: &str, header: &str) -> (String, String) {
     (by, body)
 }
 
-/// pids of this cluster's agents (their sockets are in the cluster's runtime dir).
-fn agent_pids(c: &Cluster) -> Vec<u32> {
+/// pids of this cluster's agent processes (their sockets are in the cluster's runtime dir),
+/// each agent's guard (a forked child that removes its rules when it dies) included.
+fn agent_processes(c: &Cluster) -> Vec<u32> {
     let out = Command::new("pgrep")
         .args(["-f", &format!("mirrord-agent.*{}", run_dir(c).display())])
         .output()
@@ -180,6 +182,32 @@ fn agent_pids(c: &Cluster) -> Vec<u32> {
         .collect();
     pids.sort_unstable();
     pids
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|p| p.trim().parse().ok())
+}
+
+/// pids of this cluster's agents: agent processes that are not another agent's guard.
+fn agent_pids(c: &Cluster) -> Vec<u32> {
+    let all = agent_processes(c);
+    all.iter()
+        .copied()
+        .filter(|p| !parent_of(*p).is_some_and(|pp| all.contains(&pp)))
+        .collect()
+}
+
+/// Waits until no agent process (guards included) of this cluster is left.
+fn assert_no_agents_left(c: &Cluster) {
+    assert!(
+        poll_until(WAIT, || agent_processes(c).is_empty()).is_some(),
+        "agent processes left: {:?}",
+        agent_processes(c)
+    );
 }
 
 /// Whether `pid` is a live (not zombie) mirrord-agent.
@@ -460,7 +488,7 @@ fn an_ide_session_serves_launched_programs_and_reports_their_traffic() {
         !is_agent(agent_pid),
         "the agent {agent_pid} is still running"
     );
-    assert_eq!(agent_pids(&c), Vec::<u32>::new());
+    assert_no_agents_left(&c);
     assert!(!has_mirrord_rules(&c), "{}", pod_nat_rules(&c));
     let (by, _) = curl_pod(&c, "/after", "x-test: after");
     assert_eq!(by, "pod");
@@ -486,7 +514,20 @@ fn two_sessions_get_their_own_traffic_and_closing_stdio_ends_them() {
         &d,
         json!({"target": format!("pid/{}", c.pod_pid()), "configPath": cfg}),
     );
-    let b = start_session(&d, json!({"target": format!("netns/{}", c.ns_svc())}));
+    // Two launches of the same configuration at once (e.g. a compound launch) share one
+    // session and one agent.
+    let params_b = json!({"target": format!("netns/{}", c.ns_svc())});
+    let first = d.send_request("mirrord/startSession", params_b.clone());
+    let second = d.send_request("mirrord/startSession", params_b);
+    let answers: Vec<Value> = [first, second]
+        .iter()
+        .map(|id| {
+            let resp = d.wait_response(id, WAIT).expect("startSession answers");
+            mirrord_tests::lsp_client::split_response(resp).unwrap()
+        })
+        .collect();
+    assert_eq!(answers[0]["sessionId"], answers[1]["sessionId"]);
+    let b = answers[0].clone();
     let (sid_a, sid_b) = (session_id(&a), session_id(&b));
     assert_ne!(sid_a, sid_b);
     let listed = sessions(&d);
@@ -537,12 +578,16 @@ fn two_sessions_get_their_own_traffic_and_closing_stdio_ends_them() {
                 .is_some_and(|p| pids.contains(&(p as u32)))
                 || e["name"] == name
                 || e["host"] == name
-                || e["type"] == "incoming_request"
         })
     };
     let (events_a, events_b) = (traffic_events(&d, &sid_a), traffic_events(&d, &sid_b));
     assert!(
         !mentions(&events_b, &pids_a, "payment-service"),
+        "{events_b:#?}"
+    );
+    // Only session A's program receives pod traffic.
+    assert!(
+        !events_b.iter().any(|e| e["type"] == "incoming_request"),
         "{events_b:#?}"
     );
     assert!(
@@ -567,7 +612,7 @@ fn two_sessions_get_their_own_traffic_and_closing_stdio_ends_them() {
     for pid in &agents {
         assert!(!is_agent(*pid), "agent {pid} outlived the daemon");
     }
-    assert_eq!(agent_pids(&c), Vec::<u32>::new());
+    assert_no_agents_left(&c);
     assert!(!has_mirrord_rules(&c), "{}", pod_nat_rules(&c));
     let (by, _) = curl_pod(&c, "/after", "x-test: after");
     assert_eq!(by, "pod");
@@ -736,6 +781,28 @@ fn the_websocket_transport_needs_the_token_and_streams_notifications() {
         poll_until(WAIT, || !is_agent(agent_pid)).is_some(),
         "the agent outlived its WebSocket client"
     );
+    // So does one that never subscribed to notifications.
+    let mut cmd = c.dev(&ws_rpc);
+    cmd.arg(&url).env("MIRRORD_SERVER_TOKEN", &token);
+    let quiet = RpcClient::spawn(
+        "ws-quiet",
+        cmd,
+        Framing::Lines,
+        &c.workdir().join("ws_rpc-quiet.stderr"),
+    )
+    .unwrap();
+    quiet.call(
+        "mirrord/startSession",
+        json!({"target": format!("netns/{}", c.ns_pod())}),
+    );
+    let listed = quiet.call("mirrord/listSessions", json!({}));
+    let agent_pid = listed["sessions"][0]["agentPid"].as_u64().unwrap() as u32;
+    assert!(is_agent(agent_pid));
+    drop(quiet);
+    assert!(
+        poll_until(WAIT, || !is_agent(agent_pid)).is_some(),
+        "the agent outlived a WebSocket client that never subscribed"
+    );
     assert!(
         server.try_wait().unwrap().is_none(),
         "the daemon keeps serving"
@@ -848,7 +915,7 @@ fn config_files_get_diagnostics_completion_and_hover() {
 #[test]
 fn malformed_requests_get_json_rpc_errors_and_the_daemon_keeps_serving() {
     let c = Cluster::start().unwrap();
-    let d = stdio_daemon(&c, "daemon");
+    let mut d = stdio_daemon(&c, "daemon");
     for round in 0..2 {
         d.send_raw(br#"{"jsonrpc":"2.0","id":900,"method":"#)
             .unwrap();
@@ -873,6 +940,24 @@ fn malformed_requests_get_json_rpc_errors_and_the_daemon_keeps_serving() {
         let err = d.request("mirrord/stopSession", json!("nope")).unwrap_err();
         assert_eq!(err["code"], -32602, "{err}");
 
+        // JSON that is not a JSON-RPC message: -32600, with its id when it has one.
+        d.send_raw(br#"{"jsonrpc":"2.0","id":901}"#).unwrap();
+        let resp = d
+            .wait_response(&json!(901), WAIT)
+            .expect("an answer to id 901");
+        assert_eq!(resp["error"]["code"], -32600, "{resp}");
+        d.send_raw(b"[1, 2]").unwrap();
+        let resp = d
+            .wait_response(&Value::Null, WAIT)
+            .expect("an answer to a batch");
+        assert_eq!(resp["error"]["code"], -32600, "{resp}");
+        // A frame without Content-Length.
+        d.send_unframed(b"X-Nonsense: 1\r\n\r\n").unwrap();
+        let resp = d
+            .wait_response(&Value::Null, WAIT)
+            .expect("an answer to a frame without Content-Length");
+        assert_eq!(resp["error"]["code"], -32700, "{resp}");
+
         let targets = d.call("mirrord/listTargets", json!({}));
         assert!(targets["targets"].as_array().is_some_and(|t| !t.is_empty()));
     }
@@ -886,6 +971,16 @@ fn malformed_requests_get_json_rpc_errors_and_the_daemon_keeps_serving() {
     );
     assert!(d.garbage().is_empty(), "{:?}", d.garbage());
     assert_eq!(sessions(&d), Vec::<Value>::new());
+    // The LSP way out: shutdown, then exit (`"params": null` is accepted like no params).
+    d.send_raw(br#"{"jsonrpc":"2.0","id":950,"method":"shutdown","params":null}"#)
+        .unwrap();
+    let resp = d
+        .wait_response(&json!(950), WAIT)
+        .expect("shutdown answers");
+    assert_eq!(resp.get("result"), Some(&Value::Null), "{resp}");
+    d.notify("exit", Value::Null);
+    let status = d.wait_exit(WAIT).expect("the daemon exits after `exit`");
+    assert!(status.success(), "{status}");
 }
 
 /// Issue 4, "Done means" 8, second half: a SIGKILLed agent is reported within a second, and
@@ -893,9 +988,20 @@ fn malformed_requests_get_json_rpc_errors_and_the_daemon_keeps_serving() {
 #[test]
 fn a_killed_agent_is_reported_at_once_and_programs_fail_fast() {
     let c = Cluster::start().unwrap();
-    let d = stdio_daemon(&c, "daemon");
+    // An IDE without server-initiated progress.
+    let d = stdio_daemon_with(&c, "daemon", json!({}));
     let started = start_session(&d, json!({"target": format!("pid/{}", c.pod_pid())}));
     let sid = session_id(&started);
+    // Notifications are sent in order: none of the agent start's progress came before "ready".
+    wait_session_state(&d, &sid, "ready", WAIT).expect("sessionChanged ready");
+    assert!(d.server_requests().is_empty(), "{:?}", d.server_requests());
+    assert!(
+        !d.notifications()
+            .iter()
+            .any(|n| n["method"] == "$/progress"),
+        "{:#?}",
+        d.notifications()
+    );
     // A program that is in the session when the agent dies.
     let script = r#"
 import sys, time, urllib.request

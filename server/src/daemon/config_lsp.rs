@@ -119,22 +119,30 @@ fn node_at(path: &[String]) -> Option<&'static Value> {
     Some(node)
 }
 
+/// A node's documentation: its own `description`, else that of what it refers to (`$ref`, and
+/// the `allOf`/`anyOf`/`oneOf` wrappers schemars puts around references to documented types).
 fn description(node: &Value) -> Option<String> {
+    description_within(node, 8)
+}
+
+fn description_within(node: &Value, depth: u32) -> Option<String> {
     if let Some(d) = node.get("description").and_then(Value::as_str) {
         return Some(d.to_owned());
     }
-    let mut objects = Vec::new();
-    objects_of(node, &mut objects);
-    if let Some(r) = node.get("$ref").and_then(Value::as_str) {
-        let name = r.strip_prefix("#/definitions/")?;
-        return schema()
-            .get("definitions")?
-            .get(name)?
-            .get("description")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+    if depth == 0 {
+        return None;
     }
-    None
+    if let Some(r) = node.get("$ref").and_then(Value::as_str) {
+        let def = schema()
+            .get("definitions")?
+            .get(r.strip_prefix("#/definitions/")?)?;
+        return description_within(def, depth - 1);
+    }
+    ["allOf", "anyOf", "oneOf"]
+        .iter()
+        .filter_map(|k| node.get(*k).and_then(Value::as_array))
+        .flatten()
+        .find_map(|n| description_within(n, depth - 1))
 }
 
 /// Enum values a node accepts (through refs and anyOf).
@@ -408,6 +416,14 @@ mod tests {
             "{h}"
         );
         assert!(h.contains("loopback"), "{h}");
+        // Keys whose type is a documented struct or enum (behind `allOf: [$ref]`).
+        let t = r#"{"feature": {"network": {"incoming": "steal"}}}"#;
+        let h = hover(t, t.find("incoming").unwrap() + 2).unwrap();
+        assert!(h.contains("feature.network.incoming"), "{h}");
+        assert!(h.contains("\"steal\""), "{h}");
+        let t = r#"{"target": "pod/x"}"#;
+        let h = hover(t, 3).unwrap();
+        assert!(h.contains("pid/PID"), "{h}");
     }
 
     #[test]

@@ -6,7 +6,10 @@
 use super::{ApiError, ClientId, Daemon, Notifier, Progress};
 use anyhow::{bail, Context, Result};
 use jsonrpsee::core::SubscriptionResult;
-use jsonrpsee::server::{HttpBody, HttpResponse, RpcModule, Server, SubscriptionMessage};
+use jsonrpsee::server::middleware::rpc::RpcServiceT;
+use jsonrpsee::server::{
+    HttpBody, HttpResponse, RpcModule, RpcServiceBuilder, Server, SubscriptionMessage,
+};
 use jsonrpsee::types::{ErrorObjectOwned, Params};
 use jsonrpsee::{ConnectionId, Extensions, PendingSubscriptionSink};
 use mirrord_protocol::api::*;
@@ -68,6 +71,15 @@ struct WsContext {
 }
 
 impl WsContext {
+    /// A WebSocket connection ended: its notification queue goes, and so do its sessions.
+    async fn connection_gone(&self, conn: usize) {
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&conn);
+        self.daemon.client_gone(client_id(conn)).await;
+    }
+
     fn connection(&self, id: usize) -> Arc<WsNotifier> {
         let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         conns
@@ -163,15 +175,67 @@ fn module(ctx: Arc<WsContext>) -> Result<RpcModule<WsContext>> {
                     _ = sink.closed() => break,
                 }
             }
-            ctx.connections
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&conn);
-            ctx.daemon.client_gone(client_id(conn)).await;
+            ctx.connection_gone(conn).await;
             SubscriptionResult::Ok(())
         },
     )?;
     Ok(m)
+}
+
+/// Set on the upgrade request of a WebSocket connection; jsonrpsee hands the upgrade request's
+/// extensions to every call of the connection, which is how [`ConnectionEnd`] tells a WebSocket
+/// connection from a plain HTTP request.
+#[derive(Clone, Copy)]
+struct WsConnection;
+
+/// RPC middleware: jsonrpsee makes one per WebSocket connection (and one per plain HTTP
+/// request) and drops it when the connection ends. Its drop ends the connection's sessions, so
+/// a client that goes away without ever subscribing does not leave its agents running.
+#[derive(Clone)]
+struct ConnectionEndLayer {
+    ctx: Arc<WsContext>,
+}
+
+impl<S> tower::Layer<S> for ConnectionEndLayer {
+    type Service = ConnectionEnd<S>;
+    fn layer(&self, inner: S) -> ConnectionEnd<S> {
+        ConnectionEnd {
+            inner,
+            ctx: self.ctx.clone(),
+            conn: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+struct ConnectionEnd<S> {
+    inner: S,
+    ctx: Arc<WsContext>,
+    /// The WebSocket connection, learnt from its first call.
+    conn: std::sync::OnceLock<usize>,
+}
+
+impl<'a, S: RpcServiceT<'a>> RpcServiceT<'a> for ConnectionEnd<S> {
+    type Future = S::Future;
+
+    fn call(&self, request: jsonrpsee::types::Request<'a>) -> S::Future {
+        if request.extensions().get::<WsConnection>().is_some() {
+            let _ = self.conn.set(conn_of(request.extensions()));
+        }
+        self.inner.call(request)
+    }
+}
+
+impl<S> Drop for ConnectionEnd<S> {
+    fn drop(&mut self) {
+        let Some(&conn) = self.conn.get() else { return };
+        let ctx = self.ctx.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tracing::info!(conn, "WebSocket client gone; ending its sessions");
+                ctx.connection_gone(conn).await;
+            });
+        }
+    }
 }
 
 /// Refuses HTTP/WebSocket requests without the token.
@@ -232,8 +296,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if presented_token(&req).is_some_and(|t| token_eq(&t, &self.token)) {
+            let upgrade = req
+                .headers()
+                .get(http::header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            if upgrade {
+                req.extensions_mut().insert(WsConnection);
+            }
             Box::pin(self.inner.call(req))
         } else {
             tracing::warn!("refused a WebSocket client without the token");
@@ -277,6 +349,7 @@ pub async fn serve_ws(daemon: Arc<Daemon>, addr: SocketAddr, token: String) -> R
         .set_http_middleware(tower::ServiceBuilder::new().layer(TokenLayer {
             token: token.into(),
         }))
+        .set_rpc_middleware(RpcServiceBuilder::new().layer(ConnectionEndLayer { ctx: ctx.clone() }))
         .build(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;

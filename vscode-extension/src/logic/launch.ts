@@ -19,7 +19,8 @@ export type Reason =
   | 'forced-off' // MIRRORD_ACTIVE=0
   | 'enabled' // the workspace toggle is on
   | 'disabled' // the workspace toggle is off
-  | 'already'; // the configuration already carries a session (resolved twice, child sessions)
+  | 'already' // the configuration already carries a session (resolved twice)
+  | 'child'; // a debugger's own child session (js-debug's per-process sessions)
 
 export interface Decision {
   active: boolean;
@@ -55,6 +56,11 @@ export function mirrordActiveOverride(env: LaunchConfig['env']): boolean | undef
 export function decide(config: LaunchConfig, toggleOn: boolean): Decision {
   if (config.request === 'attach') {
     return { active: false, reason: 'attach' };
+  }
+  if (config['__pendingTargetId'] !== undefined || config['__parentId'] !== undefined) {
+    // js-debug starts one child session per process it attaches to; the process was launched
+    // by the parent session, which already has mirrord's environment.
+    return { active: false, reason: 'child' };
   }
   const env = config.env && typeof config.env === 'object' ? config.env : undefined;
   if (env && typeof env['MIRRORD_SESSION'] === 'string' && env['MIRRORD_SESSION'] !== '') {

@@ -53,16 +53,22 @@ export function resolveServerPath(l: Lookup): ServerLocation | undefined {
   return undefined;
 }
 
-/** mirrord-server's arguments: stdio transport, log level, the log on stderr (so the output
- * channel shows it), then the user's extra arguments. */
-export function serverArgs(logLevel: string | undefined, extra: readonly string[] | undefined, platform: NodeJS.Platform = process.platform): string[] {
+/** Whether the user's extra arguments choose the log file themselves. */
+export function hasLogFileArg(extra: readonly string[] | undefined): boolean {
+  return (extra ?? []).some((a) => a === '--log-file' || a.startsWith('--log-file='));
+}
+
+/**
+ * mirrord-server's arguments: stdio transport, log level, the log file the extension shows in
+ * its output channel (unless the user's extra arguments name one), then the extra arguments.
+ */
+export function serverArgs(logLevel: string | undefined, extra: readonly string[] | undefined, logFile?: string): string[] {
   const args = ['--stdio'];
   if (logLevel && logLevel.trim()) {
     args.push('--log-level', logLevel.trim());
   }
-  const userLog = (extra ?? []).some((a) => a === '--log-file' || a.startsWith('--log-file='));
-  if (platform === 'linux' && !userLog) {
-    args.push('--log-file', '/dev/stderr');
+  if (logFile && !hasLogFileArg(extra)) {
+    args.push('--log-file', logFile);
   }
   args.push(...(extra ?? []));
   return args;

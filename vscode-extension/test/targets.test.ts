@@ -1,0 +1,32 @@
+import * as assert from 'assert';
+import { isNoTargetError, orderTargets, rememberTarget } from '../src/logic/targets';
+
+describe('target picker', () => {
+  const targets = [
+    { path: 'netns/a', available: true },
+    { path: 'pid/10', available: true },
+    { path: 'pid/20', available: false },
+  ];
+
+  it('lists the most recent target first, then recent ones, then the rest in daemon order', () => {
+    const items = orderTargets(targets, ['pid/20', 'gone/1', 'pid/10']);
+    assert.deepStrictEqual(
+      items.map((i) => [i.target, i.description]),
+      [
+        ['pid/20', 'most recent, not available'],
+        ['pid/10', 'recent'],
+        ['netns/a', undefined],
+      ],
+    );
+  });
+
+  it('remembers targets most recent first, without duplicates, bounded', () => {
+    assert.deepStrictEqual(rememberTarget(['a', 'b', 'c'], 'b'), ['b', 'a', 'c']);
+    assert.deepStrictEqual(rememberTarget(['a', 'b'], 'c', 2), ['c', 'a']);
+  });
+
+  it('recognises the daemon\'s "no target" error', () => {
+    assert.ok(isNoTargetError('no target: choose one (mirrord/listTargets) or set "target" in the configuration'));
+    assert.ok(!isNoTargetError('mirrord could not start a session on pid/1: no such process'));
+  });
+});
