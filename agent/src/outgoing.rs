@@ -94,13 +94,8 @@ pub async fn udp(client: UnixStream, remote: SocketAddr) -> Result<()> {
         }
     });
     // channel --datagrams--> pod socket
-    loop {
-        match read_frame_async::<Datagram, _>(&mut reader).await {
-            Ok(Datagram(payload)) => {
-                let _ = socket.send(&payload).await;
-            }
-            Err(_) => break,
-        }
+    while let Ok(Datagram(payload)) = read_frame_async::<Datagram, _>(&mut reader).await {
+        let _ = socket.send(&payload).await;
     }
     downstream.abort();
     Ok(())
