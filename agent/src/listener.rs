@@ -76,15 +76,6 @@ pub async fn serve(listener: UnixListener, state: Arc<AgentState>) -> Result<()>
     }
 }
 
-/// Constant-time comparison so the token cannot be guessed byte by byte from timing.
-fn token_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 async fn handle(mut stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
     let hello: AgentHello = tokio::time::timeout(HELLO_TIMEOUT, read_frame_async(&mut stream))
         .await
@@ -94,7 +85,7 @@ async fn handle(mut stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
             "protocol version {} is not supported (agent speaks {PROTOCOL_VERSION})",
             hello.version
         ))
-    } else if !token_eq(&hello.token, &state.token) {
+    } else if !mirrord_protocol::token_eq(&hello.token, &state.token) {
         Some("invalid session token".to_owned())
     } else {
         None
@@ -196,14 +187,4 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
     // closed channel, so the writer stops now rather than when they end.
     writer_task.abort();
     result
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn token_comparison() {
-        assert!(super::token_eq("abcdef", "abcdef"));
-        assert!(!super::token_eq("abcdef", "abcdeg"));
-        assert!(!super::token_eq("abc", "abcdef"));
-    }
 }

@@ -27,3 +27,24 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub fn version_compatible(theirs: u32) -> bool {
     theirs == PROTOCOL_VERSION
 }
+
+/// Compares a presented token with the expected one in constant time, so a token cannot be
+/// guessed byte by byte from how long a refusal takes.
+pub fn token_eq(presented: &str, expected: &str) -> bool {
+    presented.len() == expected.len()
+        && presented
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_comparison() {
+        assert!(super::token_eq("abcdef", "abcdef"));
+        assert!(!super::token_eq("abcdef", "abcdeg"));
+        assert!(!super::token_eq("abc", "abcdef"));
+    }
+}

@@ -73,14 +73,6 @@ impl Drop for LayerProxy {
     }
 }
 
-fn token_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 impl LayerProxy {
     pub async fn start(control_path: PathBuf, shared: Arc<ProxyShared>) -> Result<LayerProxy> {
         let _ = std::fs::remove_file(&control_path);
@@ -325,7 +317,7 @@ fn refusal(version: u32, token: &str, expected: &str) -> Option<String> {
         Some(format!(
             "protocol version {version} is not supported (server speaks {PROTOCOL_VERSION})"
         ))
-    } else if !token_eq(token, expected) {
+    } else if !mirrord_protocol::token_eq(token, expected) {
         Some("invalid session token".into())
     } else {
         None

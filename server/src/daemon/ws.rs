@@ -275,14 +275,6 @@ fn presented_token<B>(req: &http::Request<B>) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn token_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 impl<S, B> tower::Service<http::Request<B>> for TokenCheck<S>
 where
     S: tower::Service<http::Request<B>, Response = HttpResponse>,
@@ -297,7 +289,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        if presented_token(&req).is_some_and(|t| token_eq(&t, &self.token)) {
+        if presented_token(&req).is_some_and(|t| mirrord_protocol::token_eq(&t, &self.token)) {
             let upgrade = req
                 .headers()
                 .get(http::header::UPGRADE)
