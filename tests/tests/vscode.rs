@@ -52,6 +52,29 @@ fn env_path(name: &str) -> PathBuf {
     PathBuf::from(v)
 }
 
+/// Copies the extension's output channel and the daemon's log (files named `*mirrord*`) out of
+/// VS Code's log dir, which goes away with the cluster's workdir: CI keeps them as artifacts.
+fn copy_logs(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let mut stack = vec![from.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().contains("mirrord") {
+                let rel = p.strip_prefix(from).unwrap_or(&p);
+                let dest = to.join(rel.to_string_lossy().replace('/', "__"));
+                let _ = std::fs::create_dir_all(to);
+                let _ = std::fs::copy(&p, &dest);
+            }
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs code-server, Chromium and the .vsix: run vscode-extension/scripts/test-all.sh"]
 fn vscode_extension_runs_with_mirrord_and_shows_traffic() {
@@ -219,6 +242,7 @@ fn vscode_extension_runs_with_mirrord_and_shows_traffic() {
             cs.stderr_tail(40)
         )
     });
+    copy_logs(&user_data.join("logs"), &shots.join("logs"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");

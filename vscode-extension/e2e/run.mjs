@@ -269,7 +269,7 @@ async function main() {
       await page.locator('.quick-input-widget .monaco-list-row', { hasText: 'mirrord.json' }).first().waitFor({ timeout: 10000 });
       await input.press('Enter');
       await page.locator('.tab', { hasText: 'mirrord.json' }).first().waitFor({ timeout: 10000 });
-      await command('View: Focus Problems');
+      await command('Problems: Focus on Problems View');
       const problem = page.locator('.markers-panel .monaco-list-row', { hasText: 'unknown variant' }).first();
       await problem.waitFor({ timeout: 30000 });
       const text = await problem.innerText();

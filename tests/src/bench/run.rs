@@ -65,8 +65,13 @@ pub fn install_interrupt_handler() {
     }
 }
 
+/// Whether SIGINT/SIGTERM arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if interrupted() {
         bail!("interrupted");
     }
     Ok(())
@@ -325,8 +330,9 @@ pub fn figures(p: &Params, sections: &[&str]) -> Figures {
         let mem = "Memory";
         f.push(
             Figure::new("mem.agent", mem, "agent peak RSS", "MiB", Better::Lower).note(&format!(
-                "VmHWM of mirrord-agent (main process) read from /proc while the {} \
-                 connections of the mirrord run above have just finished (still open).",
+                "VmHWM (peak resident set over the process's life) of mirrord-agent's main \
+                 process, read from /proc right after the {} connections of the mirrord run \
+                 above (the session still up).",
                 p.conns
             )),
         );

@@ -13,6 +13,9 @@
 //!   --write-benchmarks-md    replace the results section of BENCHMARKS.md with this run's
 //!   --no-build               do not run `cargo build` for the programs under test first
 //!   --out DIR                where latest.json / latest.md go (default bench-results/)
+//!   --hold-cluster SECS      (for profiling) set everything up, print the namespaces, pod pid
+//!                            and relay ports, keep them SECS seconds (at most 3600), measure
+//!                            nothing
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,6 +39,7 @@ struct Args {
     write_doc: bool,
     build: bool,
     out: PathBuf,
+    hold: Option<u64>,
     argv: Vec<String>,
 }
 
@@ -56,6 +60,7 @@ fn parse_args() -> Result<Args> {
         write_doc: false,
         build: true,
         out: workspace().join("bench-results"),
+        hold: None,
         argv: argv.clone(),
     };
     let mut it = argv.into_iter();
@@ -80,6 +85,10 @@ fn parse_args() -> Result<Args> {
             "--shared" => a.shared = true,
             "--write-benchmarks-md" => a.write_doc = true,
             "--no-build" => a.build = false,
+            "--hold-cluster" => {
+                let secs: u64 = it.next().context("--hold-cluster SECS")?.parse()?;
+                a.hold = Some(secs.min(3600));
+            }
             "--out" => a.out = PathBuf::from(it.next().context("--out DIR")?),
             "-h" | "--help" => {
                 println!(
@@ -242,6 +251,24 @@ fn real_main() -> Result<()> {
         let cluster = Cluster::start()?;
         cluster.ensure_bulk()?;
         let mut bench = Bench::new(&cluster, bins, params.clone())?;
+        if let Some(secs) = args.hold {
+            println!(
+                "cluster {}: pod ns {} (pod pid {}), dev ns {}, client ns {}, workdir {}; \
+                 socat relays in dev: 127.0.0.1:18080 (svc:8080), 127.0.0.1:19000 (svc:9000), \
+                 SOCKS 127.0.0.1:11080; holding {secs} s (Ctrl-C ends it)",
+                cluster.id(),
+                cluster.ns_pod(),
+                cluster.pod_pid(),
+                cluster.ns_dev(),
+                cluster.ns_client(),
+                cluster.workdir().display()
+            );
+            let until = Instant::now() + std::time::Duration::from_secs(secs);
+            while Instant::now() < until && !run::interrupted() {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            return Ok(());
+        }
         for r in 0..runs {
             for s in &sections {
                 eprintln!("bench: run {}/{runs}: {s}", r + 1);
