@@ -1063,3 +1063,107 @@ except Exception as e:
     assert!(sessions(&d).iter().all(|s| s["sessionId"] != sid.as_str()));
     d.call("mirrord/listTargets", json!({}));
 }
+
+/// A config file of a running session that breaks on disk is reported on that session (with
+/// its position); fixing it is reported too, and the next launch takes the fixed file.
+#[test]
+fn a_config_file_changed_on_disk_is_reported_on_its_session() {
+    let c = Cluster::start().unwrap();
+    let cfg = write(
+        &c,
+        "ws/.mirrord/mirrord.json",
+        &format!(r#"{{"target": "pid/{}"}}"#, c.pod_pid()),
+    );
+    let d = stdio_daemon(&c, "watch");
+    let session = d.call(
+        "mirrord/startSession",
+        json!({"workspaceFolder": c.workdir().join("ws")}),
+    );
+    let id = session["sessionId"].as_str().unwrap().to_owned();
+    std::fs::write(
+        &cfg,
+        "{\n  \"target\": \"pid/1\",\n  \"feature\": {\"netwrk\": {}}\n}\n",
+    )
+    .unwrap();
+    let broken = d
+        .wait_notification(WAIT, |n| {
+            n["method"] == "mirrord/sessionChanged"
+                && n["params"]["sessionId"] == id
+                && n["params"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("unknown field `netwrk`"))
+        })
+        .expect("the broken config is reported");
+    let message = broken["params"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{}:3:", cfg.display())),
+        "{message}"
+    );
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"target": "pid/{}", "feature": {{"network": {{"dns": false}}}}}}"#,
+            c.pod_pid()
+        ),
+    )
+    .unwrap();
+    d.wait_notification(WAIT, |n| {
+        n["method"] == "mirrord/sessionChanged"
+            && n["params"]["sessionId"] == id
+            && n["params"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("next launch"))
+    })
+    .expect("the fix is reported");
+    // The next launch takes the new configuration: a new session (the old one had no program).
+    let next = d.call(
+        "mirrord/startSession",
+        json!({"workspaceFolder": c.workdir().join("ws")}),
+    );
+    assert_ne!(next["sessionId"], session["sessionId"]);
+    assert!(
+        next["env"]["MIRRORD_CONFIG"]
+            .as_str()
+            .unwrap()
+            .contains("\"enabled\":false"),
+        "{next}"
+    );
+}
+
+/// A session nobody uses ends by itself after the idle timeout, agent included.
+#[test]
+fn an_idle_session_ends_by_itself() {
+    let c = Cluster::start().unwrap();
+    let cmd = server_cmd(&c, "idle.log", &["--stdio", "--idle-timeout-secs", "1"]);
+    let d = RpcClient::spawn(
+        "idle",
+        cmd,
+        Framing::ContentLength,
+        &c.workdir().join("idle.stderr"),
+    )
+    .unwrap();
+    d.call(
+        "initialize",
+        json!({"processId": null, "rootUri": null, "capabilities": {}}),
+    );
+    d.notify("initialized", json!({}));
+    let session = d.call(
+        "mirrord/startSession",
+        json!({"target": format!("pid/{}", c.pod_pid())}),
+    );
+    let id = session["sessionId"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    d.wait_notification(Duration::from_secs(15), |n| {
+        n["method"] == "mirrord/sessionChanged"
+            && n["params"]["sessionId"] == id
+            && n["params"]["state"] == "stopped"
+    })
+    .expect("the idle session stops");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let sessions = d.call("mirrord/listSessions", json!({}));
+    assert_eq!(
+        sessions["sessions"].as_array().unwrap().len(),
+        0,
+        "{sessions}"
+    );
+}
