@@ -879,7 +879,11 @@ impl Router {
         let upgrade = req.headers().contains_key(hyper::header::UPGRADE);
         let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let method = req.method().to_string();
-        let path = req.uri().path().to_owned();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_else(|| req.uri().path().to_owned());
         let started = std::time::Instant::now();
         // What the traffic view shows of a stolen request; sent once the response head is back.
         let report = stealer.as_ref().map(|s| {

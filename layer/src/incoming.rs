@@ -27,7 +27,9 @@ pub unsafe fn bind(st: &LayerState, fd: c_int, requested: SocketAddr, domain: c_
         return Outcome::Bypass;
     }
     let ip = canonical_ip(requested.ip());
-    if ip.is_loopback() && incoming.ignore_localhost {
+    // A server bound to loopback in the pod never gets the pod's traffic either, and such
+    // listeners are often private (a debugger's inspector on a random port): never subscribed.
+    if ip.is_loopback() {
         return Outcome::Bypass;
     }
     let Some(remote_port) = incoming.remote_port(requested.port()) else {

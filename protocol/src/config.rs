@@ -211,7 +211,8 @@ struct IncomingConfigMap {
     /// traffic of the target's remote_port.
     #[serde(default)]
     port_mapping: Vec<(u16, u16)>,
-    /// Listeners on loopback addresses stay local (not subscribed).
+    /// Accepted for compatibility with mirrord's files: listeners bound to a loopback address
+    /// always stay local (in the pod they would not get its traffic either).
     #[serde(default)]
     ignore_localhost: bool,
     /// Ports the program listens on that are never subscribed.

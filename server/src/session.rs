@@ -33,6 +33,15 @@ pub struct Session {
     layer_path: PathBuf,
 }
 
+/// `LD_PRELOAD` for a launch: the launch's own preloads, then the layer (once).
+pub fn merge_preload(existing: Option<&str>, layer: &str) -> String {
+    match existing.map(str::trim).filter(|p| !p.is_empty()) {
+        Some(p) if p.split([' ', ':']).any(|e| e == layer) => p.to_owned(),
+        Some(p) => format!("{p}:{layer}"),
+        None => layer.to_owned(),
+    }
+}
+
 /// 32 random bytes, hex: the session token.
 fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
@@ -91,12 +100,7 @@ impl Session {
     /// Environment that makes a program join this session. `LD_PRELOAD` keeps whatever the
     /// caller's environment already preloads.
     pub fn launch_env(&self, existing_preload: Option<&str>) -> Vec<(String, String)> {
-        let layer = self.layer_path.display().to_string();
-        let preload = match existing_preload.map(str::trim).filter(|p| !p.is_empty()) {
-            Some(p) if p.split([' ', ':']).any(|e| e == layer) => p.to_owned(),
-            Some(p) => format!("{p}:{layer}"),
-            None => layer,
-        };
+        let preload = merge_preload(existing_preload, &self.layer_path.display().to_string());
         vec![
             ("LD_PRELOAD".into(), preload),
             ("MIRRORD_SESSION".into(), self.id.clone()),

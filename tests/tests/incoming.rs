@@ -848,3 +848,26 @@ print("bye", flush=True)
     });
     assert!(took.is_some(), "chain left: {}", pod_rules(&c));
 }
+
+/// A listener bound to loopback is never subscribed (in the pod it would not get the pod's
+/// traffic either, and debuggers' inspectors listen there on random ports): the pod keeps
+/// serving, no redirect exists, and the program is reachable locally.
+#[test]
+fn loopback_listeners_are_never_subscribed() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "steal.json",
+        r#"{"feature":{"network":{"incoming":"steal"}}}"#,
+    );
+    let _app = local_app(&c, &cfg, 80, &["--bind", "127.0.0.1"]);
+    let (by, _) = curl_pod(&c, "/not-for-loopback", &[]);
+    assert_eq!(by, "pod");
+    assert!(!pod_rules(&c).contains("--dport 80"), "{}", pod_rules(&c));
+    let out = output_within(
+        no_proxy(&mut c.dev("curl")).args(["-sS", "-D", "-", "http://127.0.0.1:80/local"]),
+        WAIT,
+    )
+    .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("x-served-by: local"));
+}

@@ -65,8 +65,11 @@ fn copy_logs(from: &Path, to: &Path) {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.to_string_lossy().contains("mirrord") {
+            } else {
                 let rel = p.strip_prefix(from).unwrap_or(&p);
+                if !rel.to_string_lossy().contains("mirrord") {
+                    continue;
+                }
                 let dest = to.join(rel.to_string_lossy().replace('/', "__"));
                 let _ = std::fs::create_dir_all(to);
                 let _ = std::fs::copy(&p, &dest);
@@ -234,7 +237,9 @@ fn vscode_extension_runs_with_mirrord_and_shows_traffic() {
         .env("E2E_POD_URL", format!("http://{}/", Cluster::POD_IP))
         .env("E2E_SCREENSHOTS", &shots)
         .env("E2E_BROWSER_PROFILE", root.join("chromium"))
-        .env("E2E_TARGET", format!("pid/{}", c.pod_pid()));
+        .env("E2E_TARGET", format!("pid/{}", c.pod_pid()))
+        .env("E2E_SERVER_BIN", &server_bin)
+        .env("E2E_POD_NS", c.ns_pod());
     xdg(&mut drive);
     let out = output_within(&mut drive, DRIVER_TIMEOUT).unwrap_or_else(|e| {
         panic!(

@@ -8,7 +8,7 @@
 
 import { chromium } from 'playwright-core';
 import { execFile } from 'node:child_process';
-import { mkdirSync, writeFileSync, rmSync } from 'node:fs';
+import { mkdirSync, writeFileSync, rmSync, readdirSync, readlinkSync, readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 
 const env = (k) => {
@@ -22,6 +22,9 @@ const CLIENT_NS = env('E2E_CLIENT_NS');
 const POD_URL = env('E2E_POD_URL');
 const SHOTS = env('E2E_SCREENSHOTS');
 const PROFILE = env('E2E_BROWSER_PROFILE');
+const SERVER_BIN = env('E2E_SERVER_BIN');
+const TARGET = env('E2E_TARGET');
+const POD_NS = env('E2E_POD_NS');
 
 const t0 = Date.now();
 const log = (...a) => console.log(`[e2e +${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
@@ -65,6 +68,24 @@ function curl(path) {
       },
     );
   });
+}
+
+/** Pids of the mirrord-server processes in this network namespace (the ones this test's
+ * code-server started: the driver runs in the test's own dev namespace). */
+function serverPids() {
+  const ownNs = readlinkSync('/proc/self/ns/net');
+  const pids = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (readlinkSync(`/proc/${d}/ns/net`) !== ownNs) continue;
+      if (readlinkSync(`/proc/${d}/exe`).replace(/ \(deleted\)$/, '') !== SERVER_BIN) continue;
+      pids.push(Number(d));
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return pids;
 }
 
 async function shot(name) {
@@ -256,6 +277,20 @@ async function main() {
       }, 1000);
     });
 
+    await step('mirrord-server dies: the extension restarts it and says so', async () => {
+      const before = serverPids();
+      if (before.length !== 1) throw new Error(`expected one mirrord-server in this namespace, found ${before}`);
+      process.kill(before[0], 'SIGKILL');
+      const toast = page.locator('.notifications-toasts .notification-toast', { hasText: 'mirrord-server stopped unexpectedly and was restarted' }).first();
+      await toast.waitFor({ timeout: 30000 });
+      const after = await until('a new mirrord-server', 30000, async () => {
+        const now = serverPids();
+        return now.length === 1 && now[0] !== before[0] ? now : undefined;
+      });
+      log(`mirrord-server ${before[0]} killed; restarted as ${after[0]}`);
+      await shot('4-server-restarted');
+    });
+
     await step('an invalid .mirrord/mirrord.json shows the daemon\'s diagnostic in Problems', async () => {
       writeFileSync(
         join(WS, '.mirrord', 'mirrord.json'),
@@ -275,7 +310,41 @@ async function main() {
       const text = await problem.innerText();
       if (!text.includes('stael')) throw new Error(`unexpected problem text: ${text}`);
       log(`problem: ${text.replace(/\s+/g, ' ')}`);
-      await shot('4-problems-invalid-config');
+      await shot('5-problems-invalid-config');
+    });
+
+    await step('a config without a target: "Create Default Configuration", then the target picker asks', async () => {
+      await page.keyboard.press('Escape');
+      await command('View: Close All Editors');
+      unlinkSync(join(WS, '.mirrord', 'mirrord.json'));
+      await command('mirrord: Create Default Configuration');
+      await page.locator('.tab', { hasText: 'mirrord.json' }).first().waitFor({ timeout: 10000 });
+      const created = JSON.parse(readFileSync(join(WS, '.mirrord', 'mirrord.json'), 'utf8'));
+      const want = { feature: { network: { incoming: 'steal', outgoing: true, dns: true } } };
+      if (JSON.stringify(created) !== JSON.stringify(want)) throw new Error(`created ${JSON.stringify(created)}`);
+      await page.locator('.monaco-workbench .part.editor').first().click({ position: { x: 200, y: 300 } }).catch(() => undefined);
+      await command('mirrord: Run with mirrord');
+      const input = page.locator('.quick-input-widget input.input');
+      await page.locator('.quick-input-widget', { hasText: 'mirrord: choose the target' }).waitFor({ timeout: 30000 });
+      const exact = (label) => page
+        .locator('.quick-input-widget .monaco-list-row')
+        .filter({ has: page.locator('.label-name', { hasText: new RegExp(`^\\s*${reEscape(label)}\\s*$`) }) })
+        .first();
+      await input.fill(TARGET);
+      let chosen = TARGET;
+      // `pid/N` is listed for the first process of each namespace; the namespace itself always is.
+      if (!(await exact(TARGET).isVisible({ timeout: 3000 }).catch(() => false))) {
+        chosen = `netns/${POD_NS}`;
+        await input.fill(chosen);
+      }
+      await shot('6-target-picker');
+      await exact(chosen).click();
+      log(`picked ${chosen}`);
+      await page.locator('.debug-toolbar').first().waitFor({ timeout: 60000 });
+      await waitForLocal('picker');
+      const r = await curl('/e2e-3');
+      if (r.headers['x-served-by'] !== 'local') throw new Error(`after picking: ${r.status} ${JSON.stringify(r.headers)}`);
+      await command('Debug: Stop');
     });
   } finally {
     await context.close().catch(() => undefined);

@@ -55,6 +55,7 @@ note "npm ci"
 if ! timeout 600 npm ci --no-audit --no-fund --loglevel=error; then
   failed=$((failed + 1)); record "npm ci" fail $(($(now) - t)); finish
 fi
+record "npm ci" ok $(($(now) - t))
 
 # ---------------------------------------------------------------- unit tests
 t=$(now)
@@ -130,7 +131,7 @@ note "e2e: code-server + Chromium on the simulated cluster"
 rm -rf "$SHOTS" && mkdir -p "$SHOTS"
 e2e_log="$SHOTS/e2e.log"
 (cd "$ROOT" && MIRRORD_E2E_CODE_SERVER="$CS_BIN" MIRRORD_E2E_VSIX="$VSIX" MIRRORD_E2E_SCREENSHOTS="$SHOTS" \
-  timeout 600 cargo test -p mirrord-tests --test vscode -- --ignored --nocapture) 2>&1 | tee "$e2e_log"
+  timeout 900 cargo test -p mirrord-tests --test vscode -- --ignored --nocapture) 2>&1 | tee "$e2e_log"
 e2e_rc=${PIPESTATUS[0]}
 if [ -s "$SHOTS/results.json" ]; then
   ep=$(node -p "require('$SHOTS/results.json').filter(r => r.ok).length")

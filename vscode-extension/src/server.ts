@@ -176,7 +176,8 @@ export class MirrordServer implements vscode.Disposable {
   async request<R>(method: string, params: unknown, token?: vscode.CancellationToken): Promise<R> {
     const client = await this.ensureStarted();
     try {
-      return await client.sendRequest<R>(method, params, token);
+      // An `undefined` token would be sent as a second positional parameter ([params, null]).
+      return token ? await client.sendRequest<R>(method, params, token) : await client.sendRequest<R>(method, params);
     } catch (e) {
       throw new Error(messageOf(e));
     }

@@ -24,7 +24,7 @@ struct Args {
     /// Serve JSON-RPC over WebSocket on this loopback address (e.g. 127.0.0.1:0).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Log file (default: mirrord-server.log in the state directory).
+    /// Log file, or `-` for stderr (default: mirrord-server.log in the state directory).
     #[arg(long)]
     log_file: Option<PathBuf>,
     /// Log level or tracing filter (default: $MIRRORD_LOG, $RUST_LOG, or info).
@@ -67,12 +67,20 @@ fn run(args: Args) -> Result<()> {
     if args.stdio == args.listen.is_some() {
         bail!("give exactly one of --stdio or --listen ADDR");
     }
-    let log = log_path(args.log_file.clone())?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("opening the log {}", log.display()))?;
+    // `--log-file -` logs to stderr (which an IDE may hand over as a socket, not a file).
+    let writer: Box<dyn std::io::Write + Send> =
+        if args.log_file.as_deref() == Some(std::path::Path::new("-")) {
+            Box::new(std::io::stderr())
+        } else {
+            let log = log_path(args.log_file.clone())?;
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .with_context(|| format!("opening the log {}", log.display()))?,
+            )
+        };
     let filter = args
         .log_level
         .clone()
@@ -81,7 +89,7 @@ fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::sync::Mutex::new(file))
+        .with_writer(std::sync::Mutex::new(writer))
         .with_ansi(false)
         .init();
     tracing::info!(pid = std::process::id(), "mirrord-server starting");

@@ -196,9 +196,19 @@ impl Daemon {
             .cloned();
         if let Some(s) = reusable {
             tracing::info!(session = %s.id, "launch reuses the running session");
+            // The same session, but this launch's own preloads.
+            let mut env = s.env.clone();
+            let launch_preload = params.launch.as_ref().and_then(|l| l.env.get("LD_PRELOAD"));
+            env.insert(
+                "LD_PRELOAD".into(),
+                crate::session::merge_preload(
+                    launch_preload.map(String::as_str),
+                    &self.opts.layer_path.display().to_string(),
+                ),
+            );
             return Ok(StartSessionResult {
                 session_id: s.id.clone(),
-                env: s.env.clone(),
+                env,
                 env_to_unset: ENV_TO_UNSET.iter().map(|s| s.to_string()).collect(),
             });
         }

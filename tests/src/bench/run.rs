@@ -1150,7 +1150,7 @@ impl<'c> Bench<'c> {
         ]
     }
 
-    fn from_client(&self, args: &[&str]) -> Command {
+    fn client_ns(&self, args: &[&str]) -> Command {
         let mut cmd = self.c.client(&self.bins.client);
         cmd.args(args);
         no_proxy(&mut cmd);
@@ -1171,7 +1171,7 @@ impl<'c> Bench<'c> {
             (ids[1], "newconn", p.newconn_n, p.newconn_warmup),
         ] {
             check_interrupted()?;
-            let r = run_json(self.from_client(&[
+            let r = run_json(self.client_ns(&[
                 "http",
                 &pod,
                 "/",
@@ -1269,7 +1269,7 @@ impl<'c> Bench<'c> {
         for on in rotated(&[false, true], run) {
             check_interrupted()?;
             if !on {
-                match run_json(self.from_client(&rps_args)) {
+                match run_json(self.client_ns(&rps_args)) {
                     Ok(r) if r["ok"].as_u64() == Some(p.rps_n as u64) => {
                         figs.put("in.filter.rps", "pod-local", run, f64_of(&r, "rps")?)
                     }
@@ -1289,7 +1289,7 @@ impl<'c> Bench<'c> {
                     continue;
                 }
             };
-            let r = run_json(self.from_client(&rps_args));
+            let r = run_json(self.client_ns(&rps_args));
             self.stop_session(s)?;
             let stolen = Self::lines(&log);
             let want = p.rps_n.div_ceil(2);

@@ -543,7 +543,7 @@ fn serve(port: u16, name: &str) -> Result<Value> {
                     if h.is_empty() {
                         break;
                     }
-                    if h.to_ascii_lowercase() == "connection: close" {
+                    if h.eq_ignore_ascii_case("connection: close") {
                         close = true;
                     }
                 }
