@@ -275,9 +275,14 @@ impl IncomingState {
         self.check_other_agents(port, &sub).await?;
         let needs_listener = !lock(&self.ports).contains_key(&port);
         if needs_listener {
-            let listener = TcpListener::bind(("0.0.0.0", 0))
-                .await
-                .context("binding the redirect listener")?;
+            // Dual-stack where the kernel has IPv6, so the port's IPv6 redirect (ip6tables) lands
+            // on this listener too; IPv4-only otherwise.
+            let listener = match TcpListener::bind(("::", 0)).await {
+                Ok(l) => l,
+                Err(_) => TcpListener::bind(("0.0.0.0", 0))
+                    .await
+                    .context("binding the redirect listener")?,
+            };
             let to_port = listener.local_addr()?.port();
             self.with_redirector(|r| r.add(port, to_port))?;
             let me = self.clone();
@@ -395,7 +400,7 @@ impl IncomingState {
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, port: u16) {
         loop {
             let (stream, peer) = match listener.accept().await {
-                Ok(s) => s,
+                Ok((s, peer)) => (s, canonical(peer)),
                 Err(e) => {
                     tracing::warn!(port, "accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -405,7 +410,7 @@ impl IncomingState {
             let original = original_destination(&stream).unwrap_or_else(|| {
                 let ip = stream
                     .local_addr()
-                    .map(|a| a.ip())
+                    .map(|a| canonical(a).ip())
                     .unwrap_or([0, 0, 0, 0].into());
                 SocketAddr::new(ip, port)
             });
@@ -790,11 +795,40 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// SO_ORIGINAL_DST: where the client meant to connect before the redirect.
+/// An IPv4 client on the dual-stack listener shows as `::ffff:a.b.c.d`; everyone downstream
+/// (the program's `getpeername`, the traffic view) wants `a.b.c.d`.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(
+        mirrord_protocol::config::canonical_ip(addr.ip()),
+        addr.port(),
+    )
+}
+
+/// SO_ORIGINAL_DST (IPv4) / IP6T_SO_ORIGINAL_DST (IPv6): where the client meant to connect
+/// before the redirect.
 fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
     const SO_ORIGINAL_DST: libc::c_int = 80;
-    // SAFETY: sockaddr_in is plain data; the length passed matches the buffer.
+    let local = stream.local_addr().ok()?;
+    let v6 = matches!(local, SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_none());
+    // SAFETY: sockaddr_in/sockaddr_in6 are plain data; each length matches its buffer.
     unsafe {
+        if v6 {
+            let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            let r = libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_IPV6,
+                SO_ORIGINAL_DST,
+                &mut addr as *mut _ as *mut libc::c_void,
+                &mut len,
+            );
+            return (r == 0).then(|| {
+                SocketAddr::new(
+                    std::net::Ipv6Addr::from(addr.sin6_addr.s6_addr).into(),
+                    u16::from_be(addr.sin6_port),
+                )
+            });
+        }
         let mut addr: libc::sockaddr_in = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         let r = libc::getsockopt(

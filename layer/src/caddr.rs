@@ -70,6 +70,15 @@ pub fn to_c(addr: SocketAddr, domain: c_int) -> (sockaddr_storage, socklen_t) {
     (storage, len as socklen_t)
 }
 
+/// Whether a socket of `domain` can show `addr`: an IPv4 socket cannot show a (non-mapped) IPv6
+/// peer, which then stays hidden rather than garbled.
+pub fn representable(addr: SocketAddr, domain: c_int) -> bool {
+    match (addr, domain) {
+        (SocketAddr::V6(v6), libc::AF_INET) => v6.ip().to_ipv4_mapped().is_some(),
+        _ => true,
+    }
+}
+
 /// Writes `addr` to a caller's `(addr, len)` pair with the kernel's truncation rule: copy at most
 /// `*len` bytes, then set `*len` to the full size.
 ///

@@ -152,9 +152,14 @@ pub unsafe fn accepted(listener_fd: c_int, fd: c_int, addr: *mut sockaddr, len: 
     let answer = control::request(&LayerRequest::IncomingPeer { listener, source });
     match answer {
         Ok(ServerResponse::IncomingPeer(Some((peer, local)))) => {
-            sockets::insert(fd, Arc::new(Mutex::new(Managed::Incoming { peer, local })));
-            if let Some(domain) = caddr::socket_domain(fd) {
+            // An IPv6 client on the program's IPv4 socket cannot be shown: keep the real
+            // (loopback) addresses rather than garble them.
+            let domain = caddr::socket_domain(fd).unwrap_or(libc::AF_INET);
+            if caddr::representable(peer, domain) && caddr::representable(local, domain) {
+                sockets::insert(fd, Arc::new(Mutex::new(Managed::Incoming { peer, local })));
                 caddr::write_out(peer, domain, addr, len);
+            } else {
+                sockets::remove(fd);
             }
         }
         // A local client connecting to the loopback listener directly: leave it as it is.

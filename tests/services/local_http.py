@@ -91,6 +91,9 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = handle_any
 
 
+if ":" in opts.bind:
+    import socket
+    Server.address_family = socket.AF_INET6
 server = Server((opts.bind, opts.port), Handler)
 emit({"listening": "%s:%d" % server.socket.getsockname()[:2], "pid": os.getpid()})
 server.serve_forever()

@@ -871,3 +871,49 @@ fn loopback_listeners_are_never_subscribed() {
     .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("x-served-by: local"));
 }
+
+/// An IPv6 client of a stolen port reaches the program too (ip6tables redirect, dual-stack agent
+/// listener, IPv6 original destination), and the program sees its IPv6 address.
+#[test]
+fn ipv6_clients_are_stolen_too() {
+    let c = Cluster::start().unwrap();
+    for (ns, addr) in [
+        (c.ns_pod(), "fd00:6::10/64"),
+        (c.ns_client(), "fd00:6::20/64"),
+    ] {
+        run_ok(Command::new("ip").args(["-n", ns, "addr", "add", addr, "dev", "eth0", "nodad"]))
+            .unwrap();
+    }
+    let cfg = config(
+        &c,
+        "steal.json",
+        r#"{"feature":{"network":{"incoming":"steal"}}}"#,
+    );
+    // An IPv6 program (in the pod it would be the one to get IPv6 clients).
+    let mut app = local_app(&c, &cfg, 80, &["--bind", "::"]);
+    let out = output_within(
+        no_proxy(&mut c.client("curl")).args([
+            "-sS",
+            "-g",
+            "--max-time",
+            "10",
+            "-D",
+            "-",
+            "http://[fd00:6::10]/v6",
+        ]),
+        WAIT,
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("x-served-by: local"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = app.wait_line("\"path\": \"/v6\"", WAIT).unwrap();
+    assert!(seen.contains("\"peer\": \"fd00:6::20:"), "{seen}");
+    assert!(seen.contains("\"sockname\": \"fd00:6::10:80\""), "{seen}");
+    // IPv4 clients still reach the IPv6 program, shown as v4-mapped addresses as the kernel would.
+    let (by, _) = curl_pod(&c, "/v4", &[]);
+    assert_eq!(by, "local");
+}
