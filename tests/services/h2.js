@@ -1,7 +1,8 @@
 // HTTP/2 cleartext (h2c, prior knowledge) server and client for the filtered-steal tests.
 //
 // server PORT NAME: answers every request with `x-served-by: NAME` and the body
-//   `NAME: METHOD PATH\n`; prints {"listening": PORT} once it listens.
+//   `NAME: METHOD PATH\n`, then trailers `grpc-status: 0` and `x-trailer-by: NAME` (the shape of a
+//   gRPC response, so routing must carry trailers); prints {"listening": PORT} once it listens.
 // client URL COUNT INFLIGHT KINDS_JSON [SEED]: sends COUNT requests on ONE session, at most
 //   INFLIGHT at a time; request i uses a kind ({method, path, headers, expect}) picked by a
 //   seeded PRNG and the path `<path>/<i>`; prints one JSON summary line
@@ -20,7 +21,11 @@ if (mode === "server") {
     const chunks = [];
     stream.on("data", (c) => chunks.push(c));
     stream.on("end", () => {
-      stream.respond({ ":status": 200, "x-served-by": name, "content-type": "text/plain" });
+      stream.respond(
+        { ":status": 200, "x-served-by": name, "content-type": "application/grpc" },
+        { waitForTrailers: true },
+      );
+      stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0", "x-trailer-by": name }));
       stream.end(`${name}: ${method} ${path}\n`);
     });
     stream.on("error", () => {});
@@ -59,12 +64,16 @@ if (mode === "server") {
     session.close();
     process.exit(0);
   }
-  function record(i, kind, method, path, status, by, body) {
-    const good = status === 200 && by === kind.expect && body === `${kind.expect}: ${method} ${path}\n`;
+  function record(i, kind, method, path, status, by, body, trailerBy) {
+    const good =
+      status === 200 &&
+      by === kind.expect &&
+      trailerBy === kind.expect &&
+      body === `${kind.expect}: ${method} ${path}\n`;
     result.sent++;
     result.by[by] = (result.by[by] || 0) + 1;
     if (good) result.ok++;
-    else if (result.bad.length < 10) result.bad.push({ i, kind, status, by, body: body.slice(0, 200) });
+    else if (result.bad.length < 10) result.bad.push({ i, kind, status, by, trailerBy, body: body.slice(0, 200) });
     done++;
     if (done === count) finish();
     else launch();
@@ -84,16 +93,20 @@ if (mode === "server") {
     }
     let status = 0;
     let by = "";
+    let trailerBy = "";
     const chunks = [];
     let recorded = false;
     const once = (st, b, body) => {
       if (recorded) return;
       recorded = true;
-      record(i, kind, method, path, st, b, body);
+      record(i, kind, method, path, st, b, body, trailerBy);
     };
     req.on("response", (h) => {
       status = h[":status"];
       by = String(h["x-served-by"] || "");
+    });
+    req.on("trailers", (t) => {
+      trailerBy = String(t["x-trailer-by"] || "");
     });
     req.on("data", (c) => chunks.push(c));
     req.on("end", () => once(status, by, Buffer.concat(chunks).toString()));

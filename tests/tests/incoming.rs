@@ -451,6 +451,8 @@ fn path_method_and_all_of_filters_route_each_request() {
 /// A header-filtered steal over HTTP/2 (h2c, prior knowledge): 1,000 requests with mixed
 /// headers multiplexed on one session; the pod's and the program's h2 servers each get theirs.
 /// (The filter applies to 8080 by default: `http_filter.ports` is `[80, 8080]`.)
+/// gRPC's shape is covered: every response ends with trailers (`grpc-status`), which must reach
+/// the client from whichever side answered.
 #[test]
 fn filtered_steal_routes_http2_streams_by_header() {
     let c = Cluster::start().unwrap();
