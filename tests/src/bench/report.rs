@@ -307,7 +307,10 @@ pub fn markdown_tables(figures: &[Figure]) -> String {
             if !f.note.is_empty() {
                 notes.push(format!("- **{}**: {}", f.name, f.note));
             }
-            for (i, s) in f.series.iter().enumerate() {
+            // The baseline first, the others in the order they were first measured.
+            let mut series: Vec<&Series> = f.series.iter().collect();
+            series.sort_by_key(|s| f.baseline.as_deref() != Some(s.variant.as_str()));
+            for (i, s) in series.into_iter().enumerate() {
                 let name = if i == 0 { f.name.as_str() } else { "" };
                 let runs = s.values.len();
                 let (median, range) = match f.summary(&s.variant) {
@@ -440,11 +443,13 @@ mod tests {
         let mut f = Figure::new("x", "s", "bulk", "MiB/s", Better::Higher)
             .baseline("direct")
             .goal("mirrord", Goal::RatioAtLeast(0.6));
-        f.put("direct", 0, 100.0);
         f.fail("mirrord", 0, "timed out");
+        f.put("direct", 0, 100.0);
         assert_eq!(f.judge("mirrord").unwrap().1, Status::Unknown);
         let md = markdown_tables(&[f]);
         assert!(md.contains("| mirrord | failed |"), "{md}");
+        // The baseline comes first whatever was measured first.
+        assert!(md.find("| direct |") < md.find("| mirrord |"), "{md}");
         assert!(md.contains("failed in run 1: timed out"), "{md}");
     }
 }
