@@ -5,10 +5,12 @@ use crate::incoming::{Client, IncomingState};
 use crate::outgoing;
 use anyhow::{Context, Result};
 use mirrord_protocol::agent::{
-    AgentChannel, AgentHello, AgentMessage, AgentRequest, AgentResponse, AgentWelcome,
+    AgentChannel, AgentEvent, AgentHello, AgentMessage, AgentRequest, AgentResponse, AgentWelcome,
     ControlRequest,
 };
 use mirrord_protocol::codec::{read_frame_async, write_frame_async};
+use mirrord_protocol::layer::{DataReply, LayerHello};
+use mirrord_protocol::net::ConnectReply;
 use mirrord_protocol::{version_compatible, PROTOCOL_VERSION};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -27,6 +29,20 @@ pub struct AgentState {
     pub incoming: Arc<IncomingState>,
     /// Ids for control channels (subscribers of incoming traffic).
     pub next_client: std::sync::atomic::AtomicU64,
+    /// Control channels' event senders, for events that belong to no subscription (flows of
+    /// the direct data path). An agent serves one session, so any live channel is the right one.
+    pub event_sinks: std::sync::Mutex<Vec<mpsc::Sender<AgentMessage>>>,
+}
+
+impl AgentState {
+    fn emit(&self, event: AgentEvent) {
+        let mut sinks = self.event_sinks.lock().unwrap_or_else(|p| p.into_inner());
+        sinks.retain(|s| !s.is_closed());
+        if let Some(sink) = sinks.first() {
+            // try_send: the traffic view never holds up a flow.
+            let _ = sink.try_send(AgentMessage::Event(event));
+        }
+    }
 }
 
 /// A peer has this long to send its hello; a silent peer must not hold a task forever.
@@ -141,6 +157,11 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         message_tx: message_tx.clone(),
     };
+    state
+        .event_sinks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(message_tx.clone());
     let result = loop {
         let request: ControlRequest = match read_frame_async(&mut reader).await {
             Ok(r) => r,
@@ -187,4 +208,75 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
     // closed channel, so the writer stops now rather than when they end.
     writer_task.abort();
     result
+}
+
+/// The direct data path of a local target: the agent's TCP listener on the developer machine's
+/// loopback (bound before the agent entered the target's namespace). A program's outgoing TCP
+/// flow connects here with a data hello, and the agent splices it to its connection in the
+/// target: one relay instead of two.
+pub async fn serve_data(listener: tokio::net::TcpListener, state: Arc<AgentState>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept on the data listener failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = data_connection(stream, state).await {
+                tracing::debug!("data connection ended: {e:#}");
+            }
+        });
+    }
+}
+
+async fn data_connection(mut stream: tokio::net::TcpStream, state: Arc<AgentState>) -> Result<()> {
+    let hello: LayerHello = tokio::time::timeout(HELLO_TIMEOUT, read_frame_async(&mut stream))
+        .await
+        .context("no hello in time")??;
+    let LayerHello::Tcp {
+        version,
+        token,
+        pid,
+        remote,
+        hostname,
+    } = hello
+    else {
+        let reason = "a control hello on a data listener".to_owned();
+        write_frame_async(&mut stream, &DataReply::Refused { reason }).await?;
+        return Ok(());
+    };
+    let refusal = if !version_compatible(version) {
+        Some(format!(
+            "protocol version {version} is not supported (agent speaks {PROTOCOL_VERSION})"
+        ))
+    } else if !mirrord_protocol::token_eq(&token, &state.token) {
+        Some("invalid session token".to_owned())
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!("refused a data connection: {reason}");
+        write_frame_async(&mut stream, &DataReply::Refused { reason }).await?;
+        return Ok(());
+    }
+    let _ = stream.set_nodelay(true);
+    let (target, reply) = outgoing::connect(remote).await;
+    write_frame_async(&mut stream, &DataReply::Connect(reply)).await?;
+    state.emit(AgentEvent::OutgoingConnection {
+        pid,
+        remote,
+        hostname,
+        error: match reply {
+            ConnectReply::Failed { errno } => Some(errno),
+            ConnectReply::Connected { .. } => None,
+        },
+    });
+    if let Some(mut target) = target {
+        outgoing::splice(&mut stream, &mut target).await;
+    }
+    Ok(())
 }

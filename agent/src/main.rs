@@ -38,6 +38,10 @@ struct Args {
     /// Where to listen: `unix:/path/to/agent.sock`.
     #[arg(long)]
     listen: String,
+    /// Also listen for programs' TCP flows on the loopback of the namespace the agent starts in
+    /// (the developer's machine), so their bytes take one relay (the agent) instead of two.
+    #[arg(long)]
+    data_listen: bool,
     /// Exit when standard input closes (the server holds the other end, so the agent never
     /// outlives it).
     #[arg(long)]
@@ -78,6 +82,13 @@ fn run() -> Result<()> {
         None => bail!("--listen must be unix:PATH, got {:?}", args.listen),
     };
     let std_listener = listener::bind_private(&socket_path)?;
+    // Sockets keep the namespace they were made in: bound now, these stay on the developer
+    // machine's loopback after the agent moves into the target.
+    let data_listeners = if args.data_listen {
+        bind_data_listeners()?
+    } else {
+        Vec::new()
+    };
 
     target
         .enter()
@@ -101,12 +112,26 @@ fn run() -> Result<()> {
             nameserver: resolver_files.first_nameserver(),
             incoming: incoming.clone(),
             next_client: std::sync::atomic::AtomicU64::new(1),
+            event_sinks: Default::default(),
         });
+        let mut data_addrs = Vec::new();
+        for l in data_listeners {
+            data_addrs.push(l.local_addr()?.to_string());
+            tokio::spawn(listener::serve_data(
+                tokio::net::TcpListener::from_std(l)?,
+                state.clone(),
+            ));
+        }
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         // Readiness signal the server waits for: one line on stdout.
         {
             let mut out = std::io::stdout().lock();
-            writeln!(out, "mirrord-agent ready pid={}", std::process::id())?;
+            writeln!(
+                out,
+                "mirrord-agent ready pid={} data={}",
+                std::process::id(),
+                data_addrs.join(",")
+            )?;
             out.flush()?;
         }
         let serve = listener::serve(listener, state);
@@ -134,6 +159,19 @@ fn run() -> Result<()> {
     })?;
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// Loopback TCP listeners (IPv4, and IPv6 where the namespace has it) for the direct data path.
+fn bind_data_listeners() -> Result<Vec<std::net::TcpListener>> {
+    let mut listeners =
+        vec![std::net::TcpListener::bind(("127.0.0.1", 0)).context("binding the data listener")?];
+    if let Ok(v6) = std::net::TcpListener::bind(("::1", 0)) {
+        listeners.push(v6);
+    }
+    for l in &listeners {
+        l.set_nonblocking(true)?;
+    }
+    Ok(listeners)
 }
 
 /// 8 random hex digits naming this agent's redirect chains, so several agents can share a

@@ -15,35 +15,54 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Relay buffer per direction: large enough that a bulk transfer moves in big chunks.
 const RELAY_BUFFER: usize = 256 * 1024;
 
-pub async fn tcp(mut client: UnixStream, remote: SocketAddr) -> Result<()> {
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await;
-    let mut stream = match connected {
-        Ok(Ok(s)) => s,
+/// Connects to `remote` from the pod: the stream, and the reply the program gets.
+pub async fn connect(remote: SocketAddr) -> (Option<TcpStream>, ConnectReply) {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            match (stream.local_addr(), stream.peer_addr()) {
+                (Ok(local), Ok(remote)) => {
+                    (Some(stream), ConnectReply::Connected { local, remote })
+                }
+                // Reset between connect and the address lookups: as good as refused.
+                _ => (
+                    None,
+                    ConnectReply::Failed {
+                        errno: libc::ECONNRESET,
+                    },
+                ),
+            }
+        }
         Ok(Err(e)) => {
-            let errno = e.raw_os_error().unwrap_or(libc::ECONNREFUSED);
             tracing::debug!(%remote, "connect failed: {e}");
-            write_frame_async(&mut client, &ConnectReply::Failed { errno }).await?;
-            return Ok(());
+            let errno = e.raw_os_error().unwrap_or(libc::ECONNREFUSED);
+            (None, ConnectReply::Failed { errno })
         }
-        Err(_) => {
-            write_frame_async(
-                &mut client,
-                &ConnectReply::Failed {
-                    errno: libc::ETIMEDOUT,
-                },
-            )
-            .await?;
-            return Ok(());
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let reply = ConnectReply::Connected {
-        local: stream.local_addr()?,
-        remote: stream.peer_addr()?,
-    };
+        Err(_) => (
+            None,
+            ConnectReply::Failed {
+                errno: libc::ETIMEDOUT,
+            },
+        ),
+    }
+}
+
+/// Copies both directions of a flow until both end.
+pub async fn splice<A, B>(a: &mut A, b: &mut B)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER).await;
+}
+
+/// A TCP channel from the session: the connect reply, then the flow's bytes.
+pub async fn tcp(mut client: UnixStream, remote: SocketAddr) -> Result<()> {
+    let (stream, reply) = connect(remote).await;
     write_frame_async(&mut client, &reply).await?;
-    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut stream, RELAY_BUFFER, RELAY_BUFFER)
-        .await?;
+    if let Some(mut stream) = stream {
+        splice(&mut client, &mut stream).await;
+    }
     Ok(())
 }
 

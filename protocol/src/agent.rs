@@ -107,6 +107,15 @@ pub enum AgentMessage {
 /// What the agent tells a client without being asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentEvent {
+    /// A program connected through the agent's own data listener (the direct path of local
+    /// targets), for the traffic view.
+    OutgoingConnection {
+        pid: u32,
+        remote: SocketAddr,
+        hostname: Option<String>,
+        /// errno of a failed connect.
+        error: Option<i32>,
+    },
     /// A connection (or, for HTTP steal, a stream of requests) for the client on `port`: open an
     /// [`AgentChannel::Incoming`] with this `id` to receive it.
     Incoming {

@@ -60,6 +60,8 @@ pub struct AgentProcess {
     lifeline: Option<ChildStdin>,
     pub pid: u32,
     pub socket: PathBuf,
+    /// The agent's own loopback data listeners (the direct data path), from its ready line.
+    pub data_addrs: Vec<std::net::SocketAddr>,
     /// Last lines the agent wrote to stderr, for error messages.
     stderr_tail: Arc<Mutex<Vec<String>>>,
 }
@@ -85,6 +87,7 @@ impl AgentProcess {
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("--exit-on-stdin-eof")
+            .arg("--data-listen")
             .env(crate::session::AGENT_TOKEN_ENV, token)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -122,10 +125,16 @@ impl AgentProcess {
             lifeline: Some(lifeline),
             pid,
             socket,
+            data_addrs: Vec::new(),
             stderr_tail,
         };
         match ready {
             Ok(Ok(n)) if n > 0 && line.contains("ready") => {
+                agent.data_addrs = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("data="))
+                    .map(|list| list.split(',').filter_map(|a| a.parse().ok()).collect())
+                    .unwrap_or_default();
                 // Keep draining stdout so the agent never blocks on a full pipe.
                 tokio::spawn(async move {
                     let mut sink = Vec::new();

@@ -293,6 +293,22 @@ impl IncomingRouter {
                         me.deliver(&connector, id, port, mode, peer, local).await
                     });
                 }
+                AgentEvent::OutgoingConnection {
+                    pid,
+                    remote,
+                    hostname,
+                    error,
+                } => {
+                    tracing::debug!(pid, %remote, ?hostname, ?error, "outgoing connection");
+                    self.traffic.emit(TrafficEvent::OutgoingConnection {
+                        time: now_ms(),
+                        host: hostname,
+                        address: remote.ip().to_string(),
+                        port: remote.port(),
+                        protocol: "tcp".into(),
+                        error: error.map(|e| std::io::Error::from_raw_os_error(e).to_string()),
+                    });
+                }
                 AgentEvent::HttpRequest {
                     port,
                     method,

@@ -74,7 +74,13 @@ impl Drop for LayerProxy {
 }
 
 impl LayerProxy {
-    pub async fn start(control_path: PathBuf, shared: Arc<ProxyShared>) -> Result<LayerProxy> {
+    /// `agent_data`: the agent's own data listeners, if it has them (local targets); programs
+    /// then send their flows there directly and the session binds none of its own.
+    pub async fn start(
+        control_path: PathBuf,
+        shared: Arc<ProxyShared>,
+        agent_data: Vec<SocketAddr>,
+    ) -> Result<LayerProxy> {
         let _ = std::fs::remove_file(&control_path);
         let control = UnixListener::bind(&control_path)
             .with_context(|| format!("binding {}", control_path.display()))?;
@@ -82,7 +88,16 @@ impl LayerProxy {
         std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))?;
 
         let mut tasks = Vec::new();
-        let mut data_addrs = Vec::new();
+        let mut data_addrs = agent_data;
+        if !data_addrs.is_empty() {
+            let welcome_addrs = data_addrs.clone();
+            tasks.push(tokio::spawn(accept_control(control, shared, welcome_addrs)));
+            return Ok(LayerProxy {
+                control_path,
+                data_addrs,
+                tasks,
+            });
+        }
         let v4 = TcpListener::bind(("127.0.0.1", 0))
             .await
             .context("binding the loopback data listener")?;

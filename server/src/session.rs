@@ -80,8 +80,12 @@ impl Session {
             traffic,
             processes: Default::default(),
         });
-        let proxy =
-            LayerProxy::start(opts.runtime_dir.join(format!("{id}.sock")), shared.clone()).await?;
+        let proxy = LayerProxy::start(
+            opts.runtime_dir.join(format!("{id}.sock")),
+            shared.clone(),
+            agent.data_addrs.clone(),
+        )
+        .await?;
         let config_json =
             serde_json::to_string(&opts.config).context("serialising the configuration")?;
         tracing::info!(session = %id, target = %opts.target, agent_pid = agent.pid, "session started");
