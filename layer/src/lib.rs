@@ -15,6 +15,7 @@
 
 mod caddr;
 mod control;
+mod debugger;
 mod detour;
 mod dns;
 mod hooks;

@@ -34,7 +34,11 @@ pub enum Outcome {
 pub fn route_tcp(st: &LayerState, remote: SocketAddr, hostname: Option<&str>) -> Route {
     let out = &st.config.feature.network.outgoing;
     let ip = canonical_ip(remote.ip());
-    if !out.tcp || ip.is_unspecified() || (ip.is_loopback() && out.ignore_localhost) {
+    if !out.tcp
+        || ip.is_unspecified()
+        || (ip.is_loopback()
+            && (out.ignore_localhost || crate::debugger::is_debugger_port(remote.port())))
+    {
         return Route::Local;
     }
     match &out.filter {

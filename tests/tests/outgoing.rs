@@ -767,3 +767,32 @@ print("pids", os.getpid(), pid)
     joined.sort();
     assert_eq!(joined, expected, "{stderr}");
 }
+
+/// A debuggee's connection to its IDE's debug adapter on loopback stays local (debugpy's
+/// launcher names the port on its command line; `MIRRORD_IGNORE_DEBUGGER_PORTS` names others),
+/// while the same connection from an ordinary program goes to the pod's loopback.
+#[test]
+fn debugger_connections_to_loopback_stay_local() {
+    let c = Cluster::start().unwrap();
+    let port = 47123u16;
+    let _server = local_server(&c, port);
+    let client = "import sys, urllib.request\nprint(urllib.request.urlopen('http://127.0.0.1:%s/hello.txt' % sys.argv[1], timeout=10).read().decode().strip())\n";
+    for dir in ["debugpy", "plain"] {
+        std::fs::create_dir_all(c.workdir().join(dir)).unwrap();
+        std::fs::write(c.workdir().join(dir).join("launcher"), client).unwrap();
+    }
+    let launcher = |dir: &str| c.workdir().join(dir).join("launcher").display().to_string();
+    let p = port.to_string();
+    // debugpy's launcher: `.../debugpy/launcher PORT -- program`.
+    let dbg = launcher("debugpy");
+    let out = ok(run(mirrord(&c, &[], PY, &[&dbg, &p, "--", "app.py"])));
+    assert_eq!(out.trim(), "local: hello");
+    // The same program under another name reaches for the pod's loopback, where nothing listens.
+    let plain = launcher("plain");
+    let out = run(mirrord(&c, &[], PY, &[&plain, &p, "--", "app.py"]));
+    assert!(!out.status.success(), "{}", stdout(&out));
+    // Unless the port is named in the environment.
+    let mut cmd = mirrord(&c, &[], PY, &[&plain, &p, "--", "app.py"]);
+    cmd.env("MIRRORD_IGNORE_DEBUGGER_PORTS", format!("1000-1001,{port}"));
+    assert_eq!(ok(run(cmd)).trim(), "local: hello");
+}
