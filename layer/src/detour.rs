@@ -86,6 +86,8 @@ pub mod real {
         fn getaddrinfo(node: *const c_char, service: *const c_char, hints: *const addrinfo, res: *mut *mut addrinfo) -> c_int;
         fn freeaddrinfo(res: *mut addrinfo) -> ();
         fn gethostbyname(name: *const c_char) -> *mut hostent;
+        fn gethostbyname2(name: *const c_char, af: c_int) -> *mut hostent;
+        fn gethostbyname2_r(name: *const c_char, af: c_int, ret: *mut hostent, buf: *mut c_char, len: size_t, result: *mut *mut hostent, h_errnop: *mut c_int) -> c_int;
         fn gethostbyname_r(name: *const c_char, ret: *mut hostent, buf: *mut c_char, len: size_t, result: *mut *mut hostent, h_errnop: *mut c_int) -> c_int;
         fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, addrlen: socklen_t) -> ssize_t;
         fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;

@@ -329,26 +329,36 @@ fn h_errno_of(e: &ResolveError) -> c_int {
     }
 }
 
-/// The official name and the IPv4 addresses of a host.
-type V4Host = (String, Vec<[u8; 4]>);
+/// A `hostent`'s contents: the official name, the family, the raw addresses.
+type Host = (String, c_int, Vec<Vec<u8>>);
 
-/// IPv4 answers for the `gethostbyname` family, or `None` to bypass.
-fn lookup_v4(st: &LayerState, name: *const c_char) -> Option<Result<V4Host, ResolveError>> {
+/// Answers of the family `af` for the `gethostbyname` family, or `None` to bypass.
+fn lookup_host(
+    st: &LayerState,
+    name: *const c_char,
+    af: c_int,
+) -> Option<Result<Host, ResolveError>> {
     if name.is_null() {
         return None;
     }
+    let family = match af {
+        libc::AF_INET => Family::V4,
+        libc::AF_INET6 => Family::V6,
+        _ => return None,
+    };
     // SAFETY: the caller passes a C string.
     let name = unsafe { CStr::from_ptr(name) }.to_str().ok()?;
     if route_lookup(st, name, 0) == Route::Local {
         return None;
     }
-    Some(resolve(name, Family::V4).map(|r| {
+    Some(resolve(name, family).map(|r| {
         let addrs = r
             .addresses
             .iter()
-            .filter_map(|a| match a {
-                IpAddr::V4(v4) => Some(v4.octets()),
-                IpAddr::V6(_) => None,
+            .filter_map(|a| match (a, af) {
+                (IpAddr::V4(v4), libc::AF_INET) => Some(v4.octets().to_vec()),
+                (IpAddr::V6(v6), libc::AF_INET6) => Some(v6.octets().to_vec()),
+                _ => None,
             })
             .collect();
         // Like glibc's h_name: the name that answered, after the search list.
@@ -357,25 +367,21 @@ fn lookup_v4(st: &LayerState, name: *const c_char) -> Option<Result<V4Host, Reso
         } else {
             r.canonical_name
         };
-        (official, addrs)
+        (official, af, addrs)
     }))
 }
 
 /// Lays out a hostent in `buf`: addresses, then the pointer arrays, then the name.
-unsafe fn fill_hostent(
-    ret: *mut hostent,
-    buf: *mut c_char,
-    buflen: usize,
-    name: &str,
-    addrs: &[[u8; 4]],
-) -> bool {
+unsafe fn fill_hostent(ret: *mut hostent, buf: *mut c_char, buflen: usize, host: &Host) -> bool {
+    let (name, af, addrs) = host;
+    let addr_len = if *af == libc::AF_INET6 { 16 } else { 4 };
     let ptr = std::mem::size_of::<*mut c_char>();
     let base = buf as usize;
     let aligned = (base + ptr - 1) & !(ptr - 1);
     let pad = aligned - base;
     let list_bytes = (addrs.len() + 1) * ptr;
     let alias_bytes = ptr;
-    let addr_bytes = addrs.len() * 4;
+    let addr_bytes = addrs.len() * addr_len;
     let need = pad + list_bytes + alias_bytes + addr_bytes + name.len() + 1;
     if need > buflen {
         return false;
@@ -384,8 +390,8 @@ unsafe fn fill_hostent(
     let aliases = list.add(addrs.len() + 1);
     let addr_area = aliases.add(1) as *mut u8;
     for (i, a) in addrs.iter().enumerate() {
-        let slot = addr_area.add(i * 4);
-        std::ptr::copy_nonoverlapping(a.as_ptr(), slot, 4);
+        let slot = addr_area.add(i * addr_len);
+        std::ptr::copy_nonoverlapping(a.as_ptr(), slot, addr_len);
         *list.add(i) = slot as *mut c_char;
     }
     *list.add(addrs.len()) = std::ptr::null_mut();
@@ -395,30 +401,32 @@ unsafe fn fill_hostent(
     *name_area.add(name.len()) = 0;
     (*ret).h_name = name_area as *mut c_char;
     (*ret).h_aliases = aliases;
-    (*ret).h_addrtype = libc::AF_INET;
-    (*ret).h_length = 4;
+    (*ret).h_addrtype = *af;
+    (*ret).h_length = addr_len as c_int;
     (*ret).h_addr_list = list;
     true
 }
 
 /// # Safety
-/// Arguments as for `gethostbyname_r(3)`.
-pub unsafe fn gethostbyname_r(
+/// Arguments as for `gethostbyname2_r(3)` (`gethostbyname_r` is `af` = AF_INET).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gethostbyname2_r(
     st: &LayerState,
     name: *const c_char,
+    af: c_int,
     ret: *mut hostent,
     buf: *mut c_char,
     buflen: usize,
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> Option<c_int> {
-    let answer = lookup_v4(st, name)?;
+    let answer = lookup_host(st, name, af)?;
     if !result.is_null() {
         *result = std::ptr::null_mut();
     }
     match answer {
-        Ok((name, addrs)) => {
-            if ret.is_null() || buf.is_null() || !fill_hostent(ret, buf, buflen, &name, &addrs) {
+        Ok(host) => {
+            if ret.is_null() || buf.is_null() || !fill_hostent(ret, buf, buflen, &host) {
                 return Some(libc::ERANGE);
             }
             if !result.is_null() {
@@ -444,15 +452,19 @@ thread_local! {
 }
 
 /// # Safety
-/// Arguments as for `gethostbyname(3)`.
-pub unsafe fn gethostbyname(st: &LayerState, name: *const c_char) -> Option<*mut hostent> {
-    let answer = lookup_v4(st, name)?;
+/// Arguments as for `gethostbyname2(3)` (`gethostbyname` is `af` = AF_INET).
+pub unsafe fn gethostbyname2(
+    st: &LayerState,
+    name: *const c_char,
+    af: c_int,
+) -> Option<*mut hostent> {
+    let answer = lookup_host(st, name, af)?;
     match answer {
-        Ok((name, addrs)) => HOSTENT
+        Ok(host) => HOSTENT
             .try_with(|cell| {
                 let mut cell = cell.borrow_mut();
                 let (ent, buf) = &mut *cell;
-                if fill_hostent(ent, buf.as_mut_ptr(), buf.len(), &name, &addrs) {
+                if fill_hostent(ent, buf.as_mut_ptr(), buf.len(), &host) {
                     ent as *mut hostent
                 } else {
                     *__h_errno_location() = NO_RECOVERY;

@@ -308,7 +308,7 @@ pub unsafe extern "C" fn freeaddrinfo(res: *mut addrinfo) {
 #[no_mangle]
 pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
     if let Some((_guard, st)) = active() {
-        if let Some(r) = dns::gethostbyname(st, name) {
+        if let Some(r) = dns::gethostbyname2(st, name, libc::AF_INET) {
             return r;
         }
     }
@@ -327,11 +327,45 @@ pub unsafe extern "C" fn gethostbyname_r(
     h_errnop: *mut c_int,
 ) -> c_int {
     if let Some((_guard, st)) = active() {
-        if let Some(r) = dns::gethostbyname_r(st, name, ret, buf, buflen, result, h_errnop) {
+        if let Some(r) =
+            dns::gethostbyname2_r(st, name, libc::AF_INET, ret, buf, buflen, result, h_errnop)
+        {
             return r;
         }
     }
     real::gethostbyname_r(name, ret, buf, buflen, result, h_errnop)
+}
+
+/// # Safety
+/// libc's `gethostbyname2(3)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn gethostbyname2(name: *const c_char, af: c_int) -> *mut hostent {
+    if let Some((_guard, st)) = active() {
+        if let Some(r) = dns::gethostbyname2(st, name, af) {
+            return r;
+        }
+    }
+    real::gethostbyname2(name, af)
+}
+
+/// # Safety
+/// libc's `gethostbyname2_r(3)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn gethostbyname2_r(
+    name: *const c_char,
+    af: c_int,
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: size_t,
+    result: *mut *mut hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    if let Some((_guard, st)) = active() {
+        if let Some(r) = dns::gethostbyname2_r(st, name, af, ret, buf, buflen, result, h_errnop) {
+            return r;
+        }
+    }
+    real::gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop)
 }
 
 /// # Safety

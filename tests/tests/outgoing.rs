@@ -796,3 +796,24 @@ fn debugger_connections_to_loopback_stay_local() {
     cmd.env("MIRRORD_IGNORE_DEBUGGER_PORTS", format!("1000-1001,{port}"));
     assert_eq!(ok(run(cmd)).trim(), "local: hello");
 }
+
+/// `getent hosts` (glibc's `gethostbyname2`, IPv6 first, then IPv4) answers under mirrord exactly
+/// as it does inside the pod, for a name that exists and for one that does not.
+#[test]
+fn getent_hosts_matches_the_pod() {
+    let c = Cluster::start().unwrap();
+    for name in [
+        "payment-service",
+        "payment-service.payments",
+        "no-such-service",
+    ] {
+        let in_pod = run({
+            let mut cmd = c.pod("getent");
+            cmd.args(["hosts", name]);
+            cmd
+        });
+        let with_mirrord = run(mirrord(&c, &[], "getent", &["hosts", name]));
+        assert_eq!(with_mirrord.status.code(), in_pod.status.code(), "{name}");
+        assert_eq!(stdout(&with_mirrord), stdout(&in_pod), "{name}");
+    }
+}
