@@ -80,6 +80,31 @@ impl PodResolver {
         })
     }
 
+    /// The name of `ip`: the target's `/etc/hosts` first, then a PTR query to its nameservers.
+    pub async fn reverse(&self, ip: IpAddr) -> Result<String, ResolveError> {
+        if let Some(name) = self
+            .hosts
+            .iter()
+            .filter(|(_, addrs)| addrs.contains(&ip))
+            .map(|(name, _)| name)
+            .min()
+        {
+            return Ok(name.clone());
+        }
+        let resolver = if ip.is_ipv4() { &self.v4 } else { &self.v6 };
+        match resolver.reverse_lookup(ip).await {
+            Ok(lookup) => lookup
+                .iter()
+                .next()
+                .map(|n| n.to_utf8().trim_end_matches('.').to_owned())
+                .ok_or(ResolveError::NotFound),
+            Err(e) => Err(match map_error(e) {
+                Miss::NoName | Miss::NoData => ResolveError::NotFound,
+                Miss::ServerError(m) | Miss::NoAnswer(m) => ResolveError::Temporary(m),
+            }),
+        }
+    }
+
     pub async fn resolve(&self, name: &str, family: Family) -> ResolveResult {
         let absolute = name.ends_with('.');
         let name = name.trim_end_matches('.');

@@ -182,6 +182,9 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
                 AgentRequest::Resolve { name, family } => {
                     AgentResponse::Resolved(state.resolver.resolve(&name, family).await)
                 }
+                AgentRequest::ReverseResolve { ip } => {
+                    AgentResponse::ReverseResolved(state.resolver.reverse(ip).await)
+                }
                 AgentRequest::Subscribe { port, mode, filter } => {
                     match state.incoming.subscribe(&client, port, mode, filter).await {
                         Ok(()) => AgentResponse::Subscribed,

@@ -435,6 +435,8 @@ pub unsafe fn gethostbyname2_r(
             Some(0)
         }
         Err(e) => {
+            // glibc sets both; some callers (CPython) read the global one.
+            *__h_errno_location() = h_errno_of(&e);
             if !h_errnop.is_null() {
                 *h_errnop = h_errno_of(&e);
             }
@@ -459,6 +461,185 @@ pub unsafe fn gethostbyname2(
     af: c_int,
 ) -> Option<*mut hostent> {
     let answer = lookup_host(st, name, af)?;
+    match answer {
+        Ok(host) => HOSTENT
+            .try_with(|cell| {
+                let mut cell = cell.borrow_mut();
+                let (ent, buf) = &mut *cell;
+                if fill_hostent(ent, buf.as_mut_ptr(), buf.len(), &host) {
+                    ent as *mut hostent
+                } else {
+                    *__h_errno_location() = NO_RECOVERY;
+                    std::ptr::null_mut()
+                }
+            })
+            .ok()
+            .or(Some(std::ptr::null_mut())),
+        Err(e) => {
+            *__h_errno_location() = h_errno_of(&e);
+            Some(std::ptr::null_mut())
+        }
+    }
+}
+
+/// Whether reverse lookups of `ip` go to the cluster: the addresses connections would go to.
+fn route_reverse(st: &LayerState, ip: IpAddr) -> bool {
+    let ip = mirrord_protocol::config::canonical_ip(ip);
+    st.config.feature.network.dns.enabled
+        && !ip.is_loopback()
+        && !ip.is_unspecified()
+        && crate::outgoing::route_tcp(st, std::net::SocketAddr::new(ip, 0), None) == Route::Remote
+}
+
+fn reverse(ip: IpAddr) -> Result<String, ResolveError> {
+    let ip = mirrord_protocol::config::canonical_ip(ip);
+    let result = match control::request(&LayerRequest::ReverseResolve { ip }) {
+        Ok(ServerResponse::ReverseResolved(r)) => r,
+        Ok(other) => Err(ResolveError::Failed(format!("unexpected answer {other:?}"))),
+        Err(e) => Err(ResolveError::Temporary(e.to_string())),
+    };
+    layer_debug!("reverse {ip}: {result:?}");
+    result
+}
+
+/// Copies `text` into a caller's C buffer with its NUL; false if it does not fit.
+unsafe fn copy_c(text: &str, out: *mut c_char, len: usize) -> bool {
+    if text.len() + 1 > len {
+        return false;
+    }
+    std::ptr::copy_nonoverlapping(text.as_ptr(), out as *mut u8, text.len());
+    *out.add(text.len()) = 0;
+    true
+}
+
+/// # Safety
+/// Arguments as for `getnameinfo(3)`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn getnameinfo(
+    st: &LayerState,
+    sa: *const libc::sockaddr,
+    salen: libc::socklen_t,
+    host: *mut c_char,
+    hostlen: libc::socklen_t,
+    serv: *mut c_char,
+    servlen: libc::socklen_t,
+    flags: c_int,
+) -> Option<c_int> {
+    if host.is_null() || hostlen == 0 || flags & libc::NI_NUMERICHOST != 0 {
+        return None;
+    }
+    let addr = crate::caddr::read(sa, salen)?;
+    if !route_reverse(st, addr.ip()) {
+        return None;
+    }
+    // NI_NOFQDN shortens only names in the local host's own domain, which a cluster service's
+    // name is not: like glibc, the full name it is.
+    let name = match reverse(addr.ip()) {
+        Ok(name) => name,
+        Err(ResolveError::NotFound | ResolveError::NoData) if flags & libc::NI_NAMEREQD != 0 => {
+            return Some(libc::EAI_NONAME)
+        }
+        Err(ResolveError::NotFound | ResolveError::NoData) => addr.ip().to_string(),
+        Err(e) => return Some(eai(&e)),
+    };
+    if !copy_c(&name, host, hostlen as usize) {
+        return Some(libc::EAI_OVERFLOW);
+    }
+    if !serv.is_null() && servlen > 0 {
+        // The service part is local knowledge (/etc/services): libc does it.
+        let r = crate::detour::real::getnameinfo(
+            sa,
+            salen,
+            std::ptr::null_mut(),
+            0,
+            serv,
+            servlen,
+            flags | libc::NI_NUMERICHOST,
+        );
+        if r != 0 {
+            return Some(r);
+        }
+    }
+    Some(0)
+}
+
+/// The `hostent` of a reverse lookup, or `None` to bypass.
+unsafe fn reverse_host(
+    st: &LayerState,
+    addr: *const libc::c_void,
+    len: libc::socklen_t,
+    af: c_int,
+) -> Option<Result<Host, ResolveError>> {
+    if addr.is_null() {
+        return None;
+    }
+    let (ip, bytes): (IpAddr, Vec<u8>) = match (af, len) {
+        (libc::AF_INET, 4) => {
+            let mut b = [0u8; 4];
+            std::ptr::copy_nonoverlapping(addr as *const u8, b.as_mut_ptr(), 4);
+            (IpAddr::from(b), b.to_vec())
+        }
+        (libc::AF_INET6, 16) => {
+            let mut b = [0u8; 16];
+            std::ptr::copy_nonoverlapping(addr as *const u8, b.as_mut_ptr(), 16);
+            (IpAddr::from(b), b.to_vec())
+        }
+        _ => return None,
+    };
+    if !route_reverse(st, ip) {
+        return None;
+    }
+    Some(reverse(ip).map(|name| (name, af, vec![bytes])))
+}
+
+/// # Safety
+/// Arguments as for `gethostbyaddr_r(3)`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gethostbyaddr_r(
+    st: &LayerState,
+    addr: *const libc::c_void,
+    len: libc::socklen_t,
+    af: c_int,
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: usize,
+    result: *mut *mut hostent,
+    h_errnop: *mut c_int,
+) -> Option<c_int> {
+    let answer = reverse_host(st, addr, len, af)?;
+    if !result.is_null() {
+        *result = std::ptr::null_mut();
+    }
+    match answer {
+        Ok(host) => {
+            if ret.is_null() || buf.is_null() || !fill_hostent(ret, buf, buflen, &host) {
+                return Some(libc::ERANGE);
+            }
+            if !result.is_null() {
+                *result = ret;
+            }
+            Some(0)
+        }
+        Err(e) => {
+            // glibc sets both; some callers (CPython) read the global one.
+            *__h_errno_location() = h_errno_of(&e);
+            if !h_errnop.is_null() {
+                *h_errnop = h_errno_of(&e);
+            }
+            Some(0)
+        }
+    }
+}
+
+/// # Safety
+/// Arguments as for `gethostbyaddr(3)`.
+pub unsafe fn gethostbyaddr(
+    st: &LayerState,
+    addr: *const libc::c_void,
+    len: libc::socklen_t,
+    af: c_int,
+) -> Option<*mut hostent> {
+    let answer = reverse_host(st, addr, len, af)?;
     match answer {
         Ok(host) => HOSTENT
             .try_with(|cell| {

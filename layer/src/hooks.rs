@@ -369,6 +369,65 @@ pub unsafe extern "C" fn gethostbyname2_r(
 }
 
 /// # Safety
+/// libc's `getnameinfo(3)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn getnameinfo(
+    sa: *const sockaddr,
+    salen: socklen_t,
+    host: *mut c_char,
+    hostlen: socklen_t,
+    serv: *mut c_char,
+    servlen: socklen_t,
+    flags: c_int,
+) -> c_int {
+    if let Some((_guard, st)) = active() {
+        if let Some(r) = dns::getnameinfo(st, sa, salen, host, hostlen, serv, servlen, flags) {
+            return r;
+        }
+    }
+    real::getnameinfo(sa, salen, host, hostlen, serv, servlen, flags)
+}
+
+/// # Safety
+/// libc's `gethostbyaddr(3)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn gethostbyaddr(
+    addr: *const c_void,
+    len: socklen_t,
+    af: c_int,
+) -> *mut hostent {
+    if let Some((_guard, st)) = active() {
+        if let Some(r) = dns::gethostbyaddr(st, addr, len, af) {
+            return r;
+        }
+    }
+    real::gethostbyaddr(addr, len, af)
+}
+
+/// # Safety
+/// libc's `gethostbyaddr_r(3)` contract.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gethostbyaddr_r(
+    addr: *const c_void,
+    len: socklen_t,
+    af: c_int,
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: size_t,
+    result: *mut *mut hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    if let Some((_guard, st)) = active() {
+        if let Some(r) = dns::gethostbyaddr_r(st, addr, len, af, ret, buf, buflen, result, h_errnop)
+        {
+            return r;
+        }
+    }
+    real::gethostbyaddr_r(addr, len, af, ret, buf, buflen, result, h_errnop)
+}
+
+/// # Safety
 /// libc's `sendto(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn sendto(

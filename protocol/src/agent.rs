@@ -54,6 +54,10 @@ pub enum AgentRequest {
         name: String,
         family: Family,
     },
+    /// The name of an address (PTR), as the target's resolver gives it.
+    ReverseResolve {
+        ip: std::net::IpAddr,
+    },
     /// Start receiving the target's traffic to `port`.
     Subscribe {
         port: u16,
@@ -145,6 +149,7 @@ pub enum AgentEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentResponse {
     Resolved(ResolveResult),
+    ReverseResolved(Result<String, crate::net::ResolveError>),
     Subscribed,
     Unsubscribed,
     Pong,

@@ -57,6 +57,10 @@ pub enum LayerRequest {
         name: String,
         family: Family,
     },
+    /// The name of a cluster address (PTR lookup in the target).
+    ReverseResolve {
+        ip: std::net::IpAddr,
+    },
     /// Open a UDP flow to `remote` through the pod. `dns` marks a datagram flow to port 53 that
     /// goes to the pod's own nameserver whatever the program addressed.
     UdpOpen {
@@ -87,6 +91,7 @@ pub enum LayerRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerResponse {
     Resolved(ResolveResult),
+    ReverseResolved(Result<String, crate::net::ResolveError>),
     /// The loopback address to send the flow's datagrams to, and the reply from the pod.
     UdpOpened {
         relay: Option<SocketAddr>,

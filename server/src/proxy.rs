@@ -253,6 +253,28 @@ async fn control_channel(
                 });
                 ServerResponse::Resolved(result)
             }
+            LayerRequest::ReverseResolve { ip } => {
+                let started = std::time::Instant::now();
+                let result = match shared
+                    .control
+                    .request(AgentRequest::ReverseResolve { ip })
+                    .await
+                {
+                    Ok(AgentResponse::ReverseResolved(r)) => r,
+                    Ok(other) => Err(ResolveError::Failed(format!(
+                        "unexpected agent answer {other:?}"
+                    ))),
+                    Err(e) => Err(ResolveError::Temporary(e.to_string())),
+                };
+                shared.traffic.emit(TrafficEvent::DnsQuery {
+                    time: now_ms(),
+                    name: ip.to_string(),
+                    answers: result.iter().cloned().collect(),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    error: result.as_ref().err().map(|e| e.to_string()),
+                });
+                ServerResponse::ReverseResolved(result)
+            }
             LayerRequest::UdpOpen { remote, dns } => {
                 match open_udp_relay(&shared, remote, dns).await {
                     Ok((relay_addr, reply, task)) => {

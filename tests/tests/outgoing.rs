@@ -817,3 +817,43 @@ fn getent_hosts_matches_the_pod() {
         assert_eq!(stdout(&with_mirrord), stdout(&in_pod), "{name}");
     }
 }
+
+/// Reverse lookups of cluster addresses (`getnameinfo`, `gethostbyaddr(_r)`) answer under mirrord
+/// as they do inside the pod: the PTR name, or the numeric form / the right error when none.
+#[test]
+fn reverse_lookups_match_the_pod() {
+    let c = Cluster::start().unwrap();
+    let script = r#"
+import socket
+def show(what, f):
+    try:
+        print(what, f())
+    except OSError as e:
+        print(what, type(e).__name__, e.errno)
+show('gethostbyaddr', lambda: socket.gethostbyaddr('10.96.0.50')[0])
+show('getnameinfo', lambda: socket.getnameinfo(('10.96.0.50', 8080), 0))
+show('getnameinfo nofqdn', lambda: socket.getnameinfo(('10.96.0.50', 8080), socket.NI_NOFQDN))
+show('unknown', lambda: socket.getnameinfo(('10.96.0.77', 80), 0))
+show('unknown namereqd', lambda: socket.getnameinfo(('10.96.0.77', 80), socket.NI_NAMEREQD))
+show('unknown gethostbyaddr', lambda: socket.gethostbyaddr('10.96.0.77'))
+"#;
+    let in_pod = ok(run({
+        let mut cmd = c.pod(PY);
+        cmd.args(["-c", script]);
+        cmd
+    }));
+    let with_mirrord = ok(run(mirrord(&c, &[], PY, &["-c", script])));
+    assert!(
+        in_pod.contains("gethostbyaddr payment-service.payments.svc.cluster.local"),
+        "{in_pod}"
+    );
+    assert_eq!(with_mirrord, in_pod);
+    // getent uses gethostbyaddr for addresses.
+    let in_pod = run({
+        let mut cmd = c.pod("getent");
+        cmd.args(["hosts", "10.96.0.50"]);
+        cmd
+    });
+    let with_mirrord = run(mirrord(&c, &[], "getent", &["hosts", "10.96.0.50"]));
+    assert_eq!(stdout(&with_mirrord), stdout(&in_pod));
+}
