@@ -53,7 +53,7 @@ pub fn next_symbol(sym: &'static [u8]) -> usize {
 macro_rules! real {
     ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
         $(
-            #[allow(clippy::missing_safety_doc)]
+            #[allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
             pub unsafe fn $name($($arg: $ty),*) -> $ret {
                 static PTR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
                 let mut p = PTR.load(std::sync::atomic::Ordering::Relaxed);
