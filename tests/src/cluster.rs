@@ -45,7 +45,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -727,6 +727,25 @@ impl ManagedChild {
             self.stdout_seen.extend(rx.try_iter());
         }
         &self.stdout_seen
+    }
+
+    /// Every stdout line, once the child has closed its stdout (for a child that has exited, so
+    /// that no line still in flight from the reader thread is missed).
+    pub fn stdout_to_end(&mut self, timeout: Duration) -> Result<&[String]> {
+        let deadline = Instant::now() + timeout;
+        if let Some(rx) = lock(&self.stdout).as_ref() {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) => self.stdout_seen.push(line),
+                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => {
+                        bail!("{}: stdout still open after {timeout:?}", self.name)
+                    }
+                }
+            }
+        }
+        Ok(&self.stdout_seen)
     }
 
     /// Every stderr line received so far.

@@ -131,7 +131,7 @@ fn curl_service(c: &Cluster, session: &Value, host: &str, path: &str) -> (u32, S
         .wait_timeout(WAIT)
         .unwrap()
         .expect("curl finishes in time");
-    let out = child.stdout_lines().join("\n");
+    let out = child.stdout_to_end(WAIT).unwrap().join("\n");
     assert!(
         status.success(),
         "curl {url}: {status}: {out} {}",
