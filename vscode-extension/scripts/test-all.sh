@@ -75,7 +75,10 @@ record unit "$([ "$unit_rc" -eq 0 ] && echo ok || echo fail)" $(($(now) - t))
 t=$(now)
 note "package (vsce $(node -p 'require("@vscode/vsce/package.json").version' 2>/dev/null))"
 rm -f "$VSIX"
-if timeout 300 npm run -s package && [ -s "$VSIX" ] && unzip -l "$VSIX" | grep -q 'extension/out/src/extension.js'; then
+# (The listing goes through a variable: `unzip | grep -q` under pipefail fails whenever grep
+# exits before unzip has written everything.)
+if timeout 300 npm run -s package && [ -s "$VSIX" ] \
+  && listing=$(unzip -l "$VSIX") && grep -q 'extension/out/src/extension.js' <<<"$listing"; then
   passed=$((passed + 1)); record package ok $(($(now) - t))
   echo "packaged: $VSIX ($(du -h "$VSIX" | cut -f1))"
 else
