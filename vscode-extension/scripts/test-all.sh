@@ -75,6 +75,8 @@ record unit "$([ "$unit_rc" -eq 0 ] && echo ok || echo fail)" $(($(now) - t))
 t=$(now)
 note "package (vsce $(node -p 'require("@vscode/vsce/package.json").version' 2>/dev/null))"
 rm -f "$VSIX"
+# unzip checks the package's contents (Debian's base image may not have it).
+have unzip || apt_install unzip
 # (The listing goes through a variable: `unzip | grep -q` under pipefail fails whenever grep
 # exits before unzip has written everything.)
 if timeout 300 npm run -s package && [ -s "$VSIX" ] \
