@@ -76,6 +76,7 @@ pub mod real {
     };
     real! {
         fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+        fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
         fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
         fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
         fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int;

@@ -43,6 +43,22 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
     }
 }
 
+/// A new socket: whatever the table knew about its descriptor number belongs to a socket that
+/// was closed without our `close` seeing it (raw `close` syscalls, as libuv makes), so it goes.
+///
+/// # Safety
+/// libc's `socket(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    let fd = real::socket(domain, ty, protocol);
+    if fd >= 0 {
+        if let Some((_guard, _)) = active() {
+            sockets::remove(fd);
+        }
+    }
+    fd
+}
+
 /// # Safety
 /// libc's `bind(2)` contract.
 #[no_mangle]

@@ -56,12 +56,25 @@ pub unsafe fn connect_tcp(
     domain: c_int,
 ) -> Outcome {
     if let Some(entry) = sockets::get(fd) {
-        // A second connect on a socket we already connected: answer as the kernel would.
+        // A second connect on a socket we already connected: answer as the kernel would. But
+        // an entry whose socket is no longer connected is stale (its descriptor was closed
+        // behind our back, e.g. by libuv's raw close syscall, and the number reused).
         let mut m = sockets::lock_entry(&entry);
         if let Managed::Tcp { pending_error, .. } = &mut *m {
-            let e = pending_error.take().unwrap_or(libc::EISCONN);
-            crate::detour::set_errno(e);
-            return Outcome::Return(-1);
+            match pending_error.take() {
+                Some(e) => {
+                    crate::detour::set_errno(e);
+                    return Outcome::Return(-1);
+                }
+                None if still_connected(fd) => {
+                    crate::detour::set_errno(libc::EISCONN);
+                    return Outcome::Return(-1);
+                }
+                None => {
+                    drop(m);
+                    sockets::remove(fd);
+                }
+            }
         }
     }
     let hostname = dns::hostname_of(remote.ip());
@@ -117,6 +130,16 @@ pub unsafe fn connect_tcp(
             }
         }
         Ok(ConnectReply::Failed { errno: e }) | Err(e) => fail_connect(fd, remote, e, nonblocking),
+    }
+}
+
+/// Whether the kernel says `fd` has a peer.
+fn still_connected(fd: c_int) -> bool {
+    // SAFETY: sockaddr_storage is plain data and large enough for any address.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        real::getpeername(fd, &mut storage as *mut _ as *mut libc::sockaddr, &mut len) == 0
     }
 }
 
