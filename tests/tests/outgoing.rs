@@ -857,3 +857,31 @@ show('unknown gethostbyaddr', lambda: socket.gethostbyaddr('10.96.0.77'))
     let with_mirrord = run(mirrord(&c, &[], "getent", &["hosts", "10.96.0.50"]));
     assert_eq!(stdout(&with_mirrord), stdout(&in_pod));
 }
+
+/// Node (libuv) closes sockets with a raw `close` syscall the layer never sees, so descriptor
+/// numbers come back while the layer still knows them: 100 connections one after the other, each
+/// on a fresh socket that reuses the last one's number, must all work.
+#[test]
+fn node_sequential_connections_reuse_descriptors() {
+    let c = Cluster::start().unwrap();
+    let code = r#"
+const http = require('http');
+const get = () => new Promise((resolve, reject) => {
+  const req = http.get({ host: 'payment-service', port: 8080, path: '/', agent: false }, res => {
+    let body = '';
+    res.on('data', d => body += d);
+    res.on('end', () => resolve(body));
+  });
+  req.setTimeout(30000, () => req.destroy(new Error('timeout')));
+  req.on('error', reject);
+});
+(async () => {
+  let ok = 0;
+  for (let i = 0; i < 100; i++) {
+    try { if ((await get()) === 'payment-service: hello\n') ok++; } catch (e) { console.log(`error ${i}: ${e.code || e.message}`); }
+  }
+  console.log(`ok ${ok}/100`);
+})();
+"#;
+    assert_eq!(ok(run(node(&c, &[], code))), "ok 100/100\n");
+}
