@@ -421,26 +421,62 @@ pub unsafe fn gethostbyname2_r(
     h_errnop: *mut c_int,
 ) -> Option<c_int> {
     let answer = lookup_host(st, name, af)?;
+    Some(into_caller_hostent(
+        answer, ret, buf, buflen, result, h_errnop,
+    ))
+}
+
+/// The `_r` functions' contract: the caller's buffer, `*result`, and `*h_errnop` (plus the
+/// global `h_errno`, which glibc sets too and CPython reads).
+unsafe fn into_caller_hostent(
+    answer: Result<Host, ResolveError>,
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: usize,
+    result: *mut *mut hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
     if !result.is_null() {
         *result = std::ptr::null_mut();
     }
     match answer {
         Ok(host) => {
             if ret.is_null() || buf.is_null() || !fill_hostent(ret, buf, buflen, &host) {
-                return Some(libc::ERANGE);
+                return libc::ERANGE;
             }
             if !result.is_null() {
                 *result = ret;
             }
-            Some(0)
+            0
         }
         Err(e) => {
-            // glibc sets both; some callers (CPython) read the global one.
             *__h_errno_location() = h_errno_of(&e);
             if !h_errnop.is_null() {
                 *h_errnop = h_errno_of(&e);
             }
-            Some(0)
+            0
+        }
+    }
+}
+
+/// The non-`_r` functions' contract: a pointer to static storage, or null with `h_errno` set.
+unsafe fn into_static_hostent(answer: Result<Host, ResolveError>) -> *mut hostent {
+    match answer {
+        Ok(host) => HOSTENT
+            .try_with(|cell| {
+                let mut cell = cell.borrow_mut();
+                let (ent, buf) = &mut *cell;
+                if fill_hostent(ent, buf.as_mut_ptr(), buf.len(), &host) {
+                    ent as *mut hostent
+                } else {
+                    *__h_errno_location() = NO_RECOVERY;
+                    std::ptr::null_mut()
+                }
+            })
+            .unwrap_or(std::ptr::null_mut()),
+        Err(e) => {
+            *__h_errno_location() = h_errno_of(&e);
+            std::ptr::null_mut()
         }
     }
 }
@@ -461,25 +497,7 @@ pub unsafe fn gethostbyname2(
     af: c_int,
 ) -> Option<*mut hostent> {
     let answer = lookup_host(st, name, af)?;
-    match answer {
-        Ok(host) => HOSTENT
-            .try_with(|cell| {
-                let mut cell = cell.borrow_mut();
-                let (ent, buf) = &mut *cell;
-                if fill_hostent(ent, buf.as_mut_ptr(), buf.len(), &host) {
-                    ent as *mut hostent
-                } else {
-                    *__h_errno_location() = NO_RECOVERY;
-                    std::ptr::null_mut()
-                }
-            })
-            .ok()
-            .or(Some(std::ptr::null_mut())),
-        Err(e) => {
-            *__h_errno_location() = h_errno_of(&e);
-            Some(std::ptr::null_mut())
-        }
-    }
+    Some(into_static_hostent(answer))
 }
 
 /// Whether reverse lookups of `ip` go to the cluster: the addresses connections would go to.
@@ -607,28 +625,9 @@ pub unsafe fn gethostbyaddr_r(
     h_errnop: *mut c_int,
 ) -> Option<c_int> {
     let answer = reverse_host(st, addr, len, af)?;
-    if !result.is_null() {
-        *result = std::ptr::null_mut();
-    }
-    match answer {
-        Ok(host) => {
-            if ret.is_null() || buf.is_null() || !fill_hostent(ret, buf, buflen, &host) {
-                return Some(libc::ERANGE);
-            }
-            if !result.is_null() {
-                *result = ret;
-            }
-            Some(0)
-        }
-        Err(e) => {
-            // glibc sets both; some callers (CPython) read the global one.
-            *__h_errno_location() = h_errno_of(&e);
-            if !h_errnop.is_null() {
-                *h_errnop = h_errno_of(&e);
-            }
-            Some(0)
-        }
-    }
+    Some(into_caller_hostent(
+        answer, ret, buf, buflen, result, h_errnop,
+    ))
 }
 
 /// # Safety
@@ -640,23 +639,5 @@ pub unsafe fn gethostbyaddr(
     af: c_int,
 ) -> Option<*mut hostent> {
     let answer = reverse_host(st, addr, len, af)?;
-    match answer {
-        Ok(host) => HOSTENT
-            .try_with(|cell| {
-                let mut cell = cell.borrow_mut();
-                let (ent, buf) = &mut *cell;
-                if fill_hostent(ent, buf.as_mut_ptr(), buf.len(), &host) {
-                    ent as *mut hostent
-                } else {
-                    *__h_errno_location() = NO_RECOVERY;
-                    std::ptr::null_mut()
-                }
-            })
-            .ok()
-            .or(Some(std::ptr::null_mut())),
-        Err(e) => {
-            *__h_errno_location() = h_errno_of(&e);
-            Some(std::ptr::null_mut())
-        }
-    }
+    Some(into_static_hostent(answer))
 }
