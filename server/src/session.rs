@@ -80,10 +80,17 @@ impl Session {
             traffic,
             processes: Default::default(),
         });
+        // `MIRRORD_SESSION_RELAY=1` keeps flows on the session's own data listeners (the path a
+        // remote agent needs), so that path stays exercised with local targets too.
+        let direct = if std::env::var("MIRRORD_SESSION_RELAY").is_ok_and(|v| v == "1") {
+            Vec::new()
+        } else {
+            agent.data_addrs.clone()
+        };
         let proxy = LayerProxy::start(
             opts.runtime_dir.join(format!("{id}.sock")),
             shared.clone(),
-            agent.data_addrs.clone(),
+            direct,
         )
         .await?;
         let config_json =

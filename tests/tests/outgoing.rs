@@ -885,3 +885,34 @@ const get = () => new Promise((resolve, reject) => {
 "#;
     assert_eq!(ok(run(node(&c, &[], code))), "ok 100/100\n");
 }
+
+/// The session's own data listeners (the relay a remote agent needs, kept on with
+/// `MIRRORD_SESSION_RELAY=1`) carry flows as well as the agent's direct path: a 100 MiB download
+/// intact, a refused port refused, and the traffic still comes from the pod.
+#[test]
+fn the_session_relay_path_carries_flows_too() {
+    let c = Cluster::start().unwrap();
+    let expected = c.bulk_sha256();
+    let file = c.workdir().join("relayed.bin");
+    let script = format!(
+        r#"
+import socket, subprocess, urllib.request
+print(urllib.request.urlopen('http://payment-service:8080/whoami', timeout=20).read().decode().strip())
+try:
+    socket.create_connection(('payment-service', 8081), timeout=10)
+except ConnectionRefusedError:
+    print('refused')
+subprocess.run(['curl', '-sS', '-f', '-o', '{}', 'http://payment-service:8080/bytes'], check=True)
+"#,
+        file.display()
+    );
+    let mut cmd = mirrord(&c, &[], PY, &["-c", &script]);
+    cmd.env("MIRRORD_SESSION_RELAY", "1");
+    let out = ok(run(cmd));
+    assert!(
+        out.starts_with("payment-service: peer 10.244.0.10:"),
+        "{out}"
+    );
+    assert!(out.contains("refused"), "{out}");
+    assert_eq!(sha256_of(&file), expected);
+}
