@@ -75,6 +75,44 @@ fn run() -> Result<()> {
     if without.status.success() || !curl.status.success() || !py.status.success() {
         bail!("the demo did not behave as expected (see above)");
     }
-    println!("The program reached payment-service only with mirrord: the connection was made from the pod.");
+    println!("The program reached payment-service only with mirrord: the connection was made from the pod.\n");
+
+    // Incoming: a local server steals the pod's port 80 for requests with `x-user: alice`.
+    let config = c.workdir().join("steal.json");
+    std::fs::write(
+        &config,
+        r#"{"feature": {"network": {"incoming": {"mode": "steal", "http_filter": {"header_filter": "x-user: alice"}}}}}"#,
+    )?;
+    let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("services/local_http.py");
+    let mut app = c.dev(target_dir_bin("mirrord"));
+    app.args(["exec", "-t", &target, "-f"])
+        .arg(&config)
+        .args(["--", "/usr/bin/python3", "-B"])
+        .arg(&server)
+        .args(["80", "--name", "developer-laptop"])
+        .env("MIRRORD_RUNTIME_DIR", &run_dir);
+    let mut app = c.spawn(app)?;
+    app.wait_line("listening", t)?;
+    println!("A local server now listens on port 80 under mirrord, stealing requests with x-user: alice.");
+    let ask = |user: Option<&str>| -> Result<std::process::Output> {
+        let mut cmd = c.client("curl");
+        cmd.args(["-sS", "--max-time", "10"]);
+        if let Some(u) = user {
+            cmd.args(["-H", &format!("x-user: {u}")]);
+        }
+        cmd.arg(format!("http://{}/checkout", Cluster::POD_IP));
+        output_within(&mut cmd, t)
+    };
+    let alice = ask(Some("alice"))?;
+    show("client -> pod:80 with x-user: alice", &alice);
+    let bob = ask(Some("bob"))?;
+    show("client -> pod:80 with x-user: bob", &bob);
+    app.kill()?;
+    let stolen = String::from_utf8_lossy(&alice.stdout).contains("developer-laptop");
+    let kept = String::from_utf8_lossy(&bob.stdout).starts_with("pod:");
+    if !stolen || !kept {
+        bail!("the steal did not behave as expected (see above)");
+    }
+    println!("alice's request was served on the developer's machine; bob's by the pod itself.");
     Ok(())
 }
