@@ -1147,12 +1147,13 @@ fn an_idle_session_ends_by_itself() {
         json!({"processId": null, "rootUri": null, "capabilities": {}}),
     );
     d.notify("initialized", json!({}));
+    // Taken before the session exists: its idle clock starts later, so it cannot end sooner.
+    let started = Instant::now();
     let session = d.call(
         "mirrord/startSession",
         json!({"target": format!("pid/{}", c.pod_pid())}),
     );
     let id = session["sessionId"].as_str().unwrap().to_owned();
-    let started = Instant::now();
     d.wait_notification(Duration::from_secs(15), |n| {
         n["method"] == "mirrord/sessionChanged"
             && n["params"]["sessionId"] == id
