@@ -278,8 +278,8 @@ async fn data_connection(mut stream: tokio::net::TcpStream, state: Arc<AgentStat
             ConnectReply::Connected { .. } => None,
         },
     });
-    if let Some(mut target) = target {
-        outgoing::splice(&mut stream, &mut target).await;
+    if let Some(target) = target {
+        outgoing::splice_tcp(&stream, &target).await;
     }
     Ok(())
 }

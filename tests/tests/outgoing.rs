@@ -916,3 +916,28 @@ subprocess.run(['curl', '-sS', '-f', '-o', '{}', 'http://payment-service:8080/by
     assert!(out.contains("refused"), "{out}");
     assert_eq!(sha256_of(&file), expected);
 }
+
+/// A half-close travels through the pod: the program shuts down its sending side, the echo
+/// service sees the end, sends everything back and closes; the program reads it all to EOF.
+#[test]
+fn half_close_reaches_the_service() {
+    let c = Cluster::start().unwrap();
+    let script = r#"
+import socket
+s = socket.create_connection(('payment-service', 9000), timeout=20)
+data = b'x' * 300000
+s.sendall(data)
+s.shutdown(socket.SHUT_WR)
+got = b''
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    got += chunk
+print(len(got), got == data)
+"#;
+    assert_eq!(
+        ok(run(mirrord(&c, &[], PY, &["-c", script]))).trim(),
+        "300000 True"
+    );
+}
