@@ -194,6 +194,22 @@ pub fn output_within(
     })
 }
 
+/// Removes proxy settings inherited from the caller's environment: HTTP clients in the tests
+/// must connect themselves.
+pub fn no_proxy(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for var in [
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@
 //! notification, a line, a process exit) rather than sleeping.
 
 use mirrord_tests::lsp_client::{Framing, RpcClient};
-use mirrord_tests::{output_within, run_ok, target_dir_bin, Cluster, ManagedChild};
+use mirrord_tests::{no_proxy, output_within, run_ok, target_dir_bin, Cluster, ManagedChild};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -83,21 +83,6 @@ fn launch(c: &Cluster, session: &Value, program: &str, args: &[&str]) -> Command
     // What the IDE unsets must not reach the program even if the IDE's own env has it.
     cmd.env("MIRRORD_ACTIVE", "1");
     no_proxy(&mut cmd);
-    cmd
-}
-
-/// HTTP clients must connect themselves, not through a proxy from the caller's environment.
-fn no_proxy(cmd: &mut Command) -> &mut Command {
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-    ] {
-        cmd.env_remove(var);
-    }
     cmd
 }
 

@@ -5,7 +5,7 @@
 //! the pod) or inside `dev` (to the program's local listener); the pod's rules are read with
 //! `iptables-save` / `nft` run inside the pod namespace.
 
-use mirrord_tests::{output_within, run_ok, target_dir_bin, Cluster, ManagedChild};
+use mirrord_tests::{no_proxy, output_within, run_ok, target_dir_bin, Cluster, ManagedChild};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -26,21 +26,6 @@ fn config(c: &Cluster, name: &str, config: &str) -> PathBuf {
     let p = c.workdir().join(name);
     std::fs::write(&p, config).unwrap();
     p
-}
-
-/// HTTP clients must connect themselves, not through a proxy from the caller's environment.
-fn no_proxy(cmd: &mut Command) -> &mut Command {
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
 }
 
 /// `mirrord exec -t pid/<pod> -f config -- program args` in the dev namespace.

@@ -7,7 +7,7 @@
 //! resolving and connecting (glibc `getaddrinfo`, c-ares, blocking and non-blocking sockets,
 //! epoll, threads, `fork`).
 
-use mirrord_tests::{output_within, target_dir_bin, Cluster, ManagedChild};
+use mirrord_tests::{no_proxy, output_within, target_dir_bin, Cluster, ManagedChild};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -37,20 +37,6 @@ fn mirrord(c: &Cluster, extra: &[&str], program: &str, args: &[&str]) -> Command
         .env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
     no_proxy(&mut cmd);
     cmd
-}
-
-/// HTTP clients must connect themselves, not through a proxy from the caller's environment.
-fn no_proxy(cmd: &mut Command) {
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-    ] {
-        cmd.env_remove(var);
-    }
 }
 
 /// A Python program under mirrord.
