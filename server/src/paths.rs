@@ -37,23 +37,59 @@ fn beside_exe(name: &str) -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// A file mirrord needs next to its executable, and the command that builds it.
+pub struct Helper {
+    /// File name beside the executable.
+    pub file: &'static str,
+    /// Environment variable that overrides the location.
+    pub env: &'static str,
+    /// The cargo command that builds it from a checkout: the layer is a cdylib, which
+    /// `cargo build --bins` skips, so a build of the binaries alone leaves it missing.
+    pub build: &'static str,
+}
+
+pub const LAYER: Helper = Helper {
+    file: "libmirrord_layer.so",
+    env: "MIRRORD_LAYER_FILE",
+    build: "cargo build -p mirrord-layer",
+};
+
+pub const AGENT: Helper = Helper {
+    file: "mirrord-agent",
+    env: "MIRRORD_AGENT_PATH",
+    build: "cargo build -p mirrord-agent",
+};
+
 /// Finds a helper: the explicit path, then the environment variable, then beside the executable.
-pub fn locate(explicit: Option<&Path>, env: &str, file: &str) -> Result<PathBuf> {
+/// A path that does not exist is an error naming where it came from and how to build the file.
+pub fn locate(explicit: Option<&Path>, helper: &Helper) -> Result<PathBuf> {
+    let Helper { file, env, build } = helper;
+    let hint = format!("build it with `{build}` (or `cargo build --workspace`)");
     if let Some(p) = explicit {
+        anyhow::ensure!(p.exists(), "{file} not found at {}; {hint}", p.display());
         return Ok(p.to_path_buf());
     }
     if let Some(p) = std::env::var_os(env) {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        anyhow::ensure!(
+            p.exists(),
+            "{file} not found at {} (from {env}); {hint}",
+            p.display()
+        );
+        return Ok(p);
     }
     beside_exe(file).with_context(|| {
-        format!("cannot find {file}: it is not next to this executable; set {env} to its path")
+        format!(
+            "cannot find {file}: it is not next to this executable; {hint}, or set {env} to its \
+             path"
+        )
     })
 }
 
 pub fn layer_path(explicit: Option<&Path>) -> Result<PathBuf> {
-    locate(explicit, "MIRRORD_LAYER_FILE", "libmirrord_layer.so")
+    locate(explicit, &LAYER)
 }
 
 pub fn agent_path(explicit: Option<&Path>) -> Result<PathBuf> {
-    locate(explicit, "MIRRORD_AGENT_PATH", "mirrord-agent")
+    locate(explicit, &AGENT)
 }

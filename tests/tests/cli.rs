@@ -339,3 +339,55 @@ fn dump_json_lines_are_traffic_events() {
         assert!(e["type"].is_string(), "{l}");
     }
 }
+
+/// A `mirrord` whose agent or layer is missing (a build of the binaries alone skips the layer, a
+/// cdylib) says which command builds the missing file, and starts nothing.
+#[test]
+fn a_missing_layer_or_agent_names_the_command_that_builds_it() {
+    let dir = std::env::temp_dir().join(format!("mirrord-missing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lone = dir.join("mirrord");
+    std::fs::copy(target_dir_bin("mirrord"), &lone).unwrap();
+    let exec = |envs: &[(&str, &str)]| {
+        let mut cmd = Command::new(&lone);
+        // Never reaches a session: the helpers are located before anything starts.
+        cmd.args(["exec", "-t", "pid/1", "--", "true"])
+            .env_remove("MIRRORD_LAYER_FILE")
+            .env_remove("MIRRORD_AGENT_PATH")
+            .envs(envs.iter().copied());
+        run(cmd)
+    };
+
+    // Nothing beside the executable: the agent is looked for first.
+    let out = exec(&[]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("mirrord-agent") && err.contains("cargo build -p mirrord-agent"),
+        "{err}"
+    );
+
+    // The agent is found, the layer is not.
+    let agent = target_dir_bin("mirrord-agent");
+    let out = exec(&[("MIRRORD_AGENT_PATH", agent.to_str().unwrap())]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("libmirrord_layer.so") && err.contains("cargo build -p mirrord-layer"),
+        "{err}"
+    );
+
+    // A variable naming a file that is not there is reported as such, with the same hint.
+    let out = exec(&[
+        ("MIRRORD_AGENT_PATH", agent.to_str().unwrap()),
+        ("MIRRORD_LAYER_FILE", "/nonexistent/libmirrord_layer.so"),
+    ]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/libmirrord_layer.so")
+            && err.contains("MIRRORD_LAYER_FILE")
+            && err.contains("cargo build -p mirrord-layer"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
