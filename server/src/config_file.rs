@@ -49,7 +49,12 @@ fn parse_toml(path: &Path, text: &str) -> Result<MirrordConfig, ConfigError> {
             path: path.to_path_buf(),
             line,
             column,
-            message: e.message().to_owned(),
+            // The toml crate leaves some syntax errors (a stray carriage return) without a
+            // message; the position still says where.
+            message: match e.message().trim() {
+                "" => "invalid TOML syntax".to_owned(),
+                m => m.to_owned(),
+            },
         }
     })
 }

@@ -39,6 +39,8 @@ enum State {
     Body(usize),
     /// Chunked body: waiting for a chunk-size line.
     ChunkSize,
+    /// After the last chunk: trailer fields up to an empty line.
+    Trailers,
     /// Inside a chunk with this many bytes left (plus its CRLF).
     Chunk(usize),
     /// Body runs until the connection closes (responses without a length).
@@ -127,25 +129,30 @@ impl Sniffer {
                     self.buf.drain(..end + 2);
                     let size = line.split(';').next().unwrap_or("").trim();
                     match usize::from_str_radix(size, 16) {
-                        // The last chunk; trailers end with an empty line.
-                        Ok(0) => {
-                            match self.buf.windows(2).position(|w| w == b"\r\n") {
-                                Some(0) => {
-                                    self.buf.drain(..2);
-                                }
-                                _ => {
-                                    // Trailers are rare; skip to the blank line if present.
-                                    if let Some(p) =
-                                        self.buf.windows(4).position(|w| w == b"\r\n\r\n")
-                                    {
-                                        self.buf.drain(..p + 4);
-                                    }
-                                }
-                            }
-                            self.state = State::Head;
-                        }
+                        // The last chunk; trailers (often none) end with an empty line.
+                        Ok(0) => self.state = State::Trailers,
                         Ok(n) => self.state = State::Chunk(n + 2),
                         Err(_) => self.state = State::Off,
+                    }
+                }
+                // Waits for the whole trailer section: a stream cut inside it must not be
+                // read as the next message's head.
+                State::Trailers => {
+                    let end = if self.buf.starts_with(b"\r\n") {
+                        Some(2)
+                    } else {
+                        self.buf
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .map(|p| p + 4)
+                    };
+                    match end {
+                        Some(n) => {
+                            self.buf.drain(..n);
+                            self.state = State::Head;
+                        }
+                        None if self.buf.len() > MAX_HEAD => self.state = State::Off,
+                        None => break,
                     }
                 }
                 State::Chunk(left) => {
