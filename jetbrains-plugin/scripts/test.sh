@@ -46,7 +46,8 @@ echo "== jetbrains-plugin: platform check (plugin.xml classes exist and use the 
 "$JAVA" "$PLUGIN/scripts/PlatformCheck.java" "$PLUGIN"
 
 echo "== jetbrains-plugin: unit tests"
-"$JAVA" -jar $J/junit-platform-console-standalone.jar --disable-banner --details=summary --fail-if-no-tests \
+[ -x "$ROOT/target/debug/mirrord" ] || { echo "target/debug/mirrord is missing: run cargo build --workspace first"; exit 1; }
+"$JAVA" -Dmirrord.cli="$ROOT/target/debug/mirrord" -jar $J/junit-platform-console-standalone.jar --disable-banner --details=summary --fail-if-no-tests \
     --class-path "$OUT/main:$OUT/test:$J/gson.jar" --scan-class-path "$OUT/test"
 
 echo "== jetbrains-plugin: integration tests (real mirrord-server on the simulated cluster)"
