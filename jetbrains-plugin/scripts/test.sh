@@ -44,6 +44,19 @@ echo "== jetbrains-plugin: compiling core (javac --release 17)"
 
 echo "== jetbrains-plugin: platform check (plugin.xml classes exist and use the core)"
 "$JAVA" "$PLUGIN/scripts/PlatformCheck.java" "$PLUGIN"
+# The check can fail: a copy without a class plugin.xml names, and with a platform class that
+# does a core job, must be refused.
+BROKEN=$OUT/broken-plugin
+mkdir -p "$BROKEN"
+cp -r "$PLUGIN/src" "$PLUGIN/README.md" "$BROKEN/"
+rm "$BROKEN/src/main/java/io/mirrord/jetbrains/MirrordToggleAction.java"
+echo 'class Sneaky { String m = "mirrord/startSession"; }' >> "$BROKEN/src/main/java/io/mirrord/jetbrains/MirrordNotifier.java"
+if "$JAVA" "$PLUGIN/scripts/PlatformCheck.java" "$BROKEN" > "$OUT/broken.txt"; then
+    echo "the platform check accepted a broken plugin"; exit 1
+fi
+grep -q 'MirrordToggleAction.java does not exist' "$OUT/broken.txt" \
+    && grep -q 'MirrordNotifier contains "mirrord/' "$OUT/broken.txt" \
+    || { echo "the platform check missed a problem:"; cat "$OUT/broken.txt"; exit 1; }
 
 echo "== jetbrains-plugin: unit tests"
 [ -x "$ROOT/target/debug/mirrord" ] || { echo "target/debug/mirrord is missing: run cargo build --workspace first"; exit 1; }

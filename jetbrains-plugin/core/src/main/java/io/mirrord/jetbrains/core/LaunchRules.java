@@ -188,6 +188,15 @@ public final class LaunchRules {
     }
 
     /**
+     * Whether the launched process needs a whole environment of its own rather than the IDE's
+     * plus additions: when a variable to unset is in the environment it would inherit (a
+     * platform API that only adds variables cannot remove it).
+     */
+    public static boolean needsFullEnvironment(Map<String, String> inherited, LaunchEnvironment le) {
+        return inherited != null && le.unset().stream().anyMatch(inherited::containsKey);
+    }
+
+    /**
      * The final environment of the launched process: the inherited one (the IDE's) minus
      * {@code unset}, plus {@code env}. For platform APIs that take a whole environment.
      */
