@@ -2,6 +2,7 @@ package io.mirrord.jetbrains;
 
 import com.intellij.execution.ExecutionException;
 import com.intellij.openapi.application.ApplicationManager;
+import com.intellij.openapi.progress.ProcessCanceledException;
 import com.intellij.openapi.progress.ProgressManager;
 import com.intellij.openapi.project.Project;
 import io.mirrord.jetbrains.core.LaunchRules;
@@ -35,13 +36,26 @@ public final class MirrordLaunches {
                 prepared = core.prepareLaunch(ps.workspaceFolder(), launch);
             }
         } catch (MirrordException e) {
-            MirrordNotifier.notify(project, MirrordService.Level.ERROR, "mirrord: " + e.getMessage());
             throw new ExecutionException("mirrord: " + e.getMessage(), e);
         }
         if (prepared.cancelled()) {
             throw new ExecutionException("mirrord: no target was chosen; the launch is cancelled");
         }
         return prepared.active() ? prepared.environment() : null;
+    }
+
+    /**
+     * {@link #prepare} for extension points declared in Kotlin without {@code @Throws}, whose Java
+     * overrides cannot throw {@link ExecutionException}: the launch is cancelled instead (the
+     * user was already told why by a balloon).
+     */
+    public static LaunchRules.LaunchEnvironment prepareOrCancel(Project project, LaunchRules.Launch launch) {
+        try {
+            return prepare(project, launch);
+        } catch (ExecutionException e) {
+            MirrordNotifier.notify(project, MirrordService.Level.WARNING, e.getMessage());
+            throw new ProcessCanceledException(e);
+        }
     }
 
     /** The whole environment the process gets when it must not inherit some of the IDE's. */

@@ -1,6 +1,5 @@
 package io.mirrord.jetbrains;
 
-import com.intellij.execution.ExecutionException;
 import com.intellij.execution.runners.ExecutionEnvironment;
 import com.intellij.javascript.nodejs.execution.AbstractNodeTargetRunProfile;
 import com.intellij.javascript.nodejs.execution.NodeTargetRun;
@@ -37,7 +36,7 @@ public final class MirrordNodeRunConfigurationExtension extends AbstractNodeRunC
 
     @Override
     public @Nullable NodeRunConfigurationLaunchSession createLaunchSession(
-            @NotNull AbstractNodeTargetRunProfile configuration, @NotNull ExecutionEnvironment environment) throws ExecutionException {
+            @NotNull AbstractNodeTargetRunProfile configuration, @NotNull ExecutionEnvironment environment) {
         Map<String, String> env = Map.of();
         String program = null;
         String args = null;
@@ -50,7 +49,8 @@ public final class MirrordNodeRunConfigurationExtension extends AbstractNodeRunC
         }
         LaunchRules.Launch launch = RunConfigurations.launch(configuration.getType().getId(), configuration.getName(), program,
                 LaunchRules.splitArgs(args), cwd, env);
-        LaunchRules.LaunchEnvironment le = MirrordLaunches.prepare(configuration.getProject(), launch);
+        // Declared in Kotlin: this override cannot throw ExecutionException, so a failure cancels.
+        LaunchRules.LaunchEnvironment le = MirrordLaunches.prepareOrCancel(configuration.getProject(), launch);
         if (le == null) {
             return null;
         }

@@ -120,6 +120,8 @@ public final class JsonRpcClient implements AutoCloseable {
         try {
             return answer.get(timeout.toMillis(), TimeUnit.MILLISECONDS);
         } catch (TimeoutException e) {
+            // A late answer is then reported as not pending; the entry must not stay forever.
+            pending.values().remove(answer);
             answer.cancel(false);
             throw new MirrordException(name + " did not answer " + method + " within " + timeout.toSeconds() + " s");
         } catch (InterruptedException e) {

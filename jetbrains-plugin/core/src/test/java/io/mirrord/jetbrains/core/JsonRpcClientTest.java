@@ -222,5 +222,10 @@ class JsonRpcClientTest {
         MirrordException e = assertThrows(MirrordException.class,
                 () -> client.request("mirrord/listTargets", null, Duration.ofMillis(200)));
         assertTrue(e.getMessage().contains("did not answer mirrord/listTargets"), e.getMessage());
+        // The late answer finds nothing waiting: reported, and the client goes on.
+        JsonObject r = serverReads();
+        serverWrites("{\"jsonrpc\":\"2.0\",\"id\":" + r.get("id") + ",\"result\":{}}");
+        assertTrue(nextEvent().contains("which is not pending"));
+        assertTrue(!client.isClosed());
     }
 }
