@@ -99,12 +99,17 @@ fn jetbrains_core_drives_the_daemon_and_launches_java_programs() {
         daemon_logs.join("\n")
     );
     assert!(
-        stdout.contains("MirrordServerIT") && stdout.contains("1 tests successful"),
+        stdout.contains("MirrordServerIT") && stdout.contains("2 tests successful"),
         "the Java integration tests did not run: {stdout}"
     );
     // Stolen requests never reached the pod; the others did.
     let reached = c.pod_requests();
-    for stolen in ["GET /alice", "GET /alice-again", "GET /alice-reattached"] {
+    for stolen in [
+        "GET /alice",
+        "GET /alice-again",
+        "GET /alice-reattached",
+        "GET /alice-new-agent",
+    ] {
         assert!(
             !reached.iter().any(|r| r == stolen),
             "{stolen} reached the pod: {reached:?}"

@@ -230,4 +230,33 @@ class MirrordServerIT {
                     "no error was shown: " + ui.notes());
         }
     }
+
+    @Test
+    void aKilledAgentIsShownAsAnErrorAndTheNextLaunchStartsAgain() throws Exception {
+        Path ws = workspace("ws-agent");
+        RecordingUi ui = new RecordingUi(this::pickOurTarget);
+        try (MirrordService mirrord = service(ui, "daemon-2.log")) {
+            LaunchRules.Launch serverLaunch = javaApp("stolen-server", ws, StolenServer.class.getName(), "80");
+            String sessionId = mirrord.prepareLaunch(ws.toString(), serverLaunch).session().sessionId();
+            mirrord.refreshSessions();
+            long agentPid = Waits.session(mirrord.sessions(), sessionId, e -> e.agentPid() != null, WAIT).agentPid();
+            ProcessHandle.of(agentPid).orElseThrow().destroyForcibly();
+            // The daemon reports it (sessionChanged error): a balloon, the session's state, a row.
+            RecordingUi.Note note = ui.waitNote(n -> n.level() == MirrordService.Level.ERROR && n.message().contains("agent exited"), WAIT);
+            assertTrue(note.message().startsWith("mirrord: "), note.message());
+            SessionsModel.Entry failed = Waits.session(mirrord.sessions(), sessionId, e -> e.state().equals(SessionsModel.ERROR), WAIT);
+            assertTrue(failed.message().contains("agent exited"), failed.message());
+            Waits.row(mirrord.traffic(), r -> r.kind() == TrafficModel.Kind.ERROR && r.sessionId().equals(sessionId), WAIT,
+                    "for the agent's death");
+            // The next launch gets a new session (and agent) on the same target, without asking.
+            MirrordService.Prepared again = mirrord.prepareLaunch(ws.toString(), serverLaunch);
+            assertNotEquals(sessionId, again.session().sessionId());
+            assertEquals(1, ui.pickerCalls().size());
+            try (Launched stolen = start(serverLaunch, again)) {
+                stolen.waitLine("listening 80", WAIT);
+                ClientNamespace.Answer alice = client.get("/alice-new-agent", "alice");
+                assertEquals("java-local", alice.servedBy(), alice.toString());
+            }
+        }
+    }
 }
