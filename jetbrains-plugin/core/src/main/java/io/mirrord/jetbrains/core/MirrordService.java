@@ -21,9 +21,10 @@ import java.util.concurrent.TimeUnit;
  * exits when the daemon's lifeline closes), so re-attaching means: the dead daemon's sessions
  * are shown as {@link SessionsModel#LOST} with the reason, the daemon is started again at once
  * (within the restart budget of {@link Daemon}), and the next launch of a run configuration
- * whose session was lost starts a new session on the same target — the target it used is
- * remembered per run configuration, so the picker does not ask again — and the lost entry
- * names its replacement. Rows of the lost session stay in the traffic table.
+ * whose session was lost starts a new session on the same target — the configuration file's
+ * target, or the one picked for this run configuration, which is remembered so the picker does
+ * not ask again — and the lost entry names its replacement. Rows of the lost session stay in
+ * the traffic table.
  */
 public final class MirrordService implements AutoCloseable {
     public static final Duration START_SESSION_TIMEOUT = Duration.ofSeconds(120);
@@ -145,7 +146,9 @@ public final class MirrordService implements AutoCloseable {
             return new Prepared(decision, null, null, false);
         }
         String key = launch.name() == null ? "" : launch.name();
-        Api.StartSessionParams params = LaunchRules.startSessionParams(workspaceFolder, launch, targetByLaunch.get(key));
+        // The configuration file's target (if any) comes first, so that editing it takes effect;
+        // a target chosen in the picker is only for configurations that name none.
+        Api.StartSessionParams params = LaunchRules.startSessionParams(workspaceFolder, launch, null);
         Api.StartSessionResult result;
         try {
             result = startSession(params);
@@ -153,17 +156,25 @@ public final class MirrordService implements AutoCloseable {
             if (e.kind() != ErrorKind.NO_TARGET) {
                 throw e;
             }
-            String target = pickTarget(workspaceFolder);
+            String remembered = targetByLaunch.get(key);
+            String target = remembered != null ? remembered : pickTarget(workspaceFolder);
             if (target == null) {
                 return new Prepared(decision, null, null, true);
             }
             params = params.withTarget(target);
-            result = startSession(params);
-        }
-        String target = params.target();
-        if (target != null) {
+            try {
+                result = startSession(params);
+            } catch (MirrordException failed) {
+                if (remembered == null || !(failed instanceof RpcException)) {
+                    throw failed;
+                }
+                // The remembered target may be gone (a restarted pod): ask again next time.
+                targetByLaunch.remove(key);
+                throw new MirrordException(failed.getMessage() + " (the next launch asks for the target again)", failed);
+            }
             targetByLaunch.put(key, target);
         }
+        String target = params.target();
         String previous = sessionByLaunch.put(key, result.sessionId());
         sessions.started(result, target == null ? "" : target, daemon.generation());
         if (previous != null && !previous.equals(result.sessionId())) {

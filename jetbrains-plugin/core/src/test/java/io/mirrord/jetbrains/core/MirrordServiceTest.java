@@ -62,6 +62,24 @@ class MirrordServiceTest {
     }
 
     @Test
+    void aRememberedTargetThatFailsIsForgottenAndAskedForAgain() throws Exception {
+        java.util.concurrent.atomic.AtomicInteger asked = new java.util.concurrent.atomic.AtomicInteger();
+        RecordingUi ui = new RecordingUi(items -> asked.getAndIncrement() == 0 ? "pid/once" : "pid/1");
+        MemoryState state = new MemoryState(true);
+        try (MirrordService s = new MirrordService(FakeDaemon.command(), ui, state)) {
+            assertTrue(s.prepareLaunch("/ws", launch("app", Map.of())).active());
+            MirrordException e = org.junit.jupiter.api.Assertions.assertThrows(MirrordException.class,
+                    () -> s.prepareLaunch("/ws", launch("app", Map.of())));
+            assertTrue(e.getMessage().contains("could not start a session on pid/once")
+                    && e.getMessage().contains("the next launch asks for the target again"), e.getMessage());
+            assertEquals(1, ui.pickerCalls().size(), "the remembered target was tried without asking");
+            assertTrue(s.prepareLaunch("/ws", launch("app", Map.of())).active());
+            assertEquals(2, ui.pickerCalls().size());
+            assertEquals(List.of("pid/1", "pid/once"), state.recentTargets());
+        }
+    }
+
+    @Test
     void aCancelledPickerCancelsTheLaunch() throws Exception {
         RecordingUi ui = new RecordingUi(items -> null);
         try (MirrordService s = new MirrordService(FakeDaemon.command(), ui, new MemoryState(true))) {

@@ -24,8 +24,9 @@ import java.util.List;
  *       {@code --impostor});
  *   <li>{@code mirrord/listTargets}: {@code pid/1} (available) and {@code pid/2} (not);
  *   <li>{@code mirrord/startSession}: without a target, the daemon's "no target" error; with
- *       target {@code pid/die}, half an answer and exit 3; otherwise a progress (create, begin,
- *       end) and a session {@code s-<pid>-<n>};
+ *       target {@code pid/die}, half an answer and exit 3; target {@code pid/once} works once,
+ *       then fails as a vanished process does; otherwise a progress (create, begin, end) and a
+ *       session {@code s-<pid>-<n>};
  *   <li>{@code mirrord/listSessions}: the sessions started; {@code shutdown}: null; {@code exit}:
  *       exit 0.
  * </ul>
@@ -52,6 +53,7 @@ public final class FakeDaemon {
         long pid = ProcessHandle.current().pid();
         List<JsonObject> sessions = new ArrayList<>();
         int progress = 0;
+        boolean onceUsed = false;
         while (true) {
             byte[] body = LspFraming.read(in);
             if (body == null) {
@@ -90,6 +92,17 @@ public final class FakeDaemon {
                         send(r);
                         continue;
                     }
+                    if (target.equals("pid/once") && onceUsed) {
+                        JsonObject error = new JsonObject();
+                        error.addProperty("code", 1);
+                        error.addProperty("message", "mirrord could not start a session on pid/once: no process 4242");
+                        JsonObject r = new JsonObject();
+                        r.add("id", id);
+                        r.add("error", error);
+                        send(r);
+                        continue;
+                    }
+                    onceUsed |= target.equals("pid/once");
                     if (target.equals("pid/die")) {
                         out.write("Content-Length: 80\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":".getBytes(StandardCharsets.US_ASCII));
                         out.flush();
