@@ -161,7 +161,7 @@ public final class JsonRpcClient implements AutoCloseable {
             try {
                 body = LspFraming.read(in);
             } catch (LspFraming.MalformedFrameException e) {
-                handler.onProtocolError(name + " sent " + e.getMessage());
+                report(name + " sent " + e.getMessage());
                 continue;
             } catch (EOFException e) {
                 reason = name + " stopped in the middle of a message (" + e.getMessage() + ")";
@@ -174,9 +174,23 @@ public final class JsonRpcClient implements AutoCloseable {
                 reason = name + " closed its output";
                 break;
             }
-            dispatch(body);
+            try {
+                dispatch(body);
+            } catch (RuntimeException e) {
+                // Invariant: nothing a handler does stops the reader, or pending requests would hang.
+                report("handling a message from " + name + " failed: " + e);
+            }
         }
         close(reason);
+    }
+
+    /** Tells the handler about unreadable input; a handler failure here is dropped. */
+    private void report(String problem) {
+        try {
+            handler.onProtocolError(problem);
+        } catch (RuntimeException ignored) {
+            // Nothing else to tell it with.
+        }
     }
 
     private void dispatch(byte[] body) {
@@ -184,12 +198,12 @@ public final class JsonRpcClient implements AutoCloseable {
         try {
             JsonElement parsed = JsonParser.parseString(new String(body, StandardCharsets.UTF_8));
             if (!(parsed instanceof JsonObject o) || !"2.0".equals(Json.str(o, "jsonrpc", null))) {
-                handler.onProtocolError(name + " sent something that is not a JSON-RPC 2.0 message: " + cut(body));
+                report(name + " sent something that is not a JSON-RPC 2.0 message: " + cut(body));
                 return;
             }
             msg = o;
         } catch (JsonParseException e) {
-            handler.onProtocolError(name + " sent a frame that is not JSON: " + cut(body));
+            report(name + " sent a frame that is not JSON: " + cut(body));
             return;
         }
         JsonElement id = msg.get("id");
@@ -198,14 +212,14 @@ public final class JsonRpcClient implements AutoCloseable {
             try {
                 handler.onNotification(method, msg.get("params"));
             } catch (RuntimeException e) {
-                handler.onProtocolError("handling " + method + " failed: " + e);
+                report("handling " + method + " failed: " + e);
             }
         } else if (method != null) {
             answerServerRequest(id, method, msg.get("params"));
         } else if (id instanceof JsonPrimitive p && p.isNumber()) {
             CompletableFuture<JsonElement> answer = pending.remove(p.getAsLong());
             if (answer == null) {
-                handler.onProtocolError(name + " answered request " + p + ", which is not pending");
+                report(name + " answered request " + p + ", which is not pending");
             } else if (msg.get("error") instanceof JsonObject error) {
                 answer.completeExceptionally(RpcException.of(error));
             } else if (msg.has("result")) {
@@ -216,7 +230,7 @@ public final class JsonRpcClient implements AutoCloseable {
         } else {
             // An error about a message the server could not read (id null), or an id we never use.
             String error = msg.get("error") instanceof JsonObject e ? Json.str(e, "message", "") : cut(body);
-            handler.onProtocolError(name + " reported: " + error);
+            report(name + " reported: " + error);
         }
     }
 

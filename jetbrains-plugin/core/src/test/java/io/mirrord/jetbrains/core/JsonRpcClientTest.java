@@ -40,6 +40,9 @@ class JsonRpcClientTest {
     private final JsonRpcClient.Handler handler = new JsonRpcClient.Handler() {
         @Override
         public void onNotification(String method, JsonElement params) {
+            if (method.equals("test/boom")) {
+                throw new IllegalStateException("boom");
+            }
             events.add("notification " + method + " " + params);
         }
 
@@ -137,6 +140,17 @@ class JsonRpcClientTest {
         serverWrites("{\"jsonrpc\":\"2.0\",\"method\":\"mirrord/sessionChanged\",\"params\":{\"n\":2}}");
         assertEquals("notification mirrord/traffic {\"n\":1}", nextEvent());
         assertEquals("notification mirrord/sessionChanged {\"n\":2}", nextEvent());
+    }
+
+    @Test
+    void aFailingHandlerDoesNotStopTheReader() throws Exception {
+        CompletableFuture<JsonElement> a = client.send("mirrord/listSessions", null);
+        JsonObject r = serverReads();
+        serverWrites("{\"jsonrpc\":\"2.0\",\"method\":\"test/boom\"}");
+        serverWrites("{\"jsonrpc\":\"2.0\",\"id\":" + r.get("id") + ",\"result\":7}");
+        assertEquals("7", a.get(10, TimeUnit.SECONDS).toString());
+        String e = nextEvent();
+        assertTrue(e.startsWith("protocol handling test/boom failed") && e.contains("boom"), e);
     }
 
     @Test
