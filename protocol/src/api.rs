@@ -108,6 +108,26 @@ pub struct SessionInfo {
     pub started_at: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_pid: Option<u32>,
+    /// Set when the session steals with a header filter: what the browser extension needs to
+    /// send matching requests ("mirrord: Debug from browser").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser: Option<BrowserSetup>,
+}
+
+/// How to set up the browser extension for a session whose steal has a `header_filter`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowserSetup {
+    /// The extension's options page with the session's header in its fragment.
+    pub link: String,
+    /// The `header_filter` as configured.
+    pub filter: String,
+    /// The header name and value that match the filter, when it names a single one; absent for
+    /// a filter that is a pattern (the user then types a value that matches it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

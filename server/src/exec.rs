@@ -8,7 +8,11 @@ use std::os::unix::process::ExitStatusExt;
 /// 128+signal like a shell).
 pub async fn exec(opts: SessionOptions, command: &[String]) -> Result<i32> {
     let (program, args) = command.split_first().context("no command given")?;
+    let browser = crate::browser::setup(&opts.config);
     let mut session = Session::start(opts).await?;
+    if let Some(setup) = &browser {
+        eprintln!("{}", crate::browser::offer_line(setup));
+    }
     let env = session.launch_env(std::env::var("LD_PRELOAD").ok().as_deref());
     let mut child = match tokio::process::Command::new(program)
         .args(args)

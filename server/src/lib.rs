@@ -6,6 +6,7 @@
 //! `MIRRORD_PROXY_ADDR`, and loopback TCP listeners that carry each outgoing TCP flow.
 
 pub mod agent;
+pub mod browser;
 pub mod cli;
 pub mod config_file;
 pub mod daemon;

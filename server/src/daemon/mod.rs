@@ -77,6 +77,8 @@ struct ManagedSession {
     shared: Arc<crate::proxy::ProxyShared>,
     agent_pid: u32,
     notifier: Arc<dyn Notifier>,
+    /// Debug from the browser: set when the session steals with a header filter.
+    browser: Option<mirrord_protocol::api::BrowserSetup>,
 }
 
 impl ManagedSession {
@@ -222,6 +224,7 @@ impl Daemon {
             Progress::Begin(format!("mirrord: starting the agent for {target}")),
         );
         let started = Instant::now();
+        let browser = crate::browser::setup(&config);
         let opts = SessionOptions {
             config,
             target: target.clone(),
@@ -267,6 +270,7 @@ impl Daemon {
             agent_pid: session.agent.pid,
             session: tokio::sync::Mutex::new(Some(session)),
             notifier: notifier.clone(),
+            browser,
         });
         self.sessions().insert(managed.id.clone(), managed.clone());
         if let Some(p) = &config_path {
@@ -390,6 +394,7 @@ impl Daemon {
                 processes: s.shared.processes(),
                 started_at: s.started_at,
                 agent_pid: Some(s.agent_pid),
+                browser: s.browser.clone(),
             })
             .collect();
         sessions.sort_by_key(|s| s.started_at);
