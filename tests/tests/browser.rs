@@ -1,0 +1,172 @@
+//! Debug from the browser, end to end: `mirrord exec` steals the pod's port 80 with a header
+//! filter and prints the browser extension's setup link; Chromium (headless, new mode) with the
+//! extension unpacked from the packed zip, in the `client` namespace, opens that link, adds the
+//! pod's URL pattern, turns the rule on and loads pages from the pod (answered by the local
+//! program), then turns it off (answered by the pod again).
+//!
+//! Ignored by default: it needs Chromium (`/usr/bin/chromium`) and the extension's npm packages
+//! (playwright-core); `browser-extension/scripts/test.sh` installs both and runs it.
+
+use mirrord_tests::{no_proxy, run_ok, target_dir_bin, Cluster};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+/// Upper bound for the whole browser run (Chromium's first start on a busy machine is slow).
+const BROWSER_RUN: Duration = Duration::from_secs(240);
+/// The system Python (the `python3` on PATH may be a pyenv shim).
+const PY: &str = "/usr/bin/python3";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// Packs the extension with its own script and unpacks the zip: what the browser loads is
+/// exactly what the zip holds.
+fn packed_extension(c: &Cluster) -> PathBuf {
+    let zip = c.workdir().join("mirrord-browser.zip");
+    run_ok(Command::new(repo().join("browser-extension/scripts/pack.sh")).arg(&zip)).unwrap();
+    let dir = c.workdir().join("extension");
+    run_ok(
+        Command::new(PY)
+            .args([
+                "-c",
+                "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])",
+            ])
+            .arg(&zip)
+            .arg(&dir),
+    )
+    .unwrap();
+    assert!(dir.join("manifest.json").exists());
+    dir
+}
+
+/// The `chrome-extension://` link in a line of `mirrord exec`'s output.
+fn link_in(line: &str) -> String {
+    line.split_whitespace()
+        .find(|w| w.starts_with("chrome-extension://"))
+        .unwrap_or_else(|| panic!("no link in {line:?}"))
+        .to_owned()
+}
+
+/// A text field of a step, without the surrounding whitespace pages add or drop.
+fn text<'a>(step: &'a Value, field: &str) -> &'a str {
+    step[field].as_str().unwrap_or_default().trim()
+}
+
+fn step<'a>(steps: &'a [Value], name: &str) -> &'a Value {
+    steps
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap_or_else(|| panic!("the browser run has no step {name:?}: {steps:?}"))
+}
+
+#[test]
+#[ignore = "needs Chromium and browser-extension/node_modules: run browser-extension/scripts/test.sh"]
+fn browser_extension_sends_the_session_header_only_while_on() {
+    let c = Cluster::start().unwrap();
+    let cfg = c.workdir().join("steal.json");
+    std::fs::write(
+        &cfg,
+        r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice"}}}}}"#,
+    )
+    .unwrap();
+
+    // The developer's program under mirrord, in dev.
+    let mut cmd = c.dev(target_dir_bin("mirrord"));
+    cmd.args(["exec", "-t", &format!("pid/{}", c.pod_pid()), "-f"])
+        .arg(&cfg)
+        .args(["--", PY, "-B"])
+        .arg(repo().join("tests/services/local_http.py"))
+        .arg("80")
+        .env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
+    no_proxy(&mut cmd);
+    let mut app = c.spawn(cmd).unwrap();
+    let offer = app.wait_stderr_line("chrome-extension://", WAIT).unwrap();
+    app.wait_line("listening", WAIT).unwrap();
+    let link = link_in(&offer);
+    assert!(
+        link.contains("#header=x-user&value=alice&"),
+        "the link does not carry the filter's header: {offer}"
+    );
+
+    let extension = packed_extension(&c);
+    let mut driver = c.client("node");
+    no_proxy(&mut driver)
+        .arg(repo().join("browser-extension/e2e/run.mjs"))
+        .env("E2E_EXTENSION_DIR", &extension)
+        .env("E2E_LINK", &link)
+        .env("E2E_POD_URL", format!("http://{}", Cluster::POD_IP))
+        .env("E2E_PROFILE", c.workdir().join("chromium-profile"))
+        .env("E2E_SHOTS", repo().join("target/browser-e2e"));
+    let mut run = c.spawn_named("browser-e2e", driver).unwrap();
+    let status = run.wait_timeout(BROWSER_RUN).unwrap();
+    let steps: Vec<Value> = run
+        .stdout_to_end(WAIT)
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the browser run failed ({status:?}): {steps:?}\n{}",
+        run.stderr_tail(40)
+    );
+
+    // Installed but not configured: the pod answers.
+    let before = step(&steps, "before");
+    assert_eq!(before["servedBy"], "pod", "{before}");
+    assert_eq!(text(before, "body"), "pod: GET /browser-before", "{before}");
+    // The link filled the form with the session's header, and left the rule off.
+    let form = step(&steps, "link");
+    assert_eq!(form["header"], "x-user", "{form}");
+    assert_eq!(form["value"], "alice", "{form}");
+    assert_eq!(form["filter"], "x-user: alice", "{form}");
+    assert_eq!(form["status"], "off", "{form}");
+    // On: the navigation and the page's own request reach the local program.
+    let on = step(&steps, "on");
+    assert_eq!(on["servedBy"], "local", "{on}");
+    assert_eq!(text(on, "body"), "local: GET /browser-on", "{on}");
+    let xhr = step(&steps, "xhr");
+    assert_eq!(xhr["servedBy"], "local", "{xhr}");
+    assert_eq!(text(xhr, "body"), "local: GET /browser-xhr", "{xhr}");
+    // Off: the pod again.
+    let off = step(&steps, "off");
+    assert_eq!(off["servedBy"], "pod", "{off}");
+    assert_eq!(text(off, "body"), "pod: GET /browser-off", "{off}");
+
+    // The program saw the stolen requests with the header the extension added, and the pod
+    // the others.
+    let seen: Vec<Value> = app
+        .stdout_lines()
+        .iter()
+        .filter(|l| l.contains("\"method\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for path in ["/browser-on", "/browser-xhr"] {
+        let r = seen
+            .iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("{path} did not reach the program: {seen:?}"));
+        assert_eq!(r["headers"]["x-user"], "alice", "{r}");
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|r| r["path"] == "/browser-before" || r["path"] == "/browser-off"),
+        "{seen:?}"
+    );
+    let pod = c.pod_requests();
+    for line in ["GET /browser-before", "GET /browser-off"] {
+        assert!(
+            pod.iter().any(|l| l == line),
+            "{line} missing at the pod: {pod:?}"
+        );
+    }
+    assert!(!pod.iter().any(|l| l == "GET /browser-on"), "{pod:?}");
+}
