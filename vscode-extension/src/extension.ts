@@ -17,6 +17,7 @@ import { applySession, decide, LaunchConfig, startSessionParams } from './logic/
 import { isNoTargetError, orderTargets, rememberTarget } from './logic/targets';
 import { TrafficStore } from './logic/traffic';
 import { messageOf, MirrordServer } from './server';
+import { debugFromBrowser } from './browserCommand';
 import { sessionIdOf, SessionsView } from './sessionsView';
 import { TrafficView } from './trafficView';
 
@@ -278,6 +279,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   reg('mirrord.clearTraffic', () => traffic.clear());
   reg('mirrord.refreshSessions', () => refreshSessions());
   reg('mirrord.showOutput', () => output.show(true));
+  reg('mirrord.debugFromBrowser', () => debugFromBrowser(srv, output));
   reg('mirrord.stopSession', async (arg?: unknown) => {
     let id = sessionIdOf(arg);
     if (!id) {

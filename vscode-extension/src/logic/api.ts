@@ -51,6 +51,16 @@ export interface SessionInfo {
   processes: ProcessInfo[];
   startedAt: number;
   agentPid?: number;
+  /** Set when the session steals with a header_filter ("mirrord: Debug from browser"). */
+  browser?: BrowserSetup;
+}
+
+/** How to set up the browser extension for a session (protocol/src/api.rs `BrowserSetup`). */
+export interface BrowserSetup {
+  link: string;
+  filter: string;
+  header?: string;
+  value?: string;
 }
 
 export interface ListSessionsResult {
