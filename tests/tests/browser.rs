@@ -170,3 +170,68 @@ fn browser_extension_sends_the_session_header_only_while_on() {
     }
     assert!(!pod.iter().any(|l| l == "GET /browser-on"), "{pod:?}");
 }
+
+/// The IDE's "mirrord: Debug from browser" reads the link from `mirrord/listSessions`: a
+/// session whose steal has a header filter carries it (here a pattern, so without a value), a
+/// session without one does not.
+#[test]
+fn daemon_lists_the_browser_setup_of_a_filtered_steal() {
+    use mirrord_tests::lsp_client::{Framing, RpcClient};
+    use serde_json::json;
+
+    let c = Cluster::start().unwrap();
+    let mut cmd = c.dev(target_dir_bin("mirrord-server"));
+    cmd.arg("--stdio")
+        .env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
+    let d = RpcClient::spawn(
+        "daemon",
+        cmd,
+        Framing::ContentLength,
+        &c.workdir().join("daemon.stderr"),
+    )
+    .unwrap();
+    d.call(
+        "initialize",
+        json!({"processId": null, "rootUri": null, "capabilities": {}}),
+    );
+    d.notify("initialized", json!({}));
+
+    let target = format!("pid/{}", c.pod_pid());
+    let filtered = c.workdir().join("filtered.json");
+    std::fs::write(
+        &filtered,
+        r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"^x-debug: .*"}}}}}"#,
+    )
+    .unwrap();
+    let mirror = c.workdir().join("mirror.json");
+    std::fs::write(&mirror, r#"{"feature":{"network":{"incoming":"mirror"}}}"#).unwrap();
+    let a = d.call(
+        "mirrord/startSession",
+        json!({"configPath": filtered, "target": target}),
+    );
+    let b = d.call(
+        "mirrord/startSession",
+        json!({"configPath": mirror, "target": target}),
+    );
+
+    let listed = d.call("mirrord/listSessions", json!({}));
+    let find = |s: &Value| {
+        listed["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["sessionId"] == s["sessionId"])
+            .unwrap_or_else(|| panic!("{s} not listed: {listed}"))
+            .clone()
+    };
+    let browser = &find(&a)["browser"];
+    assert_eq!(
+        browser,
+        &json!({
+            "link": "chrome-extension://hmjmnnhpoalhfbhncjafhgmdgijcijjh/options.html#filter=%5Ex-debug%3A+.*",
+            "filter": "^x-debug: .*",
+        }),
+        "{listed}"
+    );
+    assert!(find(&b).get("browser").is_none(), "{listed}");
+}
