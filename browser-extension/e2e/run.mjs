@@ -64,7 +64,12 @@ async function main() {
     const worker = context.serviceWorkers()[0] ?? (await context.waitForEvent('serviceworker', { timeout: 20000 }));
     const id = new URL(worker.url()).host;
     const linkId = new URL(LINK).host;
-    emit({ step: 'loaded', id, linkId });
+    // Installed: no host access until the user chooses a site.
+    const probe = await context.newPage();
+    await probe.goto(`chrome-extension://${id}/options.html`);
+    const granted = (await probe.evaluate(() => chrome.permissions.getAll())).origins;
+    await probe.close();
+    emit({ step: 'loaded', id, linkId, origins: granted });
     if (id !== linkId) throw new Error(`the extension loaded as ${id}, the link opens ${linkId}`);
 
     const site = await context.newPage();
@@ -95,18 +100,20 @@ async function main() {
       status: await opts.getAttribute('#status', 'data-state'),
     });
 
-    await opts.fill('#new-pattern', `${POD_URL}/*`);
+    // Only the pod's /app/ pages: the rule must leave the rest of the site alone.
+    await opts.fill('#new-pattern', `${POD_URL}/app/*`);
     await opts.click('#add-pattern');
-    await opts.locator('#patterns li', { hasText: `${POD_URL}/*` }).waitFor();
+    await opts.locator('#patterns li', { hasText: `${POD_URL}/app/*` }).waitFor();
     await opts.check('#enabled');
     await opts.locator('#status[data-state=on]').waitFor();
     emit({ step: 'on-status', text: await opts.textContent('#status') });
 
     await site.bringToFront();
-    await visit('on', '/browser-on');
+    await visit('outside', '/browser-outside');
+    await visit('on', '/app/browser-on');
     // A request the page itself makes (same origin, so the pattern covers its initiator too).
     const xhr = await site.evaluate(async () => {
-      const r = await fetch('/browser-xhr', { cache: 'no-store' });
+      const r = await fetch('/app/browser-xhr', { cache: 'no-store' });
       return { status: r.status, servedBy: r.headers.get('x-served-by'), body: await r.text() };
     });
     emit({ step: 'xhr', ...xhr });
@@ -117,7 +124,7 @@ async function main() {
     emit({ step: 'off-status', text: await opts.textContent('#status') });
 
     await site.bringToFront();
-    await visit('off', '/browser-off');
+    await visit('off', '/app/browser-off');
     emit({ step: 'done' });
   } catch (e) {
     for (const [i, p] of pages.entries()) {

@@ -1,7 +1,7 @@
 //! Debug from the browser, end to end: `mirrord exec` steals the pod's port 80 with a header
 //! filter and prints the browser extension's setup link; Chromium (headless, new mode) with the
-//! extension unpacked from the packed zip, in the `client` namespace, opens that link, adds the
-//! pod's URL pattern, turns the rule on and loads pages from the pod (answered by the local
+//! extension unpacked from the packed zip, in the `client` namespace, opens that link, adds a
+//! URL pattern for the pod's /app/ pages, turns the rule on and loads pages from the pod (answered by the local
 //! program), then turns it off (answered by the pod again).
 //!
 //! Ignored by default: it needs Chromium (`/usr/bin/chromium`) and the extension's npm packages
@@ -118,6 +118,9 @@ fn browser_extension_sends_the_session_header_only_while_on() {
         run.stderr_tail(40)
     );
 
+    // Installed: no host access by default.
+    let loaded = step(&steps, "loaded");
+    assert_eq!(loaded["origins"], serde_json::json!([]), "{loaded}");
     // Installed but not configured: the pod answers.
     let before = step(&steps, "before");
     assert_eq!(before["servedBy"], "pod", "{before}");
@@ -128,17 +131,25 @@ fn browser_extension_sends_the_session_header_only_while_on() {
     assert_eq!(form["value"], "alice", "{form}");
     assert_eq!(form["filter"], "x-user: alice", "{form}");
     assert_eq!(form["status"], "off", "{form}");
+    // On, outside the chosen pattern (http://10.244.0.10/app/*): the pod.
+    let outside = step(&steps, "outside");
+    assert_eq!(outside["servedBy"], "pod", "{outside}");
+    assert_eq!(
+        text(outside, "body"),
+        "pod: GET /browser-outside",
+        "{outside}"
+    );
     // On: the navigation and the page's own request reach the local program.
     let on = step(&steps, "on");
     assert_eq!(on["servedBy"], "local", "{on}");
-    assert_eq!(text(on, "body"), "local: GET /browser-on", "{on}");
+    assert_eq!(text(on, "body"), "local: GET /app/browser-on", "{on}");
     let xhr = step(&steps, "xhr");
     assert_eq!(xhr["servedBy"], "local", "{xhr}");
-    assert_eq!(text(xhr, "body"), "local: GET /browser-xhr", "{xhr}");
+    assert_eq!(text(xhr, "body"), "local: GET /app/browser-xhr", "{xhr}");
     // Off: the pod again.
     let off = step(&steps, "off");
     assert_eq!(off["servedBy"], "pod", "{off}");
-    assert_eq!(text(off, "body"), "pod: GET /browser-off", "{off}");
+    assert_eq!(text(off, "body"), "pod: GET /app/browser-off", "{off}");
 
     // The program saw the stolen requests with the header the extension added, and the pod
     // the others.
@@ -148,7 +159,7 @@ fn browser_extension_sends_the_session_header_only_while_on() {
         .filter(|l| l.contains("\"method\""))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    for path in ["/browser-on", "/browser-xhr"] {
+    for path in ["/app/browser-on", "/app/browser-xhr"] {
         let r = seen
             .iter()
             .find(|r| r["path"] == path)
@@ -156,19 +167,28 @@ fn browser_extension_sends_the_session_header_only_while_on() {
         assert_eq!(r["headers"]["x-user"], "alice", "{r}");
     }
     assert!(
-        !seen
-            .iter()
-            .any(|r| r["path"] == "/browser-before" || r["path"] == "/browser-off"),
+        !seen.iter().any(
+            |r| ["/browser-before", "/browser-outside", "/app/browser-off"]
+                .contains(&r["path"].as_str().unwrap_or_default())
+        ),
         "{seen:?}"
     );
     let pod = c.pod_requests();
-    for line in ["GET /browser-before", "GET /browser-off"] {
+    for line in [
+        "GET /browser-before",
+        "GET /browser-outside",
+        "GET /app/browser-off",
+    ] {
         assert!(
             pod.iter().any(|l| l == line),
             "{line} missing at the pod: {pod:?}"
         );
     }
-    assert!(!pod.iter().any(|l| l == "GET /browser-on"), "{pod:?}");
+    assert!(
+        !pod.iter()
+            .any(|l| l == "GET /app/browser-on" || l == "GET /app/browser-xhr"),
+        "{pod:?}"
+    );
 }
 
 /// The IDE's "mirrord: Debug from browser" reads the link from `mirrord/listSessions`: a
