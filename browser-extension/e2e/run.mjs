@@ -106,7 +106,12 @@ async function main() {
     await opts.locator('#patterns li', { hasText: `${POD_URL}/app/*` }).waitFor();
     await opts.check('#enabled');
     await opts.locator('#status[data-state=on]').waitFor();
-    emit({ step: 'on-status', text: await opts.textContent('#status') });
+    emit({
+      step: 'on-status',
+      text: await opts.textContent('#status'),
+      origins: (await opts.evaluate(() => chrome.permissions.getAll())).origins,
+      rules: (await opts.evaluate(() => chrome.declarativeNetRequest.getDynamicRules())).length,
+    });
 
     await site.bringToFront();
     await visit('outside', '/browser-outside');
@@ -125,6 +130,16 @@ async function main() {
 
     await site.bringToFront();
     await visit('off', '/app/browser-off');
+
+    // Removing the pattern gives the site's access back.
+    await opts.bringToFront();
+    await opts.click(`#patterns li:has-text("${POD_URL}/app/*") button`);
+    await opts.locator('#patterns li').first().waitFor({ state: 'detached' });
+    emit({
+      step: 'removed',
+      origins: (await opts.evaluate(() => chrome.permissions.getAll())).origins,
+      rules: (await opts.evaluate(() => chrome.declarativeNetRequest.getDynamicRules())).length,
+    });
     emit({ step: 'done' });
   } catch (e) {
     for (const [i, p] of pages.entries()) {

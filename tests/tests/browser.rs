@@ -131,6 +131,14 @@ fn browser_extension_sends_the_session_header_only_while_on() {
     assert_eq!(form["value"], "alice", "{form}");
     assert_eq!(form["filter"], "x-user: alice", "{form}");
     assert_eq!(form["status"], "off", "{form}");
+    // On: access to the chosen site only, one rule.
+    let on_status = step(&steps, "on-status");
+    assert_eq!(
+        on_status["origins"],
+        serde_json::json!(["http://10.244.0.10/*"]),
+        "{on_status}"
+    );
+    assert_eq!(on_status["rules"], 1, "{on_status}");
     // On, outside the chosen pattern (http://10.244.0.10/app/*): the pod.
     let outside = step(&steps, "outside");
     assert_eq!(outside["servedBy"], "pod", "{outside}");
@@ -150,6 +158,11 @@ fn browser_extension_sends_the_session_header_only_while_on() {
     let off = step(&steps, "off");
     assert_eq!(off["servedBy"], "pod", "{off}");
     assert_eq!(text(off, "body"), "pod: GET /app/browser-off", "{off}");
+
+    // Removing the pattern removed its rule and gave the site's access back.
+    let removed = step(&steps, "removed");
+    assert_eq!(removed["origins"], serde_json::json!([]), "{removed}");
+    assert_eq!(removed["rules"], 0, "{removed}");
 
     // The program saw the stolen requests with the header the extension added, and the pod
     // the others.
