@@ -25,9 +25,15 @@ struct TargetArgs {
     /// Configuration file (default: $MIRRORD_CONFIG_FILE).
     #[arg(short = 'f', long = "config-file")]
     config_file: Option<PathBuf>,
-    /// Target: pid/PID or netns/NAME (pod/..., deployment/... need a cluster connection).
+    /// Target: pod/NAME[/container/C], deployment/NAME[/container/C], statefulset/NAME,
+    /// replicaset/NAME, job/NAME, cronjob/NAME, service/NAME, rollout/NAME or targetless (in
+    /// the cluster of the kubeconfig); pid/PID or netns/NAME (on this machine).
     #[arg(short = 't', long)]
     target: Option<String>,
+    /// Kubernetes namespace of the target (default: $MIRRORD_TARGET_NAMESPACE, the
+    /// configuration's target.namespace, else the kube context's).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
     /// Path of libmirrord_layer.so (default: $MIRRORD_LAYER_FILE, else next to this binary).
     #[arg(long)]
     layer: Option<PathBuf>,
@@ -133,23 +139,33 @@ fn session_options(
         .clone()
         .or_else(|| config.target.as_ref().and_then(|t| t.path.clone()))
         .context(
-            "no target: pass -t pid/PID or netns/NAME, or set \"target\" in the configuration",
+            "no target: pass -t (e.g. deployment/NAME, pod/NAME, targetless, pid/PID), or set \
+             \"target\" in the configuration",
         )?;
     let target = TargetPath::parse(&target_spec).map_err(anyhow::Error::msg)?;
+    // A cluster agent is an image, not a binary on this machine.
+    let agent_bin = if target.is_kubernetes() {
+        args.agent.clone().unwrap_or_default()
+    } else {
+        paths::agent_path(args.agent.as_deref())?
+    };
     Ok(SessionOptions {
         config,
         target,
-        agent_bin: paths::agent_path(args.agent.as_deref())?,
+        namespace: args.namespace.clone(),
+        agent_bin,
         layer_path: paths::layer_path(args.layer.as_deref())?,
         runtime_dir: paths::runtime_dir()?,
+        progress: None,
     })
 }
 
-async fn start(opts: SessionOptions) -> Result<Session> {
+async fn start(mut opts: SessionOptions) -> Result<Session> {
     let step = Step::start(&format!("starting the agent for {}", opts.target));
+    opts.progress = Some(step.reporter());
     match Session::start(opts).await {
         Ok(s) => {
-            step.done(&format!("agent ready (pid {})", s.agent.pid));
+            step.done(&format!("agent ready ({})", s.agent.describe()));
             Ok(s)
         }
         Err(e) => {

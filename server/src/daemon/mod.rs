@@ -75,7 +75,9 @@ struct ManagedSession {
     env: BTreeMap<String, String>,
     session: tokio::sync::Mutex<Option<Session>>,
     shared: Arc<crate::proxy::ProxyShared>,
-    agent_pid: u32,
+    agent_pid: Option<u32>,
+    /// Where the agent runs, for messages.
+    agent_desc: String,
     notifier: Arc<dyn Notifier>,
 }
 
@@ -131,11 +133,46 @@ impl Daemon {
             .ok_or_else(|| ApiError(format!("no session {id}")))
     }
 
-    pub fn list_targets(&self, params: ListTargetsParams) -> Result<ListTargetsResult, ApiError> {
-        let _ = params;
+    /// The targets to offer: with a usable kubeconfig, the namespace's cluster targets (and the
+    /// namespaces to switch to), else the targets on this machine.
+    pub async fn list_targets(
+        &self,
+        params: ListTargetsParams,
+    ) -> Result<ListTargetsResult, ApiError> {
+        let start = StartSessionParams {
+            workspace_folder: params.workspace_folder.clone(),
+            config_path: params.config_path.clone(),
+            ..Default::default()
+        };
+        let config = match resolve_config_path(&start) {
+            Some(p) => config_file::load(&p)?,
+            None => MirrordConfig::default(),
+        };
+        let settings = crate::kube::client::KubeSettings::from_config(&config);
+        if !settings.kubeconfig_exists() {
+            return Ok(ListTargetsResult {
+                targets: targets::local_targets(),
+                namespaces: None,
+            });
+        }
+        let connection = settings
+            .connect()
+            .await
+            .map_err(|e| ApiError(format!("{e:#}")))?;
+        let namespace = crate::kube::client::target_namespace(
+            params.namespace.as_deref(),
+            &config,
+            &connection.context_namespace,
+        );
+        let list = crate::kube::targets::list(&connection.client, &namespace)
+            .await
+            .map_err(|e| ApiError(format!("{e:#}")))?;
+        let namespaces = crate::kube::targets::namespaces(&connection.client)
+            .await
+            .unwrap_or_else(|| vec![namespace.clone()]);
         Ok(ListTargetsResult {
-            targets: targets::local_targets(),
-            namespaces: None,
+            targets: list,
+            namespaces: Some(namespaces),
         })
     }
 
@@ -222,12 +259,19 @@ impl Daemon {
             Progress::Begin(format!("mirrord: starting the agent for {target}")),
         );
         let started = Instant::now();
+        let report_to = notifier.clone();
+        let report_token = token.clone();
         let opts = SessionOptions {
             config,
             target: target.clone(),
+            namespace: None,
             agent_bin: self.opts.agent_bin.clone(),
             layer_path: self.opts.layer_path.clone(),
             runtime_dir: self.opts.runtime_dir.clone(),
+            progress: Some(Arc::new(move |note: crate::kube::StartNote<'_>| {
+                let (crate::kube::StartNote::Step(m) | crate::kube::StartNote::Notice(m)) = note;
+                report_to.progress(&report_token, Progress::Report(m.to_owned()))
+            })),
         };
         let session = match Session::start(opts).await {
             Ok(s) => s,
@@ -264,7 +308,8 @@ impl Daemon {
             state: Mutex::new("starting".into()),
             env: env.clone(),
             shared: session.shared.clone(),
-            agent_pid: session.agent.pid,
+            agent_pid: session.agent.pid(),
+            agent_desc: session.agent.describe(),
             session: tokio::sync::Mutex::new(Some(session)),
             notifier: notifier.clone(),
         });
@@ -272,10 +317,7 @@ impl Daemon {
         if let Some(p) = &config_path {
             self.watch(p);
         }
-        managed.set_state(
-            "ready",
-            Some(format!("agent pid {} on {target}", managed.agent_pid)),
-        );
+        managed.set_state("ready", Some(format!("{} on {target}", managed.agent_desc)));
         self.clone().supervise(managed.clone());
         Ok(StartSessionResult {
             session_id: managed.id.clone(),
@@ -313,10 +355,10 @@ impl Daemon {
                     return;
                 };
                 // Has the agent died? (try_wait does not block.)
-                if let Some(status) = session.agent.try_exit() {
+                if let Some(why) = session.agent.try_exit(&session.control) {
                     drop(guard);
                     let msg = format!(
-                        "the agent exited ({status}); programs of this session get connection errors. Start the session again."
+                        "{why}; programs of this session get connection errors. Start the session again."
                     );
                     s.shared.traffic.emit(TrafficEvent::Error {
                         time: now_ms(),
@@ -389,7 +431,7 @@ impl Daemon {
                 ports: s.shared.incoming.ports(),
                 processes: s.shared.processes(),
                 started_at: s.started_at,
-                agent_pid: Some(s.agent_pid),
+                agent_pid: s.agent_pid,
             })
             .collect();
         sessions.sort_by_key(|s| s.started_at);
