@@ -192,6 +192,7 @@ pub(crate) async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Response<Bo
         ));
     }
     let path = req.uri().path().to_string();
+    tracing::debug!(method = %req.method(), uri = %req.uri(), "API request");
     let query = Query::parse(req.uri().query());
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let found = |v: Option<Value>| match v {

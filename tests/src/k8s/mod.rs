@@ -30,7 +30,9 @@
 //! - `dev_cmd(program) -> Command` (developer namespace: loopback only, the API is on its
 //!   127.0.0.1), `client_cmd(program) -> Command` (a namespace on the pod network, to send
 //!   traffic to pods), `pod_cmd(ns, pod, program) -> Result<Command>` (inside a pod's network
-//!   namespace); `ns_dev()`, `ns_client()`, `id()`, `workdir()`.
+//!   namespace); `ns_dev()`, `ns_client()`, `id()`, `workdir()`;
+//!   `run_in_dev(f) -> Result<T>` runs a closure on a thread inside the dev namespace (e.g. a
+//!   kube-rs client on a current-thread runtime, to check the API from a test).
 //! - `pod_ip(ns, name) -> Option<Ipv4Addr>`, `pod_netns(ns, name) -> Option<String>`,
 //!   `service_ip(ns, name) -> Option<Ipv4Addr>`, `pods_of(ns, label_selector) -> Vec<String>`.
 //! - Inspection (the stored JSON, as the API returns it): `get(plural, ns, name) ->
@@ -437,6 +439,15 @@ impl SimCluster {
     /// `program` inside the developer's namespace (`ip netns exec`, pid is `program`'s).
     pub fn dev_cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         self.sim.net.cmd(&self.sim.net.ns_dev, program)
+    }
+    /// Runs `f` on a thread inside the developer's namespace and returns its result: sockets
+    /// it makes (e.g. a kube-rs client on a current-thread runtime) live in that namespace, so
+    /// they reach the API and nothing else.
+    pub fn run_in_dev<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        net::in_netns(&self.sim.net.ns_dev, move || Ok(f()))
     }
     /// `program` inside the client namespace (on the pod network).
     pub fn client_cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {

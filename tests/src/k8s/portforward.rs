@@ -228,7 +228,7 @@ where
                 Message::Binary(data) if data.len() > 1 => {
                     let ch = data[0] as usize;
                     // Odd channels are error channels: nothing to do with client text there.
-                    if ch % 2 != 0 {
+                    if !ch.is_multiple_of(2) {
                         continue;
                     }
                     let Some(Some(w)) = writers.get_mut(ch / 2) else {
