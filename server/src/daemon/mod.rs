@@ -216,8 +216,18 @@ impl Daemon {
                 ApiError("no target: choose one (mirrord/listTargets) or set \"target\" in the configuration".into())
             })?;
         let target = TargetPath::parse(&target_spec).map_err(ApiError)?;
+        // The picker's namespace, else the launch's MIRRORD_TARGET_NAMESPACE (the daemon's own
+        // environment is not the launch's).
+        let namespace = params.namespace.clone().or_else(|| {
+            params
+                .launch
+                .as_ref()
+                .and_then(|l| l.env.get(mirrord_protocol::config::TARGET_NAMESPACE_ENV))
+                .cloned()
+        });
         let key = format!(
-            "{target}|{}|{}",
+            "{target}|{}|{}|{}",
+            namespace.as_deref().unwrap_or_default(),
             config_path
                 .as_deref()
                 .map(|p| p.display().to_string())
@@ -264,7 +274,7 @@ impl Daemon {
         let opts = SessionOptions {
             config,
             target: target.clone(),
-            namespace: None,
+            namespace,
             agent_bin: self.opts.agent_bin.clone(),
             layer_path: self.opts.layer_path.clone(),
             runtime_dir: self.opts.runtime_dir.clone(),

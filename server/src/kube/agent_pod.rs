@@ -3,7 +3,7 @@
 //! and removal of whatever was created.
 
 use super::resolve::{describe_kube_error, ResolvedTarget};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStatus, EphemeralContainer, Pod};
@@ -378,13 +378,50 @@ impl KubeAgent {
                 "targetless: the agent runs as a Job (an ephemeral container needs a pod)"
             );
         }
+        // The watch starts before anything is created, so that no change of the agent's pod
+        // is missed (admission may delete it the moment it exists).
+        let (watch_namespace, watch_config) = match (&plan.target, ephemeral) {
+            (Some(t), true) => (
+                t.namespace.clone(),
+                watcher::Config::default().fields(&format!("metadata.name={}", t.pod)),
+            ),
+            _ => (
+                plan.namespace.clone(),
+                watcher::Config::default().labels(&format!("{JOB_NAME_LABEL}={}", plan.name)),
+            ),
+        };
+        let mut events = watcher(
+            Api::<Pod>::namespaced(client.clone(), &watch_namespace),
+            watch_config,
+        )
+        .default_backoff()
+        .boxed();
+        let listed = tokio::time::timeout_at(deadline.into(), async {
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("watching the agent's pod: {e}"),
+                }
+            }
+            Err(anyhow!("the watch of the agent's pod ended"))
+        })
+        .await;
+        match listed {
+            Ok(r) => r.context("watching pods before creating the agent")?,
+            Err(_) => bail!(
+                "the Kubernetes API did not list pods in namespace {watch_namespace} within {} s \
+                 (agent.startup_timeout)",
+                timeout.as_secs()
+            ),
+        }
         let mut agent = if ephemeral {
             Self::create_ephemeral(client, &plan, progress).await?
         } else {
             Self::create_job(client, &plan, progress).await?
         };
         let waited = agent
-            .wait_ready(ephemeral, &plan, deadline, timeout, progress)
+            .wait_ready(events, ephemeral, &plan, deadline, timeout, progress)
             .await;
         match waited {
             Ok(pod) => {
@@ -480,6 +517,7 @@ impl KubeAgent {
     /// line; fails fast on image pull errors, a failed pod, or the pod being deleted.
     async fn wait_ready(
         &self,
+        mut events: futures::stream::BoxStream<'static, watcher::Result<watcher::Event<Pod>>>,
         ephemeral: bool,
         plan: &AgentPlan,
         deadline: Instant,
@@ -489,12 +527,7 @@ impl KubeAgent {
         let mut last = String::new();
         let image = plan.image();
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let selector = match &self.job {
-            Some(job) => watcher::Config::default().labels(&format!("{JOB_NAME_LABEL}={job}")),
-            None => watcher::Config::default().fields(&format!("metadata.name={}", self.pod)),
-        };
         let watch = async {
-            let mut events = watcher(pods.clone(), selector).default_backoff().boxed();
             let mut seen: Option<String> = None;
             while let Some(event) = events.next().await {
                 let event = match event {
