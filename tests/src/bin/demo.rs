@@ -139,11 +139,13 @@ fn run() -> Result<()> {
         ],
     );
     use std::os::unix::process::CommandExt;
+    let app_log = sim.workdir().join("local-server.log");
     let mut app = app
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        // Its stderr (mirrord's messages, Python's KeyboardInterrupt at the end) goes to a log.
+        .stderr(std::fs::File::create(&app_log)?)
         .spawn()
         .context("starting mirrord exec")?;
     let stdout = app.stdout.take().context("piped stdout")?;
@@ -151,7 +153,10 @@ fn run() -> Result<()> {
     let listening = lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("listening")));
     if listening.is_none() {
         let _ = app.kill();
-        bail!("the local server never listened");
+        bail!(
+            "the local server never listened: {}",
+            std::fs::read_to_string(&app_log).unwrap_or_default()
+        );
     }
     // Keep draining its output.
     std::thread::spawn(move || for _ in lines {});
