@@ -696,3 +696,139 @@ fn targetless_reaches_the_cluster_and_refuses_incoming() {
     assert!(err.contains("targetless agent has no pod"), "{err}");
     assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after targetless");
 }
+
+/// The IDE daemon with a kubeconfig: `mirrord/listTargets` lists the namespace's cluster
+/// targets with `available` and the namespaces; `startSession` on a deployment in the picked
+/// namespace reports `$/progress` steps, its environment reaches the cluster, and
+/// `stopSession` removes the agent.
+#[test]
+fn the_daemon_lists_cluster_targets_and_starts_a_session_on_one() {
+    use mirrord_tests::lsp_client::{Framing, RpcClient};
+    use serde_json::json;
+    let sim = sim();
+    let mut server = sim.dev_cmd(target_dir_bin("mirrord-server"));
+    server
+        .args(["--stdio", "--log-level", "debug", "--log-file"])
+        .arg(sim.workdir().join("daemon.log"))
+        .env("KUBECONFIG", sim.kubeconfig())
+        .env("MIRRORD_RUNTIME_DIR", sim.workdir().join("run"))
+        .env_remove("MIRRORD_TARGET_NAMESPACE");
+    let d = RpcClient::spawn(
+        "daemon",
+        server,
+        Framing::ContentLength,
+        &sim.workdir().join("daemon.stderr"),
+    )
+    .unwrap();
+    d.call(
+        "initialize",
+        json!({"processId": null, "rootUri": null,
+               "capabilities": {"window": {"workDoneProgress": true}}}),
+    );
+    d.notify("initialized", json!({}));
+
+    let listed = d.call("mirrord/listTargets", json!({"namespace": "payments"}));
+    let targets = listed["targets"].as_array().unwrap();
+    let available = |path: &str| {
+        targets
+            .iter()
+            .find(|t| t["path"] == path)
+            .unwrap_or_else(|| panic!("{path} not listed: {listed}"))["available"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(available("deployment/payment-api"));
+    assert!(
+        available("deployment/half-ready"),
+        "one of its pods is ready"
+    );
+    assert!(available("statefulset/ledger"));
+    assert!(available("rollout/canary-rollout"));
+    assert!(available("service/payment-service"));
+    assert!(
+        !available("service/orphan-service"),
+        "its selector matches nothing"
+    );
+    assert!(available("pod/meshed-api"));
+    let not_ready = targets
+        .iter()
+        .find(|t| {
+            t["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("pod/half-ready-"))
+                && t["available"] == false
+        })
+        .is_some();
+    assert!(
+        not_ready,
+        "the not-ready pod is listed as not available: {listed}"
+    );
+    assert!(available("targetless"));
+    let namespaces: Vec<&str> = listed["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(
+        namespaces.contains(&"payments") && namespaces.contains(&"default"),
+        "{namespaces:?}"
+    );
+    // Another namespace lists its own (none of payments' workloads).
+    let other = d.call("mirrord/listTargets", json!({"namespace": "default"}));
+    assert!(
+        !other["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["path"] == "deployment/payment-api"),
+        "{other}"
+    );
+
+    let started = d.call(
+        "mirrord/startSession",
+        json!({"target": "deployment/payment-api", "namespace": "payments"}),
+    );
+    let sid = started["sessionId"].as_str().expect("a session").to_owned();
+    let reports: Vec<String> = d
+        .notifications()
+        .iter()
+        .filter(|n| n["method"] == "$/progress" && n["params"]["value"]["kind"] == "report")
+        .filter_map(|n| n["params"]["value"]["message"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.contains("resolving deployment/payment-api")),
+        "{reports:?}"
+    );
+    assert!(
+        reports.iter().any(|r| r.contains("agent pod")),
+        "{reports:?}"
+    );
+    let mut launch = sim.dev_cmd("/usr/bin/env");
+    for var in started["envToUnset"].as_array().unwrap() {
+        launch.arg("-u").arg(var.as_str().unwrap());
+    }
+    for (k, v) in started["env"].as_object().unwrap() {
+        launch.arg(format!("{k}={}", v.as_str().unwrap()));
+    }
+    launch.args([
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "http://payment-service:8080/",
+    ]);
+    no_proxy(&mut launch);
+    let out = run(launch);
+    assert_eq!(
+        text(&out.stdout),
+        "payment-service: hello\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(agent_jobs(&sim, "payments").len(), 1);
+    d.call("mirrord/stopSession", json!({"sessionId": sid}));
+    assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after stopSession");
+}
