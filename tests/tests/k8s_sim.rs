@@ -578,3 +578,65 @@ fn ephemeral_container_runs_in_the_target_pods_network_namespace() {
     assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
     assert_eq!(sim.agent_pods().len(), 1);
 }
+
+#[test]
+fn hostile_bytes_close_only_their_own_connection() {
+    let sim = start();
+    let pod = sim.pods_of("payments", "app=payment-api").remove(0);
+    // Plain text to the TLS port, then a WebSocket upgrade followed by garbage frames: each
+    // connection is closed, the server keeps serving.
+    let script = r#"
+import socket, ssl, sys
+port, token, pod = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+s.sendall(b"\x16\x03\x01garbage\r\n\r\n" * 50)
+try:
+    while s.recv(4096):
+        pass
+except OSError:
+    pass
+s.close()
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+t.sendall((
+    f"GET /api/v1/namespaces/payments/pods/{pod}/portforward?ports=80 HTTP/1.1\r\n"
+    f"Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\n"
+    "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n").encode())
+head = t.recv(4096)
+assert head.startswith(b"HTTP/1.1 101"), head
+t.sendall(b"\xff" * 4096)
+closed = False
+try:
+    while True:
+        if not t.recv(4096):
+            closed = True
+            break
+except OSError:
+    closed = True
+print("closed" if closed else "open")
+"#;
+    let out = sim
+        .dev_cmd("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(sim.api_port().to_string())
+        .arg(sim.token())
+        .arg(&pod)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "closed");
+    let name = with_client(&sim, move |client| async move {
+        let pods: Api<Pod> = Api::namespaced(client, "payments");
+        pods.get(&pod).await.unwrap().metadata.name.unwrap()
+    });
+    assert!(name.starts_with("payment-api-"));
+}

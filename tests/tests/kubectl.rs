@@ -178,6 +178,24 @@ fn kubectl_reads_pods_deployments_and_jobs() {
     );
     let not_ready = find("Pod", "half-ready-6d5f8b7c9d-bbbbb");
     assert_eq!(not_ready["status"]["containerStatuses"][0]["ready"], false);
+
+    // The human view (server-side Table) shows readiness and status per pod.
+    let table = kubectl(&sim, &["get", "pods", "-l", "app=half-ready"]);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][..3], ["NAME", "READY", "STATUS"], "{table}");
+    assert_eq!(
+        rows[1][..3],
+        ["half-ready-6d5f8b7c9d-bbbbb", "0/1", "Running"],
+        "{table}"
+    );
+    assert_eq!(
+        rows[2][..3],
+        ["half-ready-6d5f8b7c9d-ccccc", "1/1", "Running"],
+        "{table}"
+    );
 }
 
 #[test]

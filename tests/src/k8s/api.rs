@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::resources::{self, Resource};
 use super::selector::{FieldSelector, LabelSelector};
-use super::{jobs, kubelet, net, portforward, util, Sim};
+use super::{jobs, kubelet, net, portforward, table, util, Sim};
 
 /// Response bodies: whole JSON documents, or streams (watch, log follow).
 pub(crate) type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -322,6 +322,13 @@ async fn resource_request(
         (Some("ephemeralcontainers"), Some(name), &Method::GET)
         | (Some("status"), Some(name), &Method::GET)
         | (None, Some(name), &Method::GET) => match sim.store.get(r.plural, ns, name) {
+            Some(obj) if sub.is_none() && table::wanted(&accept(&req)) => {
+                let rv = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                json_response(200, &table::table(r, &[obj], rv))
+            }
             Some(obj) => json_response(200, &obj),
             None => status_response(util::not_found(&r.qualified(), r.plural, r.group, name)),
         },
@@ -341,7 +348,8 @@ async fn resource_request(
             if query.flag("watch") {
                 watch(sim, r, ns, &query)
             } else {
-                list(&sim, r, ns, &query)
+                let as_table = table::wanted(&accept(&req));
+                list(&sim, r, ns, &query, as_table)
             }
         }
         (None, None, &Method::POST) => {
@@ -395,6 +403,14 @@ async fn resource_request(
     }
 }
 
+fn accept(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 fn content_type(req: &Request<Incoming>) -> String {
     req.headers()
         .get(hyper::header::CONTENT_TYPE)
@@ -424,7 +440,13 @@ fn selectors(query: &Query) -> Result<(LabelSelector, FieldSelector), Value> {
     Ok((labels, fields))
 }
 
-fn list(sim: &Sim, r: &'static Resource, ns: &str, query: &Query) -> Response<Body> {
+fn list(
+    sim: &Sim,
+    r: &'static Resource,
+    ns: &str,
+    query: &Query,
+    as_table: bool,
+) -> Response<Body> {
     let (labels, fields) = match selectors(query) {
         Ok(s) => s,
         Err(s) => return status_response(s),
@@ -434,6 +456,9 @@ fn list(sim: &Sim, r: &'static Resource, ns: &str, query: &Query) -> Response<Bo
         .into_iter()
         .filter(|o| labels.matches(&o["metadata"]["labels"]) && fields.matches(o))
         .collect();
+    if as_table {
+        return json_response(200, &table::table(r, &items, rv));
+    }
     json_response(
         200,
         &json!({

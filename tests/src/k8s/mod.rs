@@ -122,6 +122,7 @@ mod resources;
 mod seed;
 mod selector;
 mod store;
+mod table;
 mod tls;
 mod util;
 
