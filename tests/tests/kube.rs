@@ -529,6 +529,20 @@ fn unresolvable_targets_say_why_and_what_to_do() {
         }
         assert!(agents_left(&sim).is_empty(), "{target}");
     }
+    // `mirrord ls` lists the namespace's targets with the same kubeconfig.
+    let out = run(mirrord(&sim, &["ls", "-n", "payments"]));
+    let listed = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        listed.lines().any(|l| l == "deployment/payment-api"),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l == "service/orphan-service (not available: no ready pod)"),
+        "{listed}"
+    );
 }
 
 /// Forbidden Job creation, an image that cannot be pulled, the pod deleted by admission, and an
@@ -831,4 +845,24 @@ fn the_daemon_lists_cluster_targets_and_starts_a_session_on_one() {
     assert_eq!(agent_jobs(&sim, "payments").len(), 1);
     d.call("mirrord/stopSession", json!({"sessionId": sid}));
     assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after stopSession");
+}
+
+/// The API server cuts every port-forward (as a restarting API server or proxy does): the
+/// session reports that it lost its agent instead of hanging, and its end still removes the
+/// agent.
+#[test]
+fn a_cut_port_forward_is_reported_and_the_agent_still_goes() {
+    let sim = sim();
+    let cfg = config(&sim, "ttl.json", r#"{"agent": {"ttl": 1}}"#);
+    let mut session = hold_session(
+        &sim,
+        "deployment/payment-api",
+        &["-f", cfg.to_str().unwrap()],
+    );
+    sim.drop_port_forwards();
+    let lost = session.wait_stderr("was lost");
+    assert!(lost.contains("can no longer reach the target"), "{lost}");
+    let _ = session.interrupt();
+    drop(session);
+    assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after the session ended");
 }

@@ -78,11 +78,18 @@ enum Command {
         #[arg(long)]
         mirror: bool,
     },
-    /// List the targets on this machine.
+    /// List the targets: the namespace's in the cluster when a kubeconfig exists, else the
+    /// ones on this machine.
     Ls {
         /// One JSON document instead of a list.
         #[arg(long)]
         json: bool,
+        /// Kubernetes namespace to list (default: as for a target).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Configuration file (its kubeconfig keys and target.namespace apply).
+        #[arg(short = 'f', long = "config-file")]
+        config_file: Option<PathBuf>,
     },
     /// Check a configuration file; errors are printed as FILE:LINE:COLUMN: MESSAGE.
     VerifyConfig {
@@ -230,16 +237,48 @@ fn run(cli: Cli) -> Result<i32> {
                 result.map(|_| 0)
             })
         }
-        Command::Ls { json } => {
-            let targets = mirrord_server::daemon::targets::local_targets();
+        Command::Ls {
+            json,
+            namespace,
+            config_file,
+        } => {
+            let config_path =
+                config_file.or_else(|| std::env::var_os("MIRRORD_CONFIG_FILE").map(PathBuf::from));
+            let config = match &config_path {
+                Some(p) => config_file::load(p)?,
+                None => MirrordConfig::default(),
+            };
+            let settings = mirrord_server::kube::client::KubeSettings::from_config(&config);
+            let (targets, namespaces) = if settings.kubeconfig_exists() {
+                runtime()?.block_on(async {
+                    let connection = settings.connect().await?;
+                    let ns = mirrord_server::kube::client::target_namespace(
+                        namespace.as_deref(),
+                        &config,
+                        &connection.context_namespace,
+                    );
+                    let targets =
+                        mirrord_server::kube::targets::list(&connection.client, &ns).await?;
+                    let namespaces =
+                        mirrord_server::kube::targets::namespaces(&connection.client).await;
+                    anyhow::Ok((targets, namespaces))
+                })?
+            } else {
+                (mirrord_server::daemon::targets::local_targets(), None)
+            };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "targets": targets }))?
-                );
+                let mut doc = serde_json::json!({ "targets": targets });
+                if let Some(ns) = namespaces {
+                    doc["namespaces"] = serde_json::json!(ns);
+                }
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 for t in targets {
-                    println!("{}", t.path);
+                    if t.available {
+                        println!("{}", t.path);
+                    } else {
+                        println!("{} (not available: no ready pod)", t.path);
+                    }
                 }
             }
             Ok(0)
