@@ -163,6 +163,14 @@ fn fixtures_run_real_processes_found_by_container_id() {
     let half = sim.get("deployments", "payments", "half-ready").unwrap();
     assert_eq!(half["status"]["readyReplicas"], 1);
     assert_eq!(half["status"]["replicas"], 2);
+
+    // Deleting a pod kills its processes and the deployment's status follows.
+    let netns = sim.pod_netns("payments", &pods[0]).unwrap();
+    sim.delete("pods", "payments", &pods[0]).unwrap();
+    assert!(sim.get("pods", "payments", &pods[0]).is_none());
+    assert!(!std::path::Path::new("/run/netns").join(&netns).exists());
+    let api = sim.get("deployments", "payments", "payment-api").unwrap();
+    assert_eq!(api["status"]["readyReplicas"], 1, "{api}");
 }
 
 #[test]

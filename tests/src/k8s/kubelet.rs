@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::net::{in_netns, PodNet};
-use super::{jobs, util, Sim};
+use super::{jobs, util, workloads, Sim};
 use crate::cluster::lock;
 
 /// How long a pull error shows `ErrImagePull` before `ImagePullBackOff`.
@@ -26,6 +26,10 @@ const PULL_BACKOFF_AFTER: Duration = Duration::from_millis(800);
 /// How long after creation a pod rejected by the "Pod Security" fault is deleted.
 const ADMISSION_DELETE_AFTER: Duration = Duration::from_millis(200);
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// After this long without success a probe slows down to [`SLOW_PROBE_INTERVAL`] (a pod meant
+/// never to be ready should not cost a thread every 100 ms).
+const PROBE_FAST_FOR: Duration = Duration::from_secs(5);
+const SLOW_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// The node's address as pods report it (`status.hostIP`; nothing listens there).
 const HOST_IP: &str = "10.244.0.1";
 pub(crate) const NODE_NAME: &str = "sim-node";
@@ -316,6 +320,7 @@ fn publish(sim: &Arc<Sim>, ns: &str, pod: &str) {
     if let Some(job) = updated["metadata"]["labels"]["job-name"].as_str() {
         jobs::sync_status(sim, ns, job);
     }
+    workloads::refresh_status(sim, ns);
 }
 
 /// Runs a pod that is already in the store (as created through the API): network, images,
@@ -661,6 +666,7 @@ async fn probe_until_ready(
     port: u16,
     started: String,
 ) {
+    let probing_since = std::time::Instant::now();
     loop {
         if !sim.kubelet.is_live(&ns, &pod, &uid) {
             return;
@@ -692,7 +698,12 @@ async fn probe_until_ready(
             }
             return;
         }
-        tokio::time::sleep(PROBE_INTERVAL).await;
+        let interval = if probing_since.elapsed() < PROBE_FAST_FOR {
+            PROBE_INTERVAL
+        } else {
+            SLOW_PROBE_INTERVAL
+        };
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -798,6 +809,7 @@ pub(crate) async fn delete_pod(sim: &Arc<Sim>, ns: &str, name: &str) -> Option<V
     if let Some(job) = marked["metadata"]["labels"]["job-name"].as_str() {
         jobs::sync_status(sim, ns, job);
     }
+    workloads::refresh_status(sim, ns);
     deleted
 }
 

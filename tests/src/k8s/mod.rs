@@ -63,9 +63,9 @@
 //! - pod `meshed-api`: containers `istio-proxy` (first, a sleeping process) and `app` (HTTP 80);
 //! - pod `annotated-api`: annotation `kubectl.kubernetes.io/default-container: main`, containers
 //!   `helper` (sleeping) then `main` (HTTP 80);
-//! - deployment `half-ready` (`app=half-ready`): pod `half-ready-<hash>-aaaaa` Running but not
+//! - deployment `half-ready` (`app=half-ready`): pod `half-ready-6d5f8b7c9d-bbbbb` Running but not
 //!   ready (its readiness probe checks a port nothing listens on), then pod
-//!   `half-ready-<hash>-bbbbb` ready (HTTP 80);
+//!   `half-ready-6d5f8b7c9d-ccccc` ready (HTTP 80);
 //! - statefulset `ledger` with pod `ledger-0`; replicaset `worker` with one pod; job
 //!   `batch-report` with one running pod; cronjob `nightly` whose active job `nightly-29000000`
 //!   has one running pod (all HTTP 80);
@@ -102,11 +102,20 @@
 //! a Job with `propagationPolicy` `Background` or `Foreground` deletes its pods; without one (or
 //! `Orphan`) they are left, as the real API does for batch/v1 Jobs. Deleting a pod kills its
 //! processes and removes its namespace (a MODIFIED event with `deletionTimestamp`, then
-//! DELETED). Deployments, replicasets and statefulsets created through the API get no pods
-//! (there is no controller for them); their seeded status is computed from their pods.
+//! DELETED). Deployments, replicasets and statefulsets get no pods from the simulator (there
+//! is no scheduling controller: pods of workloads created through the API must be created too);
+//! their `status` (replicas, readyReplicas, ...) follows the pods their selector matches.
 //! An ephemeral container added through `pods/NAME/ephemeralcontainers` (PUT or PATCH) runs in
 //! the pod's network namespace (cgroup of its own), is reported in
 //! `status.ephemeralContainerStatuses`, and its log is `log?container=NAME`.
+//!
+//! ## What is not served
+//! `/openapi/v2` (kubectl's client-side validation: use `kubectl create --validate=false`),
+//! aggregated discovery, server-side apply and JSON patch (except `add` on
+//! `pods/NAME/ephemeralcontainers`), `deletecollection`, SPDY port-forward (kubectl 1.20's
+//! `port-forward`), `exec`/`attach`, events, nodes. Services created through the API get a
+//! ClusterIP but no DNS name and nothing answers on it (the fixtures' services do). Lists ignore
+//! `limit` (everything comes in one page). `kubectl get` gets server-side Tables.
 //!
 //! ## Port-forward
 //! `pods/NAME/portforward?ports=P[,Q]` upgrades to WebSocket `v4.channel.k8s.io` and connects
@@ -125,6 +134,7 @@ mod store;
 mod table;
 mod tls;
 mod util;
+mod workloads;
 
 use std::fs;
 use std::net::Ipv4Addr;

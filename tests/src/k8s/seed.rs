@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::{jobs, kubelet, util, Sim};
+use super::{jobs, kubelet, util, workloads, Sim};
 use crate::cluster::services_dir;
 
 /// Image of the fixtures' Python services (runs /usr/bin/python3).
@@ -486,67 +486,6 @@ pub(crate) async fn wait_ready(sim: &Arc<Sim>, timeout: Duration) -> Result<()> 
     let net_sim = sim.clone();
     tokio::task::spawn_blocking(move || net_sim.net.add_address(&netns, ip)).await??;
 
-    refresh_workload_status(sim);
+    workloads::refresh_status(sim, NS);
     Ok(())
-}
-
-/// Sets `status` of the fixtures' deployments, replicasets and statefulsets from their pods.
-fn refresh_workload_status(sim: &Arc<Sim>) {
-    let pods = sim.store.list("pods", Some(NS)).0;
-    for plural in ["deployments", "replicasets", "statefulsets"] {
-        for w in sim.store.list(plural, Some(NS)).0 {
-            let Some(name) = w["metadata"]["name"].as_str() else {
-                continue;
-            };
-            let Some(selector) = w["spec"]["selector"]["matchLabels"].as_object() else {
-                continue;
-            };
-            let mine: Vec<&Value> = pods
-                .iter()
-                .filter(|p| {
-                    selector
-                        .iter()
-                        .all(|(k, v)| &p["metadata"]["labels"][k.as_str()] == v)
-                })
-                .collect();
-            let ready = mine
-                .iter()
-                .filter(|p| {
-                    p["status"]["conditions"].as_array().is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
-                })
-                .count();
-            let total = mine.len();
-            let now = util::now();
-            let status = match plural {
-                "deployments" => json!({
-                    "observedGeneration": 1, "replicas": total, "updatedReplicas": total,
-                    "readyReplicas": ready, "availableReplicas": ready,
-                    "unavailableReplicas": total - ready,
-                    "conditions": [
-                        {"type": "Available", "status": if ready > 0 { "True" } else { "False" },
-                         "reason": "MinimumReplicasAvailable",
-                         "message": "Deployment has minimum availability.",
-                         "lastUpdateTime": now, "lastTransitionTime": now},
-                        {"type": "Progressing", "status": "True",
-                         "reason": "NewReplicaSetAvailable",
-                         "message": format!("ReplicaSet \"{name}\" has successfully progressed."),
-                         "lastUpdateTime": now, "lastTransitionTime": now}]
-                }),
-                "replicasets" => json!({
-                    "observedGeneration": 1, "replicas": total, "fullyLabeledReplicas": total,
-                    "readyReplicas": ready, "availableReplicas": ready,
-                }),
-                _ => json!({
-                    "observedGeneration": 1, "replicas": total, "readyReplicas": ready,
-                    "currentReplicas": total, "updatedReplicas": total,
-                    "availableReplicas": ready, "currentRevision": format!("{name}-1"),
-                    "updateRevision": format!("{name}-1"), "collisionCount": 0,
-                }),
-            };
-            sim.store.update(plural, NS, name, |o| o["status"] = status);
-        }
-    }
 }
