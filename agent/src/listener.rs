@@ -36,6 +36,8 @@ pub struct AgentState {
     pub targetless: bool,
     /// How many control channels are open now; the communication timeout watches it.
     pub sessions: tokio::sync::watch::Sender<usize>,
+    /// control channel --"the session ended"--> main (exits)
+    pub shutdown: tokio::sync::Notify,
 }
 
 impl AgentState {
@@ -229,6 +231,12 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
                     AgentResponse::Unsubscribed
                 }
                 AgentRequest::Ping => AgentResponse::Pong,
+                AgentRequest::Shutdown => {
+                    tracing::info!("the session ended, exiting");
+                    // notify_one keeps the permit if main is not waiting yet.
+                    state.shutdown.notify_one();
+                    AgentResponse::ShuttingDown
+                }
             };
             let _ = message_tx
                 .send(AgentMessage::Response {

@@ -138,6 +138,7 @@ fn run() -> Result<()> {
             event_sinks: Default::default(),
             targetless: target.is_targetless(),
             sessions: tokio::sync::watch::Sender::new(0),
+            shutdown: tokio::sync::Notify::new(),
         });
         let mut data_addrs = Vec::new();
         for l in data_listeners {
@@ -177,6 +178,8 @@ fn run() -> Result<()> {
                 }
             }
         };
+        let shutdown_state = state.clone();
+        let ended = async move { shutdown_state.shutdown.notified().await };
         let serve = listener::serve(listener, state);
         let stdin_closed = async {
             if args.exit_on_stdin_eof {
@@ -193,6 +196,7 @@ fn run() -> Result<()> {
                 tracing::info!("server went away (stdin closed), exiting");
                 Ok(())
             }
+            _ = ended => Ok(()),
             _ = abandoned => {
                 tracing::info!("no session for the communication timeout, exiting");
                 Ok(())

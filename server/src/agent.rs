@@ -20,6 +20,9 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 
+/// How long a cluster agent may take to acknowledge the end of its session.
+const SHUTDOWN_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long the agent may take to report ready.
 pub const AGENT_START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -168,12 +171,24 @@ impl AgentHandle {
         }
     }
 
-    /// Ends the agent: a local one exits (removing its rules); a cluster one's Job and pod are
-    /// deleted (the agent removes its rules on SIGTERM).
-    pub async fn stop(self) {
+    /// Ends the agent: a local one exits (removing its rules); a cluster one is told the session
+    /// ended (it removes its rules and exits, which is the only way an ephemeral container
+    /// goes), then its Job and pod are deleted.
+    pub async fn stop(self, control: Option<&AgentControl>) {
         match self {
             AgentHandle::Local(p) => p.stop().await,
-            AgentHandle::Kube(k) => k.delete().await,
+            AgentHandle::Kube(k) => {
+                if let Some(control) = control {
+                    // Best effort: an agent that is already gone cannot answer, and the Job's
+                    // deletion (or the communication timeout) ends it anyway.
+                    let _ = tokio::time::timeout(
+                        SHUTDOWN_ANSWER_TIMEOUT,
+                        control.request(AgentRequest::Shutdown),
+                    )
+                    .await;
+                }
+                k.delete().await
+            }
         }
     }
 }

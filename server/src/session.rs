@@ -100,7 +100,7 @@ impl Session {
             Err(e) => {
                 // Invariant: a failed start leaves no agent behind (a cluster agent's Job
                 // would otherwise wait for its communication timeout).
-                agent.stop().await;
+                agent.stop(None).await;
                 return Err(e.context("opening the agent's control channel"));
             }
         };
@@ -140,7 +140,7 @@ impl Session {
         let proxy = match proxy {
             Ok(p) => p,
             Err(e) => {
-                agent.stop().await;
+                agent.stop(Some(&control)).await;
                 return Err(e);
             }
         };
@@ -178,6 +178,6 @@ impl Session {
 
     pub async fn stop(self) {
         drop(self.proxy);
-        self.agent.stop().await;
+        self.agent.stop(Some(&self.control)).await;
     }
 }

@@ -315,9 +315,10 @@ fn local_app(sim: &SimCluster, cfg: &Path, target: &str) -> Bg {
 /// port-forward, all on deployment/payment-api, each leaving nothing behind.
 fn deployment_target_end_to_end(ephemeral: bool) {
     let sim = sim();
-    // A short communication timeout: an ephemeral agent cannot be deleted, it leaves by itself.
-    let agent =
-        format!(r#""agent": {{"ephemeral": {ephemeral}, "ttl": 1, "communication_timeout": 3}}"#);
+    // The default communication timeout (30 s) is far beyond ttl + 5 s: every end below is a
+    // normal one (or Ctrl-C) and must remove the agent by itself, ephemeral ones included
+    // (which cannot be deleted: the session tells the agent to exit).
+    let agent = format!(r#""agent": {{"ephemeral": {ephemeral}, "ttl": 1}}"#);
     let base = config(&sim, "base.json", &format!("{{{agent}}}"));
     let base_arg = base.to_str().unwrap();
 
@@ -347,7 +348,7 @@ fn deployment_target_end_to_end(ephemeral: bool) {
         text(&out.stderr)
     );
     assert!(out.status.success());
-    assert_agents_gone_within(&sim, Duration::from_secs(3 + 1 + 5), "after exec ended");
+    assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after exec ended");
 
     // Steal with a header filter: matching requests reach the local program, the rest the pod.
     let steal = config(
@@ -382,7 +383,7 @@ fn deployment_target_end_to_end(ephemeral: bool) {
     drop(app);
     let (by, _) = curl(&sim, &url, &["x-debug: me"]);
     assert_eq!(by, pod, "the pod serves its own traffic again");
-    assert_agents_gone_within(&sim, Duration::from_secs(3 + 1 + 5), "after the steal");
+    assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after the steal");
 
     // Mirror: the pod answers, the local program gets a copy.
     let mirror = config(
@@ -397,7 +398,7 @@ fn deployment_target_end_to_end(ephemeral: bool) {
     assert!(copy.contains("GET"), "{copy}");
     let _ = app.interrupt();
     drop(app);
-    assert_agents_gone_within(&sim, Duration::from_secs(3 + 1 + 5), "after the mirror");
+    assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after the mirror");
 
     // dump: both directions of a request to the pod.
     let mut dump = Bg::spawn(mirrord(
@@ -422,7 +423,7 @@ fn deployment_target_end_to_end(ephemeral: bool) {
     let (status, _) = dump.interrupt();
     assert!(status.success(), "{status}");
     drop(dump);
-    assert_agents_gone_within(&sim, Duration::from_secs(3 + 1 + 5), "after dump's Ctrl-C");
+    assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after dump's Ctrl-C");
 
     // port-forward -L through the pod to a cluster service by name.
     let mut pf = Bg::spawn(mirrord(
@@ -454,7 +455,7 @@ fn deployment_target_end_to_end(ephemeral: bool) {
     let (status, _) = pf.interrupt();
     assert!(status.success(), "{status}");
     drop(pf);
-    assert_agents_gone_within(&sim, Duration::from_secs(3 + 1 + 5), "after port-forward");
+    assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after port-forward");
 }
 
 #[test]
