@@ -867,3 +867,69 @@ fn a_cut_port_forward_is_reported_and_the_agent_still_goes() {
     drop(session);
     assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after the session ended");
 }
+
+/// The namespace comes from `-n`, else `MIRRORD_TARGET_NAMESPACE`, else `target.namespace`, else
+/// the kube context's.
+#[test]
+fn the_namespace_comes_from_the_config_the_environment_or_the_context() {
+    let sim = sim();
+    let curl = [
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "http://payment-service:8080/",
+    ];
+    let in_config = config(
+        &sim,
+        "ns.json",
+        r#"{"target": {"path": "deployment/payment-api", "namespace": "payments"}, "agent": {"ttl": 1}}"#,
+    );
+    let mut args = vec!["exec", "-f", in_config.to_str().unwrap()];
+    args.extend(curl);
+    let out = run(mirrord(&sim, &args));
+    assert_eq!(
+        text(&out.stdout),
+        "payment-service: hello\n",
+        "{}",
+        text(&out.stderr)
+    );
+
+    let no_namespace = config(
+        &sim,
+        "no-ns.json",
+        r#"{"target": "deployment/payment-api", "agent": {"ttl": 1}}"#,
+    );
+    let mut args = vec!["exec", "-f", no_namespace.to_str().unwrap()];
+    args.extend(curl);
+    let mut cmd = mirrord(&sim, &args);
+    cmd.env("MIRRORD_TARGET_NAMESPACE", "payments");
+    let out = run(cmd);
+    assert_eq!(
+        text(&out.stdout),
+        "payment-service: hello\n",
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The environment beats the kube context's namespace...
+    let mut cmd = mirrord(&sim, &args);
+    cmd.env("MIRRORD_TARGET_NAMESPACE", "default");
+    let out = run(cmd);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("deployment/payment-api was not found in namespace default"),
+        "{err}"
+    );
+    // ... which applies when nothing else names one (the sim's context names `payments`).
+    let out = run(mirrord(&sim, &args));
+    assert_eq!(
+        text(&out.stdout),
+        "payment-service: hello\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after the sessions");
+}
