@@ -648,3 +648,39 @@ print("closed" if closed else "open")
     });
     assert!(name.starts_with("payment-api-"));
 }
+
+#[test]
+fn a_service_created_through_the_api_resolves_and_reaches_its_pod() {
+    let sim = start();
+    with_client(&sim, |client| async move {
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(client, "payments");
+        let svc = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "ledger-svc"},
+            "spec": {"selector": {"app": "ledger"},
+                     "ports": [{"port": 80, "targetPort": 80}]}
+        }))
+        .unwrap();
+        services.create(&PostParams::default(), &svc).await.unwrap();
+    });
+    let ip = sim.service_ip("payments", "ledger-svc").unwrap();
+    // dnsmasq re-reads its hosts file on SIGHUP, asynchronously: poll for the answer.
+    let resolves = |sim: &SimCluster| {
+        let out = sim
+            .client_cmd("getent")
+            .args(["hosts", "ledger-svc.payments.svc.cluster.local"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).starts_with(&format!("{ip} "))
+    };
+    eventually("the service's name resolves", || resolves(&sim));
+    let out = sim
+        .client_cmd("curl")
+        .args(["-sS", "-m", "5", "http://ledger-svc.payments/x"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ledger-0: GET /x\n");
+    sim.delete("services", "payments", "ledger-svc").unwrap();
+    eventually("the deleted service's name is gone", || !resolves(&sim));
+}

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::resources::{self, Resource};
 use super::selector::{FieldSelector, LabelSelector};
-use super::{jobs, kubelet, net, portforward, table, util, Sim};
+use super::{jobs, kubelet, net, portforward, services, table, util, Sim};
 
 /// Response bodies: whole JSON documents, or streams (watch, log follow).
 pub(crate) type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -883,7 +883,13 @@ pub(crate) async fn create_object(
             if object["spec"]["type"].is_null() {
                 object["spec"]["type"] = json!("ClusterIP");
             }
-            sim.store.create("services", ns, object).ok_or_else(exists)
+            let svc = sim
+                .store
+                .create("services", ns, object)
+                .ok_or_else(exists)?;
+            services::sync_dns(sim);
+            services::back_with_pod(sim, ns, &name).await;
+            Ok(svc)
         }
         "namespaces" => {
             object["status"] = json!({"phase": "Active"});
@@ -944,14 +950,20 @@ pub(crate) async fn delete_object(
                 .delete("namespaces", "", name)
                 .ok_or_else(not_found)
         }
-        plural => sim
-            .store
-            .delete(
-                resources::by_plural(plural).plural,
-                if r.namespaced { ns } else { "" },
-                name,
-            )
-            .ok_or_else(not_found),
+        plural => {
+            let deleted = sim
+                .store
+                .delete(
+                    resources::by_plural(plural).plural,
+                    if r.namespaced { ns } else { "" },
+                    name,
+                )
+                .ok_or_else(not_found);
+            if plural == "services" {
+                services::sync_dns(sim);
+            }
+            deleted
+        }
     }
 }
 

@@ -109,6 +109,12 @@
 //! the pod's network namespace (cgroup of its own), is reported in
 //! `status.ephemeralContainerStatuses`, and its log is `log?container=NAME`.
 //!
+//! ## Services
+//! Every Service's name (`NAME.NS.svc.cluster.local`) resolves to its ClusterIP in the cluster
+//! DNS, also for services created through the API. There is no kube-proxy: the ClusterIP is
+//! added to the interface of the first running pod the selector matches when the service is
+//! created (no pod then: nothing answers on it), so connections to it reach that pod only.
+//!
 //! ## What is not served
 //! `/openapi/v2` (kubectl's client-side validation: use `kubectl create --validate=false`),
 //! aggregated discovery, server-side apply and JSON patch (except `add` on
@@ -130,6 +136,7 @@ mod portforward;
 mod resources;
 mod seed;
 mod selector;
+mod services;
 mod store;
 mod table;
 mod tls;
@@ -339,6 +346,11 @@ impl SimCluster {
             seed::dnsmasq_conf(&self.sim.net.id, &self.sim.workdir),
         )
         .context("writing dnsmasq.conf")?;
+        fs::write(
+            self.sim.workdir.join(services::HOSTS_FILE),
+            seed::fixture_hosts(),
+        )
+        .context("writing the services' hosts file")?;
         let log = fs::File::create(self.sim.workdir.join("logs/dnsmasq.log"))?;
         let mut cmd = self
             .sim

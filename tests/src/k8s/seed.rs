@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::{jobs, kubelet, util, workloads, Sim};
+use super::{jobs, kubelet, services, util, workloads, Sim};
 use crate::cluster::services_dir;
 
 /// Image of the fixtures' Python services (runs /usr/bin/python3).
@@ -36,16 +36,31 @@ pub(crate) fn dnsmasq_conf(id: &str, workdir: &Path) -> String {
          pid-file={pid}\n\
          log-facility=-\n\
          log-queries\n\
-         host-record={PAYMENT_SERVICE_FQDN},{PAYMENT_SERVICE_IP}\n\
-         host-record=orphan-service.payments.svc.cluster.local,{ORPHAN_SERVICE_IP}\n\
          host-record=kubernetes.default.svc.cluster.local,{KUBERNETES_SERVICE_IP}\n\
+         # Every Service's name (rewritten as services come and go; SIGHUP re-reads it).\n\
+         addn-hosts={hosts}\n\
          # Authoritative for everything: unknown names are NXDOMAIN, not REFUSED.\n\
          address=/#/\n\
          bogus-priv\n\
          domain-needed\n",
         dns = super::net::DNS_IP,
         pid = workdir.join("dnsmasq.pid").display(),
+        hosts = workdir.join(services::HOSTS_FILE).display(),
     )
+}
+
+/// The hosts file of the fixtures' services, as [`services::sync_dns`] writes it once they are
+/// stored (written before dnsmasq starts, so the first answers are right and no SIGHUP is
+/// needed while dnsmasq may still be starting).
+pub(crate) fn fixture_hosts() -> String {
+    services::hosts_lines(&[
+        (
+            NS.into(),
+            "payment-service".into(),
+            PAYMENT_SERVICE_IP.into(),
+        ),
+        (NS.into(), "orphan-service".into(), ORPHAN_SERVICE_IP.into()),
+    ])
 }
 
 /// Checks `v` is a valid `T` and returns it as the API would serialize it.
@@ -470,22 +485,13 @@ pub(crate) async fn wait_ready(sim: &Arc<Sim>, timeout: Duration) -> Result<()> 
         let _ = tokio::time::timeout(Duration::from_millis(200), rv_rx.changed()).await;
     }
 
-    let svc_pod = sim
-        .store
-        .list("pods", Some(NS))
-        .0
-        .into_iter()
-        .find(|p| p["metadata"]["labels"]["app"] == "payment-service")
-        .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
-        .context("payment-service has no pod")?;
-    let netns = sim
-        .kubelet
-        .netns(NS, &svc_pod)
-        .context("payment-service's pod has no network namespace")?;
-    let ip = PAYMENT_SERVICE_IP.parse().context("service address")?;
-    let net_sim = sim.clone();
-    tokio::task::spawn_blocking(move || net_sim.net.add_address(&netns, ip)).await??;
-
+    // The fixtures' ClusterIPs, each answered by a pod its service selects.
+    services::sync_dns(sim);
+    for svc in sim.store.list("services", Some(NS)).0 {
+        if let Some(name) = svc["metadata"]["name"].as_str() {
+            services::back_with_pod(sim, NS, name).await;
+        }
+    }
     workloads::refresh_status(sim, NS);
     Ok(())
 }
