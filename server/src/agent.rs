@@ -423,6 +423,28 @@ impl AgentControl {
         ))
     }
 
+    /// Pings the agent every `every` while the channel is used by anyone else, so that an idle
+    /// control channel is not closed by a proxy or load balancer on the way (a port-forward
+    /// passes through the API server and whatever is in front of it).
+    pub fn keep_alive(&self, every: Duration) {
+        // Weak: the pings must not keep the channel open once the session dropped it.
+        let request_tx = self.request_tx.downgrade();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(tx) = request_tx.upgrade() else {
+                    return;
+                };
+                let (answer_tx, answer_rx) = oneshot::channel();
+                let sent = tx.send((AgentRequest::Ping, answer_tx)).await;
+                drop(tx);
+                if sent.is_err() || answer_rx.await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     /// Whether the channel to the agent has closed.
     pub fn is_closed(&self) -> bool {
         *self.closed_rx.borrow()

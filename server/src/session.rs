@@ -10,6 +10,9 @@ use mirrord_protocol::config::{MirrordConfig, TargetPath};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// How often an idle control channel to a cluster agent is pinged.
+const KEEP_ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Environment variable carrying the agent's token (read and removed by the agent at start).
 pub const AGENT_TOKEN_ENV: &str = "MIRRORD_AGENT_TOKEN";
 
@@ -104,6 +107,9 @@ impl Session {
                 return Err(e.context("opening the agent's control channel"));
             }
         };
+        if let AgentHandle::Kube(_) = &agent {
+            control.keep_alive(KEEP_ALIVE_EVERY);
+        }
         let traffic = Arc::new(TrafficLog::default());
         let incoming = IncomingRouter::new(
             opts.config.feature.network.incoming.clone(),

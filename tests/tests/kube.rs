@@ -579,6 +579,16 @@ fn agent_start_failures_fail_fast_with_their_own_message_and_leave_nothing() {
     };
     let timeout = r#"{"agent": {"startup_timeout": 10}}"#;
 
+    // Port-forwarding forbidden: the agent starts, the session cannot reach it, says why, and
+    // removes it.
+    sim.forbid("create", "pods/portforward", "payments");
+    attempt(
+        timeout,
+        &["cannot port-forward to the agent", "pods/portforward"],
+        Duration::from_secs(10),
+    );
+    sim.allow_all();
+
     sim.forbid("create", "jobs", "payments");
     attempt(
         timeout,
