@@ -868,3 +868,17 @@ pub(crate) fn start_ephemeral(sim: &Arc<Sim>, ns: &str, pod_name: &str, spec: &V
     }
     publish(sim, ns, pod_name);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    #[test]
+    fn expands_env_references_like_the_kubelet() {
+        let env = vec![("POD".to_string(), "api-1".to_string())];
+        assert_eq!(expand("--name=$(POD)", &env), "--name=api-1");
+        assert_eq!(expand("$(MISSING)/x", &env), "$(MISSING)/x");
+        assert_eq!(expand("$$(POD) costs $5", &env), "$(POD) costs $5");
+        assert_eq!(expand("$(POD", &env), "$(POD");
+    }
+}

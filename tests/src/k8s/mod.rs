@@ -201,14 +201,19 @@ impl ImageRule {
         if self.image == image {
             return true;
         }
-        let repo = image.split('@').next().unwrap_or(image);
-        // The tag is after the last ':' that follows the last '/' (a registry may have a port).
-        let last_slash = repo.rfind('/').map_or(0, |i| i + 1);
-        let repo = match repo[last_slash..].rfind(':') {
-            Some(i) => &repo[..last_slash + i],
-            None => repo,
-        };
-        !self.image.contains(':') && self.image == repo
+        // A rule without a tag (or digest) matches every tag of its repository.
+        repository(&self.image) == self.image && repository(image) == self.image
+    }
+}
+
+/// `image` without its tag and digest (`localhost:5000/agent:1` → `localhost:5000/agent`).
+fn repository(image: &str) -> &str {
+    let repo = image.split('@').next().unwrap_or(image);
+    // The tag is after the last ':' that follows the last '/' (a registry may have a port).
+    let last_slash = repo.rfind('/').map_or(0, |i| i + 1);
+    match repo[last_slash..].rfind(':') {
+        Some(i) => &repo[..last_slash + i],
+        None => repo,
     }
 }
 
@@ -708,3 +713,30 @@ const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<SimCluster>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::ImageRule;
+
+    #[test]
+    fn image_rules_match_exactly_by_repository_or_by_prefix() {
+        let busybox = ImageRule::new("busybox", "/bin/sh");
+        assert!(busybox.matches("busybox"));
+        assert!(busybox.matches("busybox:1.36"));
+        assert!(busybox.matches("busybox@sha256:abcd"));
+        assert!(!busybox.matches("busybox2:1"));
+        assert!(!busybox.matches("docker.io/library/busybox:1"));
+
+        let tagged = ImageRule::new("ghcr.io/x/agent:1.2", "/a");
+        assert!(tagged.matches("ghcr.io/x/agent:1.2"));
+        assert!(!tagged.matches("ghcr.io/x/agent:1.3"));
+
+        let registry_port = ImageRule::new("localhost:5000/agent", "/a");
+        assert!(registry_port.matches("localhost:5000/agent:latest"));
+        assert!(!registry_port.matches("localhost:5000/other:latest"));
+
+        let prefix = ImageRule::new("ghcr.io/metalbear-co/*", "/a");
+        assert!(prefix.matches("ghcr.io/metalbear-co/mirrord:3.0"));
+        assert!(!prefix.matches("ghcr.io/other/mirrord:3.0"));
+    }
+}
