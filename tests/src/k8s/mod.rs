@@ -26,7 +26,10 @@
 //! ## API of [`SimCluster`]
 //! - `SimCluster::start(SimOptions) -> anyhow::Result<SimCluster>`: returns once every seeded
 //!   pod that should be ready is ready and the cluster DNS answers.
-//! - `kubeconfig() -> &Path`, `server_url() -> String`, `token() -> &str`, `ca_pem() -> &str`.
+//! - `kubeconfig() -> &Path`, `server_url() -> String`, `api_port() -> u16`, `token() -> &str`,
+//!   `ca_pem() -> &str`; constants `PAYMENT_SERVICE_IP`, `DNS_IP`, `POD_CIDR`, `SVC_CIDR`,
+//!   `NAMESPACE` (`payments`, also the kubeconfig context's namespace).
+//! - `k8s::sweep_stale()` removes what dead simulators left (runs by itself at the first start).
 //! - `dev_cmd(program) -> Command` (developer namespace: loopback only, the API is on its
 //!   127.0.0.1), `client_cmd(program) -> Command` (a namespace on the pod network, to send
 //!   traffic to pods), `pod_cmd(ns, pod, program) -> Result<Command>` (inside a pod's network
