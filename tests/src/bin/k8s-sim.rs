@@ -8,6 +8,11 @@
 //! Once ready it prints what to use (kubeconfig, developer namespace, targets; `--json`: one
 //! JSON object) and, with `--state-dir`, writes `state.json` and a copy of the kubeconfig there
 //! (removed again on exit).
+//!
+//! Faults, by hand: on SIGUSR1 it reads `<state-dir>/faults.json` and makes the cluster behave
+//! that way (everything not named is switched off):
+//! `{"forbid": [["create", "jobs", "payments"]], "fail_image_pull": ["IMAGE"],
+//!   "delete_job_pods": true, "latency_ms": 200, "drop_port_forwards": true}`.
 
 use std::fs;
 use std::path::PathBuf;
@@ -71,6 +76,7 @@ fn main() -> Result<()> {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 
@@ -123,14 +129,75 @@ fn main() -> Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let mut sig: libc::c_int = 0;
-    // SAFETY: sigwait on the set blocked above.
-    unsafe { libc::sigwait(&set, &mut sig) };
+    let sig = loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: sigwait on the set blocked above.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        if sig != libc::SIGUSR1 {
+            break sig;
+        }
+        match &state_dir {
+            Some(dir) => match apply_faults(&sim, &dir.join("faults.json")) {
+                Ok(()) => eprintln!("k8s-sim: faults applied"),
+                Err(e) => eprintln!("k8s-sim: faults not applied: {e:#}"),
+            },
+            None => eprintln!("k8s-sim: SIGUSR1 needs --state-dir (faults.json)"),
+        }
+    };
     eprintln!("k8s-sim: signal {sig}, removing the cluster");
     drop(sim);
     if let Some(dir) = &state_dir {
         let _ = fs::remove_file(dir.join("state.json"));
         let _ = fs::remove_file(dir.join("kubeconfig"));
+    }
+    Ok(())
+}
+
+/// Replaces the cluster's faults with those of the JSON file (see the module docs).
+fn apply_faults(sim: &SimCluster, path: &std::path::Path) -> Result<()> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let f: Value = serde_json::from_str(&text).context("faults.json is not JSON")?;
+    let known = [
+        "forbid",
+        "fail_image_pull",
+        "delete_job_pods",
+        "latency_ms",
+        "drop_port_forwards",
+    ];
+    if let Some(unknown) = f
+        .as_object()
+        .context("faults.json must be an object")?
+        .keys()
+        .find(|k| !known.contains(&k.as_str()))
+    {
+        bail!("unknown fault {unknown:?} (known: {known:?})");
+    }
+    sim.clear_faults();
+    for rule in f["forbid"].as_array().into_iter().flatten() {
+        match rule
+            .as_array()
+            .map(|r| r.iter().map(Value::as_str).collect::<Vec<_>>())
+        {
+            Some(r) if r.len() == 3 && r.iter().all(Option::is_some) => {
+                let r: Vec<&str> = r.into_iter().flatten().collect();
+                sim.forbid(r[0], r[1], r[2]);
+            }
+            _ => bail!("forbid wants [verb, resource, namespace] triples, got {rule}"),
+        }
+    }
+    for image in f["fail_image_pull"].as_array().into_iter().flatten() {
+        sim.fail_image_pull(
+            image
+                .as_str()
+                .context("fail_image_pull wants image names")?,
+        );
+    }
+    sim.delete_job_pods(f["delete_job_pods"].as_bool().unwrap_or(false));
+    sim.set_api_latency(std::time::Duration::from_millis(
+        f["latency_ms"].as_u64().unwrap_or(0),
+    ));
+    if f["drop_port_forwards"].as_bool().unwrap_or(false) {
+        sim.drop_port_forwards();
     }
     Ok(())
 }

@@ -41,6 +41,12 @@ impl Faults {
         ));
     }
 
+    /// Back to a well-behaved cluster (forbidden verbs, failing images, Pod Security deletion,
+    /// latency).
+    pub fn clear(&self) {
+        *lock(&self.state) = State::default();
+    }
+
     pub fn allow_all(&self) {
         lock(&self.state).forbidden.clear();
     }

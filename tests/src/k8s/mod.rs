@@ -51,7 +51,8 @@
 //!   ImagePullBackOff), `delete_job_pods(bool)` (every pod a Job creates is deleted right after
 //!   it is created, as when Pod Security admission rejects it), `drop_port_forwards()` (every
 //!   port-forward connection open now is cut, once), `set_api_latency(Duration)` (added to every
-//!   API response).
+//!   API response), `clear_faults()` (all of them off). `k8s-sim` (and so `./scripts/cluster
+//!   fault`) applies the same faults from a JSON file on SIGUSR1.
 //!
 //! ## Fixtures (seeded at start)
 //! Kubernetes namespaces `default` and `payments`. In `payments`:
@@ -634,6 +635,11 @@ impl SimCluster {
     /// Cuts every port-forward connection open now (later ones work).
     pub fn drop_port_forwards(&self) {
         self.sim.faults.drop_port_forwards();
+    }
+    /// Clears every fault ([`SimCluster::forbid`], [`SimCluster::fail_image_pull`],
+    /// [`SimCluster::delete_job_pods`], [`SimCluster::set_api_latency`]).
+    pub fn clear_faults(&self) {
+        self.sim.faults.clear();
     }
     /// Delays every API response by `latency` (zero: none).
     pub fn set_api_latency(&self, latency: Duration) {
