@@ -87,12 +87,43 @@ impl KubeSettings {
             config.accept_invalid_certs = true;
         }
         let context_namespace = config.default_namespace.clone();
-        let client = Client::try_from(config).context("creating the Kubernetes client")?;
+        let client = build_client(config).context("creating the Kubernetes client")?;
         Ok(KubeConnection {
             client,
             context_namespace,
         })
     }
+}
+
+/// kube's client, but with `TCP_NODELAY` on its connections to the API server: every
+/// port-forward carries a flow's small writes as WebSocket frames, and with Nagle a frame that
+/// rustls writes as two TLS records waits for the API server's delayed ACK (40 ms). A
+/// configuration with a proxy gets kube's own client (which knows proxies).
+fn build_client(config: Config) -> Result<Client> {
+    use kube::client::ConfigExt;
+    if config.proxy_url.is_some() {
+        return Ok(Client::try_from(config)?);
+    }
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(config.connect_timeout);
+    let https = config.rustls_https_connector_with_connector(http)?;
+    let hyper: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https);
+    let service = tower5::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        // The auth layer's errors are boxed; both of its branches must say the same.
+        .map_err(
+            |e: hyper_util::client::legacy::Error| -> Box<dyn std::error::Error + Send + Sync> {
+                Box::new(e)
+            },
+        )
+        .service(hyper);
+    Ok(Client::new(service, config.default_namespace))
 }
 
 fn expand_home(p: &str) -> PathBuf {
