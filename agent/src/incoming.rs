@@ -57,7 +57,7 @@ type Body = BoxBody<Bytes, hyper::Error>;
 /// over by another agent, a connection to the target or to the next agent.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
-type BoxIo = Box<dyn Io>;
+pub type BoxIo = Box<dyn Io>;
 
 /// One control channel of the agent, as a subscriber.
 #[derive(Clone)]
@@ -84,7 +84,7 @@ pub struct IncomingState {
     agent_id: String,
     ports: Mutex<HashMap<u16, PortState>>,
     /// Announced connections waiting for their client's channel.
-    pending: Mutex<HashMap<u64, oneshot::Sender<UnixStream>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<BoxIo>>>,
     next_id: AtomicU64,
     /// Serves the other agents of the target (`mesh`), from the first subscription on.
     mesh_task: Mutex<Option<JoinHandle<()>>>,
@@ -356,7 +356,7 @@ impl IncomingState {
     }
 
     /// A client opened the channel for announced connection `id`.
-    pub fn attach(&self, id: u64, stream: UnixStream) {
+    pub fn attach(&self, id: u64, stream: BoxIo) {
         match lock(&self.pending).remove(&id) {
             Some(tx) => {
                 let _ = tx.send(stream);
@@ -373,7 +373,7 @@ impl IncomingState {
         mode: TrafficMode,
         peer: SocketAddr,
         local: SocketAddr,
-    ) -> Option<UnixStream> {
+    ) -> Option<BoxIo> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
@@ -539,7 +539,7 @@ impl IncomingState {
                 else {
                     return;
                 };
-                let (mut drain, mut write) = channel.into_split();
+                let (mut drain, mut write) = tokio::io::split(channel);
                 // Whatever the mirroring program answers goes nowhere.
                 tokio::spawn(async move {
                     let mut sink = [0u8; 16 * 1024];

@@ -1,7 +1,7 @@
 //! The agent's socket: authentication of every connection, then one handler per channel.
 
 use crate::dns::PodResolver;
-use crate::incoming::{Client, IncomingState};
+use crate::incoming::{BoxIo, Client, IncomingState};
 use crate::outgoing;
 use anyhow::{Context, Result};
 use mirrord_protocol::agent::{
@@ -17,7 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, Semaphore};
 
 /// What every connection handler shares.
@@ -32,6 +32,12 @@ pub struct AgentState {
     /// Control channels' event senders, for events that belong to no subscription (flows of
     /// the direct data path). An agent serves one session, so any live channel is the right one.
     pub event_sinks: std::sync::Mutex<Vec<mpsc::Sender<AgentMessage>>>,
+    /// No target (an agent pod of its own): incoming traffic has no pod to come from.
+    pub targetless: bool,
+    /// How many control channels are open now; the communication timeout watches it.
+    pub sessions: tokio::sync::watch::Sender<usize>,
+    /// control channel --"the session ended"--> main (exits)
+    pub shutdown: tokio::sync::Notify,
 }
 
 impl AgentState {
@@ -72,9 +78,29 @@ pub fn bind_private(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, state: Arc<AgentState>) -> Result<()> {
+/// Where sessions reach the agent: a unix socket (local targets) or a TCP port on its pod's
+/// loopback (Kubernetes targets, reached by port-forward).
+pub enum AgentListener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl AgentListener {
+    async fn accept(&self) -> std::io::Result<BoxIo> {
+        Ok(match self {
+            AgentListener::Unix(l) => Box::new(l.accept().await?.0),
+            AgentListener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Box::new(s)
+            }
+        })
+    }
+}
+
+pub async fn serve(listener: AgentListener, state: Arc<AgentState>) -> Result<()> {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning, keep serving.
@@ -92,7 +118,7 @@ pub async fn serve(listener: UnixListener, state: Arc<AgentState>) -> Result<()>
     }
 }
 
-async fn handle(mut stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
+async fn handle(mut stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
     let hello: AgentHello = tokio::time::timeout(HELLO_TIMEOUT, read_frame_async(&mut stream))
         .await
         .context("no hello in time")??;
@@ -139,8 +165,11 @@ async fn handle(mut stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
 
 /// The control channel: requests carry ids and are served concurrently; answers go back in
 /// completion order through one writer.
-async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
-    let (mut reader, mut writer) = stream.into_split();
+async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
+    // Counted while it is open: the communication timeout starts when the last one closes.
+    state.sessions.send_modify(|n| *n += 1);
+    let _counted = SessionCount(state.clone());
+    let (mut reader, mut writer) = tokio::io::split(stream);
     // request tasks --AgentMessage--> writer task
     let (message_tx, mut message_rx) = mpsc::channel::<AgentMessage>(64);
     let writer_task = tokio::spawn(async move {
@@ -185,6 +214,12 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
                 AgentRequest::ReverseResolve { ip } => {
                     AgentResponse::ReverseResolved(state.resolver.reverse(ip).await)
                 }
+                AgentRequest::Subscribe { .. } if state.targetless => AgentResponse::Error(
+                    "a targetless agent has no pod whose incoming traffic it could receive: \
+                     choose a target (-t pod/NAME, deployment/NAME, ...) or set \
+                     feature.network.incoming to \"off\""
+                        .into(),
+                ),
                 AgentRequest::Subscribe { port, mode, filter } => {
                     match state.incoming.subscribe(&client, port, mode, filter).await {
                         Ok(()) => AgentResponse::Subscribed,
@@ -196,6 +231,12 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
                     AgentResponse::Unsubscribed
                 }
                 AgentRequest::Ping => AgentResponse::Pong,
+                AgentRequest::Shutdown => {
+                    tracing::info!("the session ended, exiting");
+                    // notify_one keeps the permit if main is not waiting yet.
+                    state.shutdown.notify_one();
+                    AgentResponse::ShuttingDown
+                }
             };
             let _ = message_tx
                 .send(AgentMessage::Response {
@@ -211,6 +252,33 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
     // closed channel, so the writer stops now rather than when they end.
     writer_task.abort();
     result
+}
+
+/// Decrements the open control channel count when a channel ends, however it ends.
+struct SessionCount(Arc<AgentState>);
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.sessions.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Resolves once no control channel has been open for `timeout` (counting from now if none is
+/// open yet). The agent cannot tell a session that ended from one whose connection dropped, so
+/// this is how an agent whose session vanished (its `mirrord` killed) goes away.
+pub async fn no_session_for(state: Arc<AgentState>, timeout: Duration) {
+    let mut sessions = state.sessions.subscribe();
+    loop {
+        if *sessions.borrow_and_update() == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(timeout) => return,
+                // Any change (a session arrived) restarts the wait.
+                changed = sessions.changed() => if changed.is_err() { return },
+            }
+        } else if sessions.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The direct data path of a local target: the agent's TCP listener on the developer machine's

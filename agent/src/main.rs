@@ -32,12 +32,30 @@ pub const TOKEN_ENV: &str = "MIRRORD_AGENT_TOKEN";
     about = "mirrord agent: serves one session from inside the target's network namespace"
 )]
 struct Args {
-    /// The target: `pid/PID` or `netns/NAME`.
-    #[arg(long)]
-    target: String,
-    /// Where to listen: `unix:/path/to/agent.sock`.
+    /// The target: `pid/PID`, `netns/NAME` or `targetless` (no namespace change; incoming
+    /// traffic refused).
+    #[arg(long, required_unless_present_any = ["container_id", "ephemeral"])]
+    target: Option<String>,
+    /// The target is the container with this id (`containerd://ID`, `cri-o://ID`,
+    /// `docker://ID`): the agent finds its process through /proc/*/cgroup (it needs the host's
+    /// PID namespace) and enters that process's network namespace.
+    #[arg(long, conflicts_with = "target")]
+    container_id: Option<String>,
+    /// The agent already runs in the target's network namespace (an ephemeral container of the
+    /// target pod): no namespace change. With --container-id, that container's process still
+    /// provides the resolver files.
+    #[arg(long, conflicts_with = "target")]
+    ephemeral: bool,
+    /// Where to listen: `unix:/path/to/agent.sock`, or `tcp:127.0.0.1:PORT` (bound on the
+    /// loopback of the namespace the agent starts in, its own pod's, before it enters the
+    /// target's; a port-forward reaches it there).
     #[arg(long)]
     listen: String,
+    /// Exit once no session has been connected for this many seconds (a Kubernetes agent's
+    /// way to notice that its session is gone: it cannot tell an ended session from a dropped
+    /// connection).
+    #[arg(long, value_name = "SECS")]
+    communication_timeout: Option<u64>,
     /// Also listen for programs' TCP flows on the loopback of the namespace the agent starts in
     /// (the developer's machine), so their bytes take one relay (the agent) instead of two.
     #[arg(long)]
@@ -68,14 +86,25 @@ fn run() -> Result<()> {
     std::env::remove_var(TOKEN_ENV);
 
     let agent_id = random_id()?;
-    let target = target::Target::open(&args.target)?;
+    let target = match (&args.target, &args.container_id, args.ephemeral) {
+        (_, id, true) => target::Target::in_place(id.as_deref()),
+        (_, Some(id), false) => target::Target::container(id)?,
+        (Some(spec), None, false) => target::Target::open(spec)?,
+        // clap requires one of the three.
+        (None, None, false) => bail!("give --target, --container-id or --ephemeral"),
+    };
     let resolver_files = target.resolver_files()?;
 
-    let socket_path: PathBuf = match args.listen.strip_prefix("unix:") {
-        Some(p) => PathBuf::from(p),
-        None => bail!("--listen must be unix:PATH, got {:?}", args.listen),
+    let listen = Listen::parse(&args.listen)?;
+    let std_listener = match &listen {
+        Listen::Unix(path) => StdListener::Unix(listener::bind_private(path)?),
+        Listen::Tcp(addr) => StdListener::Tcp({
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding the agent's port {addr}"))?;
+            l.set_nonblocking(true)?;
+            l
+        }),
     };
-    let std_listener = listener::bind_private(&socket_path)?;
     // Sockets keep the namespace they were made in: bound now, these stay on the developer
     // machine's loopback after the agent moves into the target.
     let data_listeners = if args.data_listen {
@@ -107,6 +136,9 @@ fn run() -> Result<()> {
             incoming: incoming.clone(),
             next_client: std::sync::atomic::AtomicU64::new(1),
             event_sinks: Default::default(),
+            targetless: target.is_targetless(),
+            sessions: tokio::sync::watch::Sender::new(0),
+            shutdown: tokio::sync::Notify::new(),
         });
         let mut data_addrs = Vec::new();
         for l in data_listeners {
@@ -116,7 +148,14 @@ fn run() -> Result<()> {
                 state.clone(),
             ));
         }
-        let listener = tokio::net::UnixListener::from_std(std_listener)?;
+        let listener = match std_listener {
+            StdListener::Unix(l) => {
+                listener::AgentListener::Unix(tokio::net::UnixListener::from_std(l)?)
+            }
+            StdListener::Tcp(l) => {
+                listener::AgentListener::Tcp(tokio::net::TcpListener::from_std(l)?)
+            }
+        };
         // Readiness signal the server waits for: one line on stdout.
         {
             let mut out = std::io::stdout().lock();
@@ -128,6 +167,19 @@ fn run() -> Result<()> {
             )?;
             out.flush()?;
         }
+        let abandoned = {
+            let state = state.clone();
+            async move {
+                match args.communication_timeout {
+                    Some(secs) => {
+                        listener::no_session_for(state, std::time::Duration::from_secs(secs)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        let shutdown_state = state.clone();
+        let ended = async move { shutdown_state.shutdown.notified().await };
         let serve = listener::serve(listener, state);
         let stdin_closed = async {
             if args.exit_on_stdin_eof {
@@ -144,6 +196,11 @@ fn run() -> Result<()> {
                 tracing::info!("server went away (stdin closed), exiting");
                 Ok(())
             }
+            _ = ended => Ok(()),
+            _ = abandoned => {
+                tracing::info!("no session for the communication timeout, exiting");
+                Ok(())
+            }
             _ = sigterm.recv() => Ok(()),
             _ = tokio::signal::ctrl_c() => Ok(()),
         };
@@ -151,8 +208,41 @@ fn run() -> Result<()> {
         incoming.cleanup();
         result
     })?;
-    let _ = std::fs::remove_file(&socket_path);
+    if let Listen::Unix(path) = &listen {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
+}
+
+/// `--listen`: where sessions reach the agent.
+enum Listen {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+enum StdListener {
+    Unix(std::os::unix::net::UnixListener),
+    Tcp(std::net::TcpListener),
+}
+
+impl Listen {
+    fn parse(spec: &str) -> Result<Listen> {
+        if let Some(p) = spec.strip_prefix("unix:") {
+            return Ok(Listen::Unix(PathBuf::from(p)));
+        }
+        if let Some(a) = spec.strip_prefix("tcp:") {
+            let addr: std::net::SocketAddr = a.parse().with_context(|| {
+                format!("--listen tcp:{a}: not an address such as 127.0.0.1:PORT")
+            })?;
+            // Invariant: only a port-forward (which lands on the pod's loopback) may reach the
+            // agent; other pods must not.
+            if !addr.ip().is_loopback() {
+                bail!("--listen tcp:{addr}: the agent listens on loopback only");
+            }
+            return Ok(Listen::Tcp(addr));
+        }
+        bail!("--listen must be unix:PATH or tcp:127.0.0.1:PORT, got {spec:?}")
+    }
 }
 
 /// Loopback TCP listeners (IPv4, and IPv6 where the namespace has it) for the direct data path.

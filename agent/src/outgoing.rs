@@ -1,12 +1,13 @@
 //! Outgoing flows made from inside the target's network namespace.
 
+use crate::incoming::BoxIo;
 use anyhow::Result;
 use mirrord_protocol::agent::Datagram;
 use mirrord_protocol::codec::{read_frame_async, write_frame_async};
 use mirrord_protocol::net::{ConnectReply, UdpOpenReply};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::{TcpStream, UdpSocket, UnixStream};
+use tokio::net::{TcpStream, UdpSocket};
 
 /// Longer than any answer a live peer gives, shorter than the kernel's two minutes of SYN retries,
 /// so a program connecting to a black hole gets `ETIMEDOUT` in reasonable time.
@@ -135,7 +136,7 @@ async fn splice_one_way(from: &TcpStream, to: &TcpStream) -> std::io::Result<()>
 }
 
 /// A TCP channel from the session: the connect reply, then the flow's bytes.
-pub async fn tcp(mut client: UnixStream, remote: SocketAddr) -> Result<()> {
+pub async fn tcp(mut client: BoxIo, remote: SocketAddr) -> Result<()> {
     let (stream, reply) = connect(remote).await;
     write_frame_async(&mut client, &reply).await?;
     if let Some(mut stream) = stream {
@@ -145,13 +146,13 @@ pub async fn tcp(mut client: UnixStream, remote: SocketAddr) -> Result<()> {
 }
 
 /// A UDP flow: one socket connected to `remote`; datagrams travel as frames on the channel.
-pub async fn udp(client: UnixStream, remote: SocketAddr) -> Result<()> {
+pub async fn udp(client: BoxIo, remote: SocketAddr) -> Result<()> {
     let bind: SocketAddr = if remote.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let (mut reader, mut writer) = client.into_split();
+    let (mut reader, mut writer) = tokio::io::split(client);
     let socket = match open_udp(bind, remote).await {
         Ok(s) => s,
         Err(e) => {

@@ -69,6 +69,9 @@ pub enum AgentRequest {
         port: u16,
     },
     Ping,
+    /// The session ends: the agent removes its rules and exits now rather than after its
+    /// communication timeout (an ephemeral container cannot be deleted from outside).
+    Shutdown,
 }
 
 /// How a subscribed port's traffic reaches the client.
@@ -153,6 +156,8 @@ pub enum AgentResponse {
     Subscribed,
     Unsubscribed,
     Pong,
+    /// Answer to `Shutdown`: the agent is on its way out.
+    ShuttingDown,
     Error(String),
 }
 

@@ -73,6 +73,10 @@ pub struct StartSessionParams {
     pub workspace_folder: Option<String>,
     pub config_path: Option<String>,
     pub target: Option<String>,
+    /// Kubernetes namespace of the target (the IDE's namespace switch); beats the
+    /// configuration's `target.namespace`. An extension of the brief's shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub launch: Option<LaunchInfo>,
 }
 

@@ -18,10 +18,24 @@ use std::net::IpAddr;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrordConfig {
-    /// The target: `pod/NAME[/container/C]`, `deployment/NAME`, `statefulset/NAME`,
-    /// `targetless`, `pid/PID` or `netns/NAME`; or `{path, namespace}`.
+    /// The target: `pod/NAME[/container/C]`, `deployment/NAME[/container/C]`,
+    /// `statefulset/NAME[/container/C]`, `replicaset/NAME`, `job/NAME`, `cronjob/NAME`,
+    /// `service/NAME`, `rollout/NAME`, `targetless`, `pid/PID` or `netns/NAME`; or
+    /// `{path, namespace}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetConfig>,
+    /// Path of the kubeconfig file (default: `$MIRRORD_KUBECONFIG`, `$KUBECONFIG`, then
+    /// `~/.kube/config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
+    /// The kubeconfig context to use (default: `$MIRRORD_KUBE_CONTEXT`, then the file's
+    /// current context).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_context: Option<String>,
+    /// Accept the API server's certificate without checking it (for clusters with self-signed
+    /// certificates the kubeconfig does not name a CA for). Insecure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_invalid_certificates: Option<bool>,
     #[serde(default)]
     pub feature: FeatureConfig,
     #[serde(default)]
@@ -100,6 +114,29 @@ pub enum TargetPath {
         name: String,
         container: Option<String>,
     },
+    ReplicaSet {
+        name: String,
+        container: Option<String>,
+    },
+    Job {
+        name: String,
+        container: Option<String>,
+    },
+    CronJob {
+        name: String,
+        container: Option<String>,
+    },
+    Service {
+        name: String,
+        container: Option<String>,
+    },
+    /// An Argo Rollout (`argoproj.io/v1alpha1`).
+    Rollout {
+        name: String,
+        container: Option<String>,
+    },
+    /// An agent pod of its own with no target: outgoing traffic and DNS from inside the
+    /// cluster, no incoming traffic.
     Targetless,
     /// Any process on this machine: the agent joins its network namespace.
     Pid(u32),
@@ -113,7 +150,8 @@ impl TargetPath {
         let bad = || {
             format!(
                 "invalid target {s:?}: expected pod/NAME[/container/C], deployment/NAME[/container/C], \
-                 statefulset/NAME, targetless, pid/PID or netns/NAME"
+                 statefulset/NAME, replicaset/NAME, job/NAME, cronjob/NAME, service/NAME, \
+                 rollout/NAME, targetless, pid/PID or netns/NAME"
             )
         };
         let named = |parts: &[&str]| -> Result<(String, Option<String>), String> {
@@ -136,6 +174,21 @@ impl TargetPath {
             ["statefulset", rest @ ..] => {
                 named(rest).map(|(name, container)| TargetPath::StatefulSet { name, container })
             }
+            ["replicaset", rest @ ..] => {
+                named(rest).map(|(name, container)| TargetPath::ReplicaSet { name, container })
+            }
+            ["job", rest @ ..] => {
+                named(rest).map(|(name, container)| TargetPath::Job { name, container })
+            }
+            ["cronjob", rest @ ..] => {
+                named(rest).map(|(name, container)| TargetPath::CronJob { name, container })
+            }
+            ["service", rest @ ..] => {
+                named(rest).map(|(name, container)| TargetPath::Service { name, container })
+            }
+            ["rollout", rest @ ..] => {
+                named(rest).map(|(name, container)| TargetPath::Rollout { name, container })
+            }
             ["pid", pid] => pid
                 .parse::<u32>()
                 .ok()
@@ -145,6 +198,31 @@ impl TargetPath {
             ["netns", name] if valid_netns_name(name) => Ok(TargetPath::Netns(name.to_string())),
             _ => Err(bad()),
         }
+    }
+}
+
+impl TargetPath {
+    /// Whether the target lives in a Kubernetes cluster (targetless included: its agent is a
+    /// pod of its own).
+    pub fn is_kubernetes(&self) -> bool {
+        !matches!(self, TargetPath::Pid(_) | TargetPath::Netns(_))
+    }
+
+    /// `(kind, name, container)` of a Kubernetes workload target; `None` for targetless and
+    /// local targets. `kind` is the path's first word (`pod`, `deployment`, ...).
+    pub fn workload(&self) -> Option<(&'static str, &str, Option<&str>)> {
+        let (kind, name, container) = match self {
+            TargetPath::Pod { name, container } => ("pod", name, container),
+            TargetPath::Deployment { name, container } => ("deployment", name, container),
+            TargetPath::StatefulSet { name, container } => ("statefulset", name, container),
+            TargetPath::ReplicaSet { name, container } => ("replicaset", name, container),
+            TargetPath::Job { name, container } => ("job", name, container),
+            TargetPath::CronJob { name, container } => ("cronjob", name, container),
+            TargetPath::Service { name, container } => ("service", name, container),
+            TargetPath::Rollout { name, container } => ("rollout", name, container),
+            TargetPath::Targetless | TargetPath::Pid(_) | TargetPath::Netns(_) => return None,
+        };
+        Some((kind, name.as_str(), container.as_deref()))
     }
 }
 
@@ -159,22 +237,18 @@ fn valid_netns_name(name: &str) -> bool {
 
 impl fmt::Display for TargetPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let with_container =
-            |f: &mut fmt::Formatter<'_>, kind: &str, name: &str, c: &Option<String>| match c {
-                Some(c) => write!(f, "{kind}/{name}/container/{c}"),
-                None => write!(f, "{kind}/{name}"),
-            };
         match self {
-            TargetPath::Pod { name, container } => with_container(f, "pod", name, container),
-            TargetPath::Deployment { name, container } => {
-                with_container(f, "deployment", name, container)
-            }
-            TargetPath::StatefulSet { name, container } => {
-                with_container(f, "statefulset", name, container)
-            }
             TargetPath::Targetless => f.write_str("targetless"),
             TargetPath::Pid(p) => write!(f, "pid/{p}"),
             TargetPath::Netns(n) => write!(f, "netns/{n}"),
+            other => {
+                // Every other variant is a workload (see `workload`).
+                let (kind, name, container) = other.workload().expect("a workload target");
+                match container {
+                    Some(c) => write!(f, "{kind}/{name}/container/{c}"),
+                    None => write!(f, "{kind}/{name}"),
+                }
+            }
         }
     }
 }
@@ -757,29 +831,120 @@ impl<'de> Deserialize<'de> for AddressRule {
     }
 }
 
-/// `agent`: how the agent is run.
+/// `agent`: how the agent is run (for Kubernetes targets; local targets use only `log_level`
+/// and `startup_timeout`).
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Kubernetes namespace the agent pod is created in.
+    /// Kubernetes namespace the agent's Job is created in (default: the target's namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// Agent container image.
+    /// Agent container image (default: `mirrord-agent:<version>`, see the README: build it
+    /// from `agent/Dockerfile` and push it where the cluster can pull it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Seconds the agent stays alive with no client.
+    /// `imagePullPolicy` of the agent container (`IfNotPresent` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    /// Secrets to pull the agent image with: `[{"name": "my-secret"}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<ImagePullSecret>>,
+    /// Seconds the finished agent Job is kept before Kubernetes deletes it
+    /// (`ttlSecondsAfterFinished`; default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u32>,
-    /// Run the agent as an ephemeral container of the target pod.
+    /// Run the agent as an ephemeral container of the target pod instead of a Job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ephemeral: Option<bool>,
+    /// Seconds to wait for the agent to become ready (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_timeout: Option<u32>,
+    /// Seconds the agent keeps running with no session connected before it exits (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub communication_timeout: Option<u32>,
+    /// Run the agent container privileged instead of with the capabilities it needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<bool>,
+    /// Capabilities not to give the agent: any of `NET_ADMIN`, `SYS_ADMIN`, `SYS_PTRACE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_capabilities: Option<Vec<String>>,
+    /// Tolerations of the agent pod (default: one with `operator: Exists`, tolerating every
+    /// taint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Resource requests and limits of the agent container (default: small requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<AgentResources>,
+    /// Extra labels of the agent's Job and pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Extra annotations of the agent pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
+    /// `nodeSelector` of the agent pod (a Job agent runs on the target's node anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<std::collections::BTreeMap<String, String>>,
+    /// Service account of the agent pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
     /// Agent log level (a tracing filter such as `info` or `mirrord_agent=debug`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
-    /// Seconds to wait for the agent to become ready.
+}
+
+/// Defaults of the `agent` keys.
+impl AgentConfig {
+    pub const DEFAULT_TTL: u32 = 1;
+    pub const DEFAULT_STARTUP_TIMEOUT: u32 = 60;
+    pub const DEFAULT_COMMUNICATION_TIMEOUT: u32 = 30;
+}
+
+/// Default agent image: the image `agent/Dockerfile` builds, tagged with this version.
+pub const DEFAULT_AGENT_IMAGE: &str = concat!("mirrord-agent:", env!("CARGO_PKG_VERSION"));
+
+/// Environment variables that override the Kubernetes part of the configuration.
+pub const TARGET_NAMESPACE_ENV: &str = "MIRRORD_TARGET_NAMESPACE";
+pub const KUBECONFIG_ENV: &str = "MIRRORD_KUBECONFIG";
+pub const KUBE_CONTEXT_ENV: &str = "MIRRORD_KUBE_CONTEXT";
+
+/// `agent.image_pull_secrets[]`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePullSecret {
+    /// Name of a Secret in the agent's namespace.
+    pub name: String,
+}
+
+/// `agent.tolerations[]`, as in a pod spec.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Toleration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub startup_timeout: Option<u32>,
+    pub key: Option<String>,
+    /// `Exists` or `Equal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<i64>,
+}
+
+/// `agent.resources`: quantities as Kubernetes writes them (`"10m"`, `"64Mi"`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentResources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl HttpFilterConfig {
@@ -897,7 +1062,7 @@ mod schema {
         }
         fn json_schema(gen: &mut SchemaGenerator) -> Schema {
             let full = gen.subschema_for::<TargetConfigMap>();
-            either(gen, simple(InstanceType::String), full, "The target: pod/NAME[/container/C], deployment/NAME, statefulset/NAME, targetless, pid/PID or netns/NAME; or {path, namespace}.")
+            either(gen, simple(InstanceType::String), full, "The target: pod/NAME[/container/C], deployment/NAME[/container/C], statefulset/NAME[/container/C], replicaset/NAME, job/NAME, cronjob/NAME, service/NAME, rollout/NAME, targetless, pid/PID or netns/NAME; or {path, namespace}.")
         }
     }
 

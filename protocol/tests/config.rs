@@ -123,3 +123,70 @@ fn incoming_shorthand_and_errors() {
     let json = serde_json::to_string(&cfg).unwrap();
     assert_eq!(MirrordConfig::from_json(&json).unwrap(), cfg);
 }
+
+#[test]
+fn kubernetes_target_kinds_round_trip() {
+    for s in [
+        "pod/api",
+        "pod/api/container/main",
+        "deployment/payment-api",
+        "deployment/payment-api/container/app",
+        "statefulset/db/container/pg",
+        "replicaset/api-5d9f",
+        "job/migrate",
+        "cronjob/nightly",
+        "service/payment-service",
+        "rollout/canary",
+        "rollout/canary/container/app",
+        "targetless",
+    ] {
+        let t = TargetPath::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(t.to_string(), s);
+        assert!(t.is_kubernetes(), "{s}");
+    }
+    assert_eq!(
+        TargetPath::parse("service/payment-service")
+            .unwrap()
+            .workload(),
+        Some(("service", "payment-service", None))
+    );
+    assert!(!TargetPath::parse("pid/4").unwrap().is_kubernetes());
+    for bad in ["daemonset/x", "rollout/", "job/a/container/", "cronjob/a/b"] {
+        let e = TargetPath::parse(bad).unwrap_err();
+        assert!(e.contains("rollout/NAME"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn kubernetes_keys_parse_and_stay_strict() {
+    let cfg = MirrordConfig::from_json(
+        r#"{
+        "target": {"path": "deployment/payment-api", "namespace": "payments"},
+        "kubeconfig": "/tmp/kc.yaml", "kube_context": "sim", "accept_invalid_certificates": false,
+        "agent": {"namespace": "mirrord", "image": "reg/agent:1", "image_pull_policy": "Always",
+                  "image_pull_secrets": [{"name": "regcred"}], "ttl": 3, "ephemeral": true,
+                  "startup_timeout": 20, "communication_timeout": 5, "privileged": false,
+                  "disabled_capabilities": ["SYS_PTRACE"],
+                  "tolerations": [{"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule", "tolerationSeconds": 5}],
+                  "resources": {"requests": {"cpu": "10m"}, "limits": {"memory": "64Mi"}},
+                  "labels": {"team": "a"}, "annotations": {"x": "y"}, "node_selector": {"zone": "a"},
+                  "service_account": "sa", "log_level": "debug"}
+    }"#,
+    )
+    .unwrap();
+    assert_eq!(cfg.kube_context.as_deref(), Some("sim"));
+    assert_eq!(cfg.agent.communication_timeout, Some(5));
+    assert_eq!(cfg.agent.image_pull_secrets.unwrap()[0].name, "regcred");
+    assert_eq!(
+        cfg.agent.tolerations.unwrap()[0].toleration_seconds,
+        Some(5)
+    );
+    let e = MirrordConfig::from_json(r#"{"agent": {"tolerations": [{"keyy": "k"}]}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("keyy"), "{e}");
+    let e = MirrordConfig::from_json(r#"{"agent": {"communication_timeout": "soon"}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 1"), "{e}");
+}

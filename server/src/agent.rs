@@ -1,5 +1,6 @@
-//! The agent, seen from the server: starting it for a local target, opening channels to it, and
-//! the multiplexed control channel.
+//! The agent, seen from the server: starting it for a local target, opening channels to it
+//! (a unix socket, or a port-forward for an agent in a cluster), and the multiplexed control
+//! channel.
 
 use anyhow::{anyhow, bail, Context, Result};
 use mirrord_protocol::agent::{
@@ -14,40 +15,179 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 
+/// How long a cluster agent may take to acknowledge the end of its session.
+const SHUTDOWN_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long the agent may take to report ready.
 pub const AGENT_START_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A byte stream to the agent: a unix socket or a port-forward stream.
+pub trait AgentIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentIo for T {}
+pub type AgentStream = Box<dyn AgentIo>;
+
 /// Opens authenticated channels to one agent. This is the transport seam: a unix socket for
-/// agents on this machine; a Kubernetes port-forward would be another variant.
-#[derive(Clone, Debug)]
+/// agents on this machine, a port-forward of the agent pod's port for agents in a cluster.
+#[derive(Clone)]
 pub enum AgentConnector {
-    Unix { path: PathBuf, token: String },
+    Unix {
+        path: PathBuf,
+        token: String,
+    },
+    PortForward {
+        client: kube::Client,
+        namespace: String,
+        pod: String,
+        port: u16,
+        token: String,
+    },
 }
+
+/// Attempts to open one port-forward stream: a dropped WebSocket upgrade is retried, since the
+/// API server (or a proxy before it) may refuse one now and then.
+const PORT_FORWARD_ATTEMPTS: u32 = 3;
 
 impl AgentConnector {
     /// A new connection to the agent, past the hello.
-    pub async fn open(&self, channel: AgentChannel) -> Result<UnixStream> {
-        match self {
+    pub async fn open(&self, channel: AgentChannel) -> Result<AgentStream> {
+        let (mut stream, token): (AgentStream, &str) = match self {
             AgentConnector::Unix { path, token } => {
-                let mut stream = UnixStream::connect(path)
+                let stream = UnixStream::connect(path)
                     .await
                     .with_context(|| format!("the agent is unreachable at {}", path.display()))?;
-                let hello = AgentHello {
-                    version: PROTOCOL_VERSION,
-                    token: token.clone(),
-                    channel,
+                (Box::new(stream), token)
+            }
+            AgentConnector::PortForward {
+                client,
+                namespace,
+                pod,
+                port,
+                token,
+            } => {
+                let mut attempt = 1;
+                let stream = loop {
+                    match crate::kube::portforward::open(client, namespace, pod, *port).await {
+                        Ok(s) => break s,
+                        Err(e)
+                            if attempt < PORT_FORWARD_ATTEMPTS
+                                && !matches!(&e, kube::Error::Api(s) if s.code == 403 || s.code == 404) =>
+                        {
+                            tracing::debug!(attempt, "port-forward to the agent failed: {e}");
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt)))
+                                .await;
+                        }
+                        Err(e) => {
+                            return Err(anyhow!(
+                                "cannot port-forward to the agent (pod {pod} port {port} in \
+                                 {namespace}): {}",
+                                crate::kube::resolve::describe_kube_error(&e)
+                            ))
+                        }
+                    }
                 };
-                write_frame_async(&mut stream, &hello).await?;
-                match read_frame_async::<AgentWelcome, _>(&mut stream).await {
-                    Ok(AgentWelcome::Welcome { .. }) => Ok(stream),
-                    Ok(AgentWelcome::Refused { reason }) => bail!("the agent refused us: {reason}"),
-                    Err(e) => Err(anyhow!("the agent closed the connection: {e}")),
+                (Box::new(stream), token)
+            }
+        };
+        let hello = AgentHello {
+            version: PROTOCOL_VERSION,
+            token: token.to_owned(),
+            channel,
+        };
+        write_frame_async(&mut stream, &hello).await?;
+        match read_frame_async::<AgentWelcome, _>(&mut stream).await {
+            Ok(AgentWelcome::Welcome { .. }) => Ok(stream),
+            Ok(AgentWelcome::Refused { reason }) => bail!("the agent refused us: {reason}"),
+            Err(e) => Err(anyhow!("the agent closed the connection: {e}")),
+        }
+    }
+}
+
+/// The session's agent: a process on this machine, or a Job or ephemeral container in a
+/// cluster. Both stop with the session; both report their death.
+pub enum AgentHandle {
+    Local(AgentProcess),
+    Kube(crate::kube::agent_pod::KubeAgent),
+}
+
+impl AgentHandle {
+    /// The agent's process id, for local agents.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            AgentHandle::Local(p) => Some(p.pid),
+            AgentHandle::Kube(_) => None,
+        }
+    }
+
+    /// Where the agent runs, for people.
+    pub fn describe(&self) -> String {
+        match self {
+            AgentHandle::Local(p) => format!("agent pid {}", p.pid),
+            AgentHandle::Kube(k) => match &k.job {
+                Some(job) => format!("agent Job {job} (pod {}) in {}", k.pod, k.namespace),
+                None => format!(
+                    "agent container {} of pod {} in {}",
+                    k.container, k.pod, k.namespace
+                ),
+            },
+        }
+    }
+
+    /// Why the agent is gone, if it is, without waiting. A cluster agent is gone when the
+    /// session's control channel to it has closed.
+    pub fn try_exit(&mut self, control: &AgentControl) -> Option<String> {
+        match self {
+            AgentHandle::Local(p) => p.try_exit().map(|s| format!("the agent exited ({s})")),
+            AgentHandle::Kube(k) => control.is_closed().then(|| {
+                format!(
+                    "the connection to the agent in pod {} was lost (the pod may be gone)",
+                    k.pod
+                )
+            }),
+        }
+    }
+
+    /// Resolves with why, when the agent is gone: its process exited, or (in a cluster) its
+    /// control channel closed or its pod went away.
+    pub async fn wait_exit(&mut self, control: &AgentControl) -> String {
+        match self {
+            AgentHandle::Local(p) => match p.wait_exit().await {
+                Ok(s) => format!("the agent exited ({s})"),
+                Err(e) => format!("the agent is gone ({e})"),
+            },
+            AgentHandle::Kube(k) => {
+                tokio::select! {
+                    _ = control.closed() => format!(
+                        "the connection to the agent in pod {} was lost", k.pod
+                    ),
+                    why = k.wait_gone() => why,
                 }
+            }
+        }
+    }
+
+    /// Ends the agent: a local one exits (removing its rules); a cluster one is told the session
+    /// ended (it removes its rules and exits, which is the only way an ephemeral container
+    /// goes), then its Job and pod are deleted.
+    pub async fn stop(self, control: Option<&AgentControl>) {
+        match self {
+            AgentHandle::Local(p) => p.stop().await,
+            AgentHandle::Kube(k) => {
+                if let Some(control) = control {
+                    // Best effort: an agent that is already gone cannot answer, and the Job's
+                    // deletion (or the communication timeout) ends it anyway.
+                    let _ = tokio::time::timeout(
+                        SHUTDOWN_ANSWER_TIMEOUT,
+                        control.request(AgentRequest::Shutdown),
+                    )
+                    .await;
+                }
+                k.delete().await
             }
         }
     }
@@ -76,10 +216,7 @@ impl AgentProcess {
     ) -> Result<AgentProcess> {
         match target {
             TargetPath::Pid(_) | TargetPath::Netns(_) => {}
-            other => bail!(
-                "target {other} needs a Kubernetes cluster connection, which this build does not \
-                 have; use pid/PID or netns/NAME"
-            ),
+            other => bail!("target {other} is in a cluster: its agent is not a local process"),
         }
         let mut child = Command::new(agent_bin)
             .arg("--target")
@@ -214,6 +351,8 @@ type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<AgentResponse>>>>>;
 pub struct AgentControl {
     /// callers --(request, answer slot)--> channel writer task
     request_tx: mpsc::Sender<(AgentRequest, oneshot::Sender<AgentResponse>)>,
+    /// channel reader task --"closed"--> whoever watches the agent's health
+    closed_rx: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AgentControl {
@@ -222,7 +361,8 @@ impl AgentControl {
         connector: &AgentConnector,
     ) -> Result<(AgentControl, mpsc::Receiver<AgentEvent>)> {
         let stream = connector.open(AgentChannel::Control).await?;
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
         let (request_tx, mut request_rx) =
             mpsc::channel::<(AgentRequest, oneshot::Sender<AgentResponse>)>(256);
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
@@ -272,8 +412,49 @@ impl AgentControl {
             }
             // Dropping the senders wakes every waiting caller with an error.
             pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let _ = closed_tx.send(true);
         });
-        Ok((AgentControl { request_tx }, event_rx))
+        Ok((
+            AgentControl {
+                request_tx,
+                closed_rx,
+            },
+            event_rx,
+        ))
+    }
+
+    /// Pings the agent every `every` while the channel is used by anyone else, so that an idle
+    /// control channel is not closed by a proxy or load balancer on the way (a port-forward
+    /// passes through the API server and whatever is in front of it).
+    pub fn keep_alive(&self, every: Duration) {
+        // Weak: the pings must not keep the channel open once the session dropped it.
+        let request_tx = self.request_tx.downgrade();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(tx) = request_tx.upgrade() else {
+                    return;
+                };
+                let (answer_tx, answer_rx) = oneshot::channel();
+                let sent = tx.send((AgentRequest::Ping, answer_tx)).await;
+                drop(tx);
+                if sent.is_err() || answer_rx.await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Whether the channel to the agent has closed.
+    pub fn is_closed(&self) -> bool {
+        *self.closed_rx.borrow()
+    }
+
+    /// Resolves once the channel to the agent has closed.
+    pub async fn closed(&self) {
+        let mut rx = self.closed_rx.clone();
+        // An error means the reader task is gone, which is a close too.
+        let _ = rx.wait_for(|closed| *closed).await;
     }
 
     pub async fn request(&self, body: AgentRequest) -> Result<AgentResponse> {

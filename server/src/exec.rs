@@ -6,10 +6,24 @@ use std::os::unix::process::ExitStatusExt;
 
 /// Runs `command` in a new session and returns the exit code to leave with (the command's, or
 /// 128+signal like a shell).
-pub async fn exec(opts: SessionOptions, command: &[String]) -> Result<i32> {
+pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
     let (program, args) = command.split_first().context("no command given")?;
     let browser = crate::browser::setup(&opts.config);
-    let mut session = Session::start(opts).await?;
+    let step =
+        crate::cli::progress::Step::start(&format!("starting the agent for {}", opts.target));
+    if opts.progress.is_none() {
+        opts.progress = Some(step.reporter());
+    }
+    let mut session = match Session::start(opts).await {
+        Ok(s) => {
+            step.done(&format!("agent ready ({})", s.agent.describe()));
+            s
+        }
+        Err(e) => {
+            step.fail();
+            return Err(e);
+        }
+    };
     if let Some(setup) = &browser {
         eprintln!("{}", crate::browser::offer_line(setup));
     }
@@ -47,11 +61,7 @@ pub async fn exec(opts: SessionOptions, command: &[String]) -> Result<i32> {
     });
     let status = tokio::select! {
         s = child.wait() => s.context("waiting for the command")?,
-        agent_exit = session.agent.wait_exit() => {
-            let why = match agent_exit {
-                Ok(s) => format!("the agent exited ({s})"),
-                Err(e) => format!("the agent is gone ({e})"),
-            };
+        why = session.agent.wait_exit(&session.control) => {
             eprintln!("mirrord: {why}; the command can no longer reach the target");
             child.wait().await.context("waiting for the command")?
         }

@@ -27,7 +27,7 @@ pub struct ObservedConnection {
     pub port: u16,
     pub peer: SocketAddr,
     pub local: SocketAddr,
-    pub channel: tokio::net::UnixStream,
+    pub channel: crate::agent::AgentStream,
 }
 
 pub struct IncomingRouter {
@@ -191,7 +191,7 @@ impl IncomingRouter {
     async fn relay_sniffing(
         &self,
         program: tokio::net::TcpStream,
-        agent: tokio::net::UnixStream,
+        agent: crate::agent::AgentStream,
         port: u16,
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -202,7 +202,7 @@ impl IncomingRouter {
             std::time::Instant,
         )>;
         let waiting: Arc<Mutex<Pending>> = Arc::default();
-        let (mut agent_r, mut agent_w) = agent.into_split();
+        let (mut agent_r, mut agent_w) = tokio::io::split(agent);
         let (mut program_r, mut program_w) = program.into_split();
         let methods: Arc<Mutex<std::collections::VecDeque<String>>> = Arc::default();
         let requests_waiting = waiting.clone();

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod exec;
 pub mod http_sniff;
 pub mod incoming;
+pub mod kube;
 pub mod paths;
 pub mod proxy;
 pub mod session;

@@ -461,7 +461,7 @@ async fn open_udp_relay(
         return Ok((relay_addr, reply, None));
     }
     let task = tokio::spawn(async move {
-        let (mut agent_rx, mut agent_tx) = agent.into_split();
+        let (mut agent_rx, mut agent_tx) = tokio::io::split(agent);
         let mut buf = vec![0u8; 65536];
         // The program's socket, learnt from its first datagram; others are ignored so no other
         // local process can inject into the flow.

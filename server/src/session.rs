@@ -1,7 +1,7 @@
 //! A session: one target, one agent, one layer proxy, and the environment that makes a program
 //! join it.
 
-use crate::agent::{AgentConnector, AgentControl, AgentProcess};
+use crate::agent::{AgentConnector, AgentControl, AgentHandle, AgentProcess};
 use crate::incoming::IncomingRouter;
 use crate::proxy::{LayerProxy, ProxyShared};
 use crate::traffic::TrafficLog;
@@ -10,22 +10,32 @@ use mirrord_protocol::config::{MirrordConfig, TargetPath};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// How often an idle control channel to a cluster agent is pinged.
+const KEEP_ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Environment variable carrying the agent's token (read and removed by the agent at start).
 pub const AGENT_TOKEN_ENV: &str = "MIRRORD_AGENT_TOKEN";
 
 pub struct SessionOptions {
     pub config: MirrordConfig,
     pub target: TargetPath,
+    /// The Kubernetes namespace given on the command line (`-n`), which beats every other
+    /// source; ignored for local targets.
+    pub namespace: Option<String>,
     pub agent_bin: PathBuf,
     pub layer_path: PathBuf,
     pub runtime_dir: PathBuf,
+    /// Hears about each step of a long start (a cluster agent's).
+    pub progress: Option<Arc<crate::kube::ProgressFn>>,
 }
 
 pub struct Session {
     pub id: String,
     token: String,
     pub target: TargetPath,
-    pub agent: AgentProcess,
+    pub agent: AgentHandle,
+    /// The control channel to the agent (its closing is a cluster agent's death).
+    pub control: AgentControl,
     pub proxy: LayerProxy,
     /// Live state of the session (processes, ports, traffic).
     pub shared: Arc<ProxyShared>,
@@ -54,17 +64,52 @@ impl Session {
     pub async fn start(opts: SessionOptions) -> Result<Session> {
         let id = random_hex(8)?;
         let token = random_hex(32)?;
-        let agent_socket = opts.runtime_dir.join(format!("{id}.agent.sock"));
-        let agent =
-            AgentProcess::spawn(&opts.agent_bin, &opts.target, agent_socket.clone(), &token)
-                .await?;
-        let connector = AgentConnector::Unix {
-            path: agent_socket,
-            token: token.clone(),
+        let (agent, connector) = if opts.target.is_kubernetes() {
+            let progress = opts.progress.clone();
+            let report = move |note: crate::kube::StartNote<'_>| {
+                if let Some(p) = &progress {
+                    p(note);
+                }
+            };
+            let kube_agent = crate::kube::start_agent(
+                &opts.config,
+                &opts.target,
+                opts.namespace.as_deref(),
+                &token,
+                &report,
+            )
+            .await?;
+            let connector = AgentConnector::PortForward {
+                client: kube_agent.client.clone(),
+                namespace: kube_agent.namespace.clone(),
+                pod: kube_agent.pod.clone(),
+                port: kube_agent.port,
+                token: token.clone(),
+            };
+            (AgentHandle::Kube(kube_agent), connector)
+        } else {
+            let agent_socket = opts.runtime_dir.join(format!("{id}.agent.sock"));
+            let agent =
+                AgentProcess::spawn(&opts.agent_bin, &opts.target, agent_socket.clone(), &token)
+                    .await?;
+            let connector = AgentConnector::Unix {
+                path: agent_socket,
+                token: token.clone(),
+            };
+            (AgentHandle::Local(agent), connector)
         };
-        let (control, event_rx) = AgentControl::open(&connector)
-            .await
-            .context("opening the agent's control channel")?;
+        let (control, event_rx) = match AgentControl::open(&connector).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Invariant: a failed start leaves no agent behind (a cluster agent's Job
+                // would otherwise wait for its communication timeout).
+                agent.stop(None).await;
+                return Err(e.context("opening the agent's control channel"));
+            }
+        };
+        if let AgentHandle::Kube(_) = &agent {
+            control.keep_alive(KEEP_ALIVE_EVERY);
+        }
         let traffic = Arc::new(TrafficLog::default());
         let incoming = IncomingRouter::new(
             opts.config.feature.network.incoming.clone(),
@@ -74,33 +119,46 @@ impl Session {
         let shared = Arc::new(ProxyShared {
             token: token.clone(),
             connector,
-            control,
+            control: control.clone(),
             incoming,
             next_process: std::sync::atomic::AtomicU64::new(1),
             traffic,
             processes: Default::default(),
         });
         // `MIRRORD_SESSION_RELAY=1` keeps flows on the session's own data listeners (the path a
-        // remote agent needs), so that path stays exercised with local targets too.
-        let direct = if std::env::var("MIRRORD_SESSION_RELAY").is_ok_and(|v| v == "1") {
-            Vec::new()
-        } else {
-            agent.data_addrs.clone()
+        // remote agent needs), so that path stays exercised with local targets too. A cluster
+        // agent has no listener on this machine: its flows always take the session's.
+        let direct = match &agent {
+            AgentHandle::Local(_)
+                if std::env::var("MIRRORD_SESSION_RELAY").is_ok_and(|v| v == "1") =>
+            {
+                Vec::new()
+            }
+            AgentHandle::Local(p) => p.data_addrs.clone(),
+            AgentHandle::Kube(_) => Vec::new(),
         };
         let proxy = LayerProxy::start(
             opts.runtime_dir.join(format!("{id}.sock")),
             shared.clone(),
             direct,
         )
-        .await?;
+        .await;
+        let proxy = match proxy {
+            Ok(p) => p,
+            Err(e) => {
+                agent.stop(Some(&control)).await;
+                return Err(e);
+            }
+        };
         let config_json =
             serde_json::to_string(&opts.config).context("serialising the configuration")?;
-        tracing::info!(session = %id, target = %opts.target, agent_pid = agent.pid, "session started");
+        tracing::info!(session = %id, target = %opts.target, agent = %agent.describe(), "session started");
         Ok(Session {
             id,
             token,
             target: opts.target,
             agent,
+            control,
             proxy,
             shared,
             config_json,
@@ -126,6 +184,6 @@ impl Session {
 
     pub async fn stop(self) {
         drop(self.proxy);
-        self.agent.stop().await;
+        self.agent.stop(Some(&self.control)).await;
     }
 }

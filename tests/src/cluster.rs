@@ -54,11 +54,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::{run_ok, tee_lines, wait_line_on};
 
 /// Prefix of every cluster id (and so of every namespace, /etc/netns dir and workdir).
-const PREFIX: &str = "mrdt";
-const RUN_NETNS: &str = "/run/netns";
-const ETC_NETNS: &str = "/etc/netns";
+pub(crate) const PREFIX: &str = "mrdt";
+pub(crate) const RUN_NETNS: &str = "/run/netns";
+pub(crate) const ETC_NETNS: &str = "/etc/netns";
 /// The system Python: the `python3` on PATH may be a pyenv shim.
-const PYTHON: &str = "/usr/bin/python3";
+pub(crate) const PYTHON: &str = "/usr/bin/python3";
 /// How long a service may take to print `ready` (generous: CI runs many clusters at once on
 /// two cores; normally it takes ~0.1 s).
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -71,11 +71,11 @@ const KEEP_ENV: &str = "MIRRORD_TESTS_KEEP_WORKDIR";
 
 /// Serialises `ip netns add/del` within this process: the first `netns add` on a machine sets
 /// up the shared `/run/netns` mount, and concurrent first calls can stack mounts.
-static NETNS_LOCK: Mutex<()> = Mutex::new(());
+pub(crate) static NETNS_LOCK: Mutex<()> = Mutex::new(());
 /// Per-process cluster counter (second part of the id).
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+pub(crate) static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// The stale sweep runs once per test process, before its first cluster exists.
-static SWEEP: Once = Once::new();
+pub(crate) static SWEEP: Once = Once::new();
 
 /// Process groups of live (not yet reaped) [`ManagedChild`]ren of one cluster.
 type Registry = Arc<Mutex<HashSet<u32>>>;
@@ -834,11 +834,11 @@ fn tail_of_file(path: &Path, n: usize) -> String {
 }
 
 /// Locks ignoring poison: a panicking test must not stop the cleanup.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn kill_group(pgid: u32) {
+pub(crate) fn kill_group(pgid: u32) {
     if let Ok(pgid) = i32::try_from(pgid) {
         if pgid > 1 {
             // SAFETY: kill(2) has no memory-safety preconditions; pgid > 1 so this never
@@ -848,7 +848,7 @@ fn kill_group(pgid: u32) {
     }
 }
 
-fn base36(mut n: u32) -> String {
+pub(crate) fn base36(mut n: u32) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
     loop {
@@ -863,13 +863,13 @@ fn base36(mut n: u32) -> String {
 }
 
 /// The pid of the process that created a harness name (`mrdt<pid36>-...`), if it is one.
-fn creator_pid(name: &str) -> Option<u32> {
+pub(crate) fn creator_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(PREFIX)?;
     let pid = rest.split('-').next()?;
     u32::from_str_radix(pid, 36).ok()
 }
 
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
@@ -878,11 +878,11 @@ fn pid_alive(pid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-fn scratch_root() -> PathBuf {
+pub(crate) fn scratch_root() -> PathBuf {
     std::env::temp_dir().join("mirrord-tests")
 }
 
-fn services_dir() -> PathBuf {
+pub(crate) fn services_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("services")
 }
 
@@ -890,7 +890,7 @@ fn services_dir() -> PathBuf {
 /// them), /etc/netns dirs and workdirs whose creator pid is gone. Names carrying our own pid
 /// are stale too: this runs before this process made any cluster (a dead process with the same
 /// pid left them).
-fn sweep_stale() {
+pub(crate) fn sweep_stale() {
     let me = std::process::id();
     let stale = |name: &str| creator_pid(name).is_some_and(|pid| pid == me || !pid_alive(pid));
     let names = |dir: &Path| -> Vec<String> {
@@ -927,14 +927,14 @@ fn sweep_stale() {
 }
 
 /// (device, inode) of a network namespace file: equal ids mean the same namespace.
-fn netns_id(path: &Path) -> Result<(u64, u64)> {
+pub(crate) fn netns_id(path: &Path) -> Result<(u64, u64)> {
     let m = fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
     Ok((m.dev(), m.ino()))
 }
 
 /// Pids of the processes (other than this one) whose network namespace is `ns`: what
 /// `ip netns pids` prints, without a process per call.
-fn netns_pids(ns: &str) -> Result<Vec<u32>> {
+pub(crate) fn netns_pids(ns: &str) -> Result<Vec<u32>> {
     let target = netns_id(&Path::new(RUN_NETNS).join(ns))?;
     let me = std::process::id();
     let mut pids = Vec::new();
@@ -959,7 +959,7 @@ fn netns_pids(ns: &str) -> Result<Vec<u32>> {
 }
 
 /// SIGKILLs every process in `ns` until none is left (bounded by [`KILL_TIMEOUT`]).
-fn kill_netns_procs(ns: &str) -> Result<()> {
+pub(crate) fn kill_netns_procs(ns: &str) -> Result<()> {
     if !Path::new(RUN_NETNS).join(ns).exists() {
         return Ok(());
     }
@@ -983,7 +983,7 @@ fn kill_netns_procs(ns: &str) -> Result<()> {
 }
 
 /// Runs `ip [-n NS] [-force] -batch -` with `lines` on stdin: one process for many changes.
-fn ip_batch<I>(ns: Option<&str>, lines: I, force: bool) -> Result<()>
+pub(crate) fn ip_batch<I>(ns: Option<&str>, lines: I, force: bool) -> Result<()>
 where
     I: IntoIterator<Item = String>,
 {
@@ -1018,7 +1018,7 @@ where
 }
 
 /// Absolute path of a system program (PATH of a test run may lack the sbin dirs).
-fn find_program(name: &str) -> Result<PathBuf> {
+pub(crate) fn find_program(name: &str) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
@@ -1032,13 +1032,13 @@ fn find_program(name: &str) -> Result<PathBuf> {
         })
 }
 
-fn ip_bin() -> &'static Path {
+pub(crate) fn ip_bin() -> &'static Path {
     static IP: OnceLock<PathBuf> = OnceLock::new();
     IP.get_or_init(|| find_program("ip").unwrap_or_else(|_| PathBuf::from("ip")))
 }
 
 /// Fails early, with the fix in the message, when the machine cannot host a cluster.
-fn preflight() -> Result<()> {
+pub(crate) fn preflight() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod k8s;
 pub mod lsp_client;
 
 use std::fs::File;

@@ -59,7 +59,8 @@ fn bad_targets_are_clear_errors() {
             "netns/no-such-namespace-xyz",
             "/var/run/netns/no-such-namespace-xyz",
         ),
-        ("pod/api", "needs a Kubernetes cluster connection"),
+        // No kubeconfig anywhere: the cluster connection says how to give one.
+        ("pod/api", "no Kubernetes configuration"),
         ("bogus", "invalid target"),
     ] {
         let out = run(exec(&c, target, "true", &[]));

@@ -14,7 +14,7 @@ import {
 } from './logic/api';
 import { defaultConfigPath, defaultConfigText } from './logic/config';
 import { applySession, decide, LaunchConfig, startSessionParams } from './logic/launch';
-import { isNoTargetError, orderTargets, rememberTarget } from './logic/targets';
+import { isNoTargetError, namespaceItems, pickerItems, rememberTarget, SWITCH_NAMESPACE } from './logic/targets';
 import { TrafficStore } from './logic/traffic';
 import { messageOf, MirrordServer } from './server';
 import { debugFromBrowser } from './browserCommand';
@@ -23,6 +23,7 @@ import { TrafficView } from './trafficView';
 
 const ENABLED_KEY = 'mirrord.enabled';
 const RECENT_TARGETS_KEY = 'mirrord.recentTargets';
+const NAMESPACE_KEY = 'mirrord.namespace';
 
 let server: MirrordServer | undefined;
 
@@ -121,31 +122,51 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   );
 
   // ---- target picker ----
-  const pickTarget = async (workspaceFolder: string | undefined): Promise<string | undefined> => {
-    let res: ListTargetsResult;
-    try {
-      res = await srv.request<ListTargetsResult>(METHODS.listTargets, { workspaceFolder });
-    } catch (e) {
-      void vscode.window.showErrorMessage(`mirrord: could not list targets: ${messageOf(e)}`);
-      return undefined;
+  interface Picked {
+    target: string;
+    /** The namespace the target was listed in, when the user switched to one. */
+    namespace?: string;
+  }
+  const pickTarget = async (workspaceFolder: string | undefined): Promise<Picked | undefined> => {
+    let namespace = context.workspaceState.get<string>(NAMESPACE_KEY);
+    // Switching the namespace lists that namespace's targets and asks again.
+    for (;;) {
+      let res: ListTargetsResult;
+      try {
+        res = await srv.request<ListTargetsResult>(METHODS.listTargets, { workspaceFolder, namespace });
+      } catch (e) {
+        void vscode.window.showErrorMessage(`mirrord: could not list targets: ${messageOf(e)}`);
+        return undefined;
+      }
+      const recent = context.workspaceState.get<string[]>(RECENT_TARGETS_KEY, []);
+      const items = pickerItems(res, recent, namespace);
+      if (!items.length) {
+        void vscode.window.showErrorMessage('mirrord: no target found; set "target" in .mirrord/mirrord.json.');
+        return undefined;
+      }
+      const pick = await vscode.window.showQuickPick(items, {
+        title: `mirrord: choose the target${namespace ? ` (namespace ${namespace})` : ''}`,
+        placeHolder: 'The launch gets this target\'s network (set "target" in .mirrord/mirrord.json to skip this)',
+        matchOnDescription: true,
+        ignoreFocusOut: true,
+      });
+      if (!pick) {
+        return undefined;
+      }
+      if (pick.target === SWITCH_NAMESPACE) {
+        const ns = await vscode.window.showQuickPick(namespaceItems(res.namespaces ?? [], namespace), {
+          title: 'mirrord: choose the namespace',
+          ignoreFocusOut: true,
+        });
+        if (ns) {
+          namespace = ns.namespace;
+          await context.workspaceState.update(NAMESPACE_KEY, namespace);
+        }
+        continue;
+      }
+      await context.workspaceState.update(RECENT_TARGETS_KEY, rememberTarget(recent, pick.target));
+      return { target: pick.target, namespace: res.namespaces ? namespace : undefined };
     }
-    const recent = context.workspaceState.get<string[]>(RECENT_TARGETS_KEY, []);
-    const items = orderTargets(res.targets, recent);
-    if (!items.length) {
-      void vscode.window.showErrorMessage('mirrord: no target found; set "target" in .mirrord/mirrord.json.');
-      return undefined;
-    }
-    const pick = await vscode.window.showQuickPick(items, {
-      title: 'mirrord: choose the target',
-      placeHolder: 'The launch gets this target\'s network (set "target" in .mirrord/mirrord.json to skip this)',
-      matchOnDescription: true,
-      ignoreFocusOut: true,
-    });
-    if (!pick) {
-      return undefined;
-    }
-    await context.workspaceState.update(RECENT_TARGETS_KEY, rememberTarget(recent, pick.target));
-    return pick.target;
   };
 
   // ---- sessions ----
@@ -173,11 +194,11 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
         throw e;
       }
       output.appendLine(`[mirrord] ${messageOf(e)}`);
-      const target = await pickTarget(folderPath);
-      if (!target) {
+      const picked = await pickTarget(folderPath);
+      if (!picked) {
         return undefined;
       }
-      return await startSession({ ...params, target }, token);
+      return await startSession({ ...params, target: picked.target, namespace: picked.namespace }, token);
     }
   };
 
@@ -266,7 +287,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     await vscode.commands.executeCommand('workbench.action.debug.start');
   });
   reg('mirrord.selectTarget', async () => {
-    const target = await pickTarget(vscode.workspace.workspaceFolders?.[0]?.uri.fsPath);
+    const target = (await pickTarget(vscode.workspace.workspaceFolders?.[0]?.uri.fsPath))?.target;
     if (target) {
       void vscode.window.showInformationMessage(
         `mirrord: ${target} is now the most recent target (set "target": "${target}" in .mirrord/mirrord.json to always use it).`,

@@ -25,9 +25,15 @@ struct TargetArgs {
     /// Configuration file (default: $MIRRORD_CONFIG_FILE).
     #[arg(short = 'f', long = "config-file")]
     config_file: Option<PathBuf>,
-    /// Target: pid/PID or netns/NAME (pod/..., deployment/... need a cluster connection).
+    /// Target: pod/NAME[/container/C], deployment/NAME[/container/C], statefulset/NAME,
+    /// replicaset/NAME, job/NAME, cronjob/NAME, service/NAME, rollout/NAME or targetless (in
+    /// the cluster of the kubeconfig); pid/PID or netns/NAME (on this machine).
     #[arg(short = 't', long)]
     target: Option<String>,
+    /// Kubernetes namespace of the target (default: $MIRRORD_TARGET_NAMESPACE, the
+    /// configuration's target.namespace, else the kube context's).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
     /// Path of libmirrord_layer.so (default: $MIRRORD_LAYER_FILE, else next to this binary).
     #[arg(long)]
     layer: Option<PathBuf>,
@@ -72,11 +78,18 @@ enum Command {
         #[arg(long)]
         mirror: bool,
     },
-    /// List the targets on this machine.
+    /// List the targets: the namespace's in the cluster when a kubeconfig exists, else the
+    /// ones on this machine.
     Ls {
         /// One JSON document instead of a list.
         #[arg(long)]
         json: bool,
+        /// Kubernetes namespace to list (default: as for a target).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Configuration file (its kubeconfig keys and target.namespace apply).
+        #[arg(short = 'f', long = "config-file")]
+        config_file: Option<PathBuf>,
     },
     /// Check a configuration file; errors are printed as FILE:LINE:COLUMN: MESSAGE.
     VerifyConfig {
@@ -133,23 +146,33 @@ fn session_options(
         .clone()
         .or_else(|| config.target.as_ref().and_then(|t| t.path.clone()))
         .context(
-            "no target: pass -t pid/PID or netns/NAME, or set \"target\" in the configuration",
+            "no target: pass -t (e.g. deployment/NAME, pod/NAME, targetless, pid/PID), or set \
+             \"target\" in the configuration",
         )?;
     let target = TargetPath::parse(&target_spec).map_err(anyhow::Error::msg)?;
+    // A cluster agent is an image, not a binary on this machine.
+    let agent_bin = if target.is_kubernetes() {
+        args.agent.clone().unwrap_or_default()
+    } else {
+        paths::agent_path(args.agent.as_deref())?
+    };
     Ok(SessionOptions {
         config,
         target,
-        agent_bin: paths::agent_path(args.agent.as_deref())?,
+        namespace: args.namespace.clone(),
+        agent_bin,
         layer_path: paths::layer_path(args.layer.as_deref())?,
         runtime_dir: paths::runtime_dir()?,
+        progress: None,
     })
 }
 
-async fn start(opts: SessionOptions) -> Result<Session> {
+async fn start(mut opts: SessionOptions) -> Result<Session> {
     let step = Step::start(&format!("starting the agent for {}", opts.target));
+    opts.progress = Some(step.reporter());
     match Session::start(opts).await {
         Ok(s) => {
-            step.done(&format!("agent ready (pid {})", s.agent.pid));
+            step.done(&format!("agent ready ({})", s.agent.describe()));
             Ok(s)
         }
         Err(e) => {
@@ -214,16 +237,48 @@ fn run(cli: Cli) -> Result<i32> {
                 result.map(|_| 0)
             })
         }
-        Command::Ls { json } => {
-            let targets = mirrord_server::daemon::targets::local_targets();
+        Command::Ls {
+            json,
+            namespace,
+            config_file,
+        } => {
+            let config_path =
+                config_file.or_else(|| std::env::var_os("MIRRORD_CONFIG_FILE").map(PathBuf::from));
+            let config = match &config_path {
+                Some(p) => config_file::load(p)?,
+                None => MirrordConfig::default(),
+            };
+            let settings = mirrord_server::kube::client::KubeSettings::from_config(&config);
+            let (targets, namespaces) = if settings.kubeconfig_exists() {
+                runtime()?.block_on(async {
+                    let connection = settings.connect().await?;
+                    let ns = mirrord_server::kube::client::target_namespace(
+                        namespace.as_deref(),
+                        &config,
+                        &connection.context_namespace,
+                    );
+                    let targets =
+                        mirrord_server::kube::targets::list(&connection.client, &ns).await?;
+                    let namespaces =
+                        mirrord_server::kube::targets::namespaces(&connection.client).await;
+                    anyhow::Ok((targets, namespaces))
+                })?
+            } else {
+                (mirrord_server::daemon::targets::local_targets(), None)
+            };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "targets": targets }))?
-                );
+                let mut doc = serde_json::json!({ "targets": targets });
+                if let Some(ns) = namespaces {
+                    doc["namespaces"] = serde_json::json!(ns);
+                }
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 for t in targets {
-                    println!("{}", t.path);
+                    if t.available {
+                        println!("{}", t.path);
+                    } else {
+                        println!("{} (not available: no ready pod)", t.path);
+                    }
                 }
             }
             Ok(0)

@@ -271,7 +271,7 @@ async fn udp_forward(shared: Arc<crate::proxy::ProxyShared>, socket: UdpSocket, 
                 Ok(UdpOpenReply::Opened { .. }) => {}
                 _ => return,
             }
-            let (mut rx, mut tx) = agent.into_split();
+            let (mut rx, mut tx) = tokio::io::split(agent);
             let back = tokio::spawn(async move {
                 while let Ok(Datagram(payload)) = read_frame_async::<Datagram, _>(&mut rx).await {
                     let _ = socket.send_to(&payload, peer).await;

@@ -21,6 +21,23 @@ impl Step {
         Step(Some(bar))
     }
 
+    /// Reports the steps of a session's start: the spinner shows each step, and notices are
+    /// printed whether or not there is a terminal.
+    pub fn reporter(&self) -> std::sync::Arc<crate::kube::ProgressFn> {
+        let bar = self.0.clone();
+        std::sync::Arc::new(move |note: crate::kube::StartNote<'_>| match note {
+            crate::kube::StartNote::Step(m) => {
+                if let Some(bar) = &bar {
+                    bar.set_message(m.to_owned());
+                }
+            }
+            crate::kube::StartNote::Notice(m) => match &bar {
+                Some(bar) => bar.println(format!("mirrord: {m}")),
+                None => eprintln!("mirrord: {m}"),
+            },
+        })
+    }
+
     pub fn done(self, message: &str) {
         if let Some(bar) = self.0 {
             bar.finish_with_message(message.to_owned());

@@ -438,4 +438,66 @@ mod tests {
         );
         assert!(d[0].message.contains("unknown field `netwrk`"));
     }
+
+    #[test]
+    fn kubernetes_keys_complete_hover_and_diagnose() {
+        let labels = |t: &str| -> Vec<String> {
+            completions(t, t.len())
+                .into_iter()
+                .map(|c| c.label)
+                .collect()
+        };
+        let top = labels("{");
+        for k in [
+            "kubeconfig",
+            "kube_context",
+            "accept_invalid_certificates",
+            "agent",
+        ] {
+            assert!(top.contains(&k.to_string()), "{top:?}");
+        }
+        let agent = labels(r#"{"agent": {"#);
+        for k in [
+            "namespace",
+            "image",
+            "image_pull_policy",
+            "image_pull_secrets",
+            "ttl",
+            "ephemeral",
+            "startup_timeout",
+            "communication_timeout",
+            "privileged",
+            "disabled_capabilities",
+            "tolerations",
+            "resources",
+            "labels",
+            "annotations",
+            "node_selector",
+            "service_account",
+            "log_level",
+        ] {
+            assert!(agent.contains(&k.to_string()), "{k} not in {agent:?}");
+        }
+        let t = r#"{"agent": {"communication_timeout": 5}}"#;
+        let h = hover(t, t.find("communication_timeout").unwrap() + 2).unwrap();
+        assert!(h.contains("no session"), "{h}");
+        let t = r#"{"target": "rollout/x"}"#;
+        let h = hover(t, 3).unwrap();
+        assert!(h.contains("rollout/NAME"), "{h}");
+        let d = diagnostics(
+            Path::new("/x/.mirrord/mirrord.json"),
+            "{\"agent\": {\"ttl\": \"soon\"}}",
+        );
+        assert_eq!(
+            d.len(),
+            1,
+            "{:?}",
+            d.iter().map(|p| &p.message).collect::<Vec<_>>()
+        );
+        let d = diagnostics(
+            Path::new("/x/.mirrord/mirrord.json"),
+            "{\"target\": \"daemonset/x\"}",
+        );
+        assert!(d[0].message.contains("invalid target"), "{}", d[0].message);
+    }
 }

@@ -180,7 +180,7 @@ impl Backend {
     }
 
     async fn list_targets(&self, params: ListTargetsParams) -> RpcResult<ListTargetsResult> {
-        self.daemon.list_targets(params).map_err(rpc_error)
+        self.daemon.list_targets(params).await.map_err(rpc_error)
     }
     async fn verify_config(&self, params: VerifyConfigParams) -> RpcResult<VerifyConfigResult> {
         Ok(self.daemon.verify_config(params))

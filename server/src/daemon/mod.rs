@@ -75,7 +75,9 @@ struct ManagedSession {
     env: BTreeMap<String, String>,
     session: tokio::sync::Mutex<Option<Session>>,
     shared: Arc<crate::proxy::ProxyShared>,
-    agent_pid: u32,
+    agent_pid: Option<u32>,
+    /// Where the agent runs, for messages.
+    agent_desc: String,
     notifier: Arc<dyn Notifier>,
     /// Debug from the browser: set when the session steals with a header filter.
     browser: Option<mirrord_protocol::api::BrowserSetup>,
@@ -133,11 +135,46 @@ impl Daemon {
             .ok_or_else(|| ApiError(format!("no session {id}")))
     }
 
-    pub fn list_targets(&self, params: ListTargetsParams) -> Result<ListTargetsResult, ApiError> {
-        let _ = params;
+    /// The targets to offer: with a usable kubeconfig, the namespace's cluster targets (and the
+    /// namespaces to switch to), else the targets on this machine.
+    pub async fn list_targets(
+        &self,
+        params: ListTargetsParams,
+    ) -> Result<ListTargetsResult, ApiError> {
+        let start = StartSessionParams {
+            workspace_folder: params.workspace_folder.clone(),
+            config_path: params.config_path.clone(),
+            ..Default::default()
+        };
+        let config = match resolve_config_path(&start) {
+            Some(p) => config_file::load(&p)?,
+            None => MirrordConfig::default(),
+        };
+        let settings = crate::kube::client::KubeSettings::from_config(&config);
+        if !settings.kubeconfig_exists() {
+            return Ok(ListTargetsResult {
+                targets: targets::local_targets(),
+                namespaces: None,
+            });
+        }
+        let connection = settings
+            .connect()
+            .await
+            .map_err(|e| ApiError(format!("{e:#}")))?;
+        let namespace = crate::kube::client::target_namespace(
+            params.namespace.as_deref(),
+            &config,
+            &connection.context_namespace,
+        );
+        let list = crate::kube::targets::list(&connection.client, &namespace)
+            .await
+            .map_err(|e| ApiError(format!("{e:#}")))?;
+        let namespaces = crate::kube::targets::namespaces(&connection.client)
+            .await
+            .unwrap_or_else(|| vec![namespace.clone()]);
         Ok(ListTargetsResult {
-            targets: targets::local_targets(),
-            namespaces: None,
+            targets: list,
+            namespaces: Some(namespaces),
         })
     }
 
@@ -181,8 +218,18 @@ impl Daemon {
                 ApiError("no target: choose one (mirrord/listTargets) or set \"target\" in the configuration".into())
             })?;
         let target = TargetPath::parse(&target_spec).map_err(ApiError)?;
+        // The picker's namespace, else the launch's MIRRORD_TARGET_NAMESPACE (the daemon's own
+        // environment is not the launch's).
+        let namespace = params.namespace.clone().or_else(|| {
+            params
+                .launch
+                .as_ref()
+                .and_then(|l| l.env.get(mirrord_protocol::config::TARGET_NAMESPACE_ENV))
+                .cloned()
+        });
         let key = format!(
-            "{target}|{}|{}",
+            "{target}|{}|{}|{}",
+            namespace.as_deref().unwrap_or_default(),
             config_path
                 .as_deref()
                 .map(|p| p.display().to_string())
@@ -225,12 +272,19 @@ impl Daemon {
         );
         let started = Instant::now();
         let browser = crate::browser::setup(&config);
+        let report_to = notifier.clone();
+        let report_token = token.clone();
         let opts = SessionOptions {
             config,
             target: target.clone(),
+            namespace,
             agent_bin: self.opts.agent_bin.clone(),
             layer_path: self.opts.layer_path.clone(),
             runtime_dir: self.opts.runtime_dir.clone(),
+            progress: Some(Arc::new(move |note: crate::kube::StartNote<'_>| {
+                let (crate::kube::StartNote::Step(m) | crate::kube::StartNote::Notice(m)) = note;
+                report_to.progress(&report_token, Progress::Report(m.to_owned()))
+            })),
         };
         let session = match Session::start(opts).await {
             Ok(s) => s,
@@ -267,7 +321,8 @@ impl Daemon {
             state: Mutex::new("starting".into()),
             env: env.clone(),
             shared: session.shared.clone(),
-            agent_pid: session.agent.pid,
+            agent_pid: session.agent.pid(),
+            agent_desc: session.agent.describe(),
             session: tokio::sync::Mutex::new(Some(session)),
             notifier: notifier.clone(),
             browser,
@@ -276,10 +331,7 @@ impl Daemon {
         if let Some(p) = &config_path {
             self.watch(p);
         }
-        managed.set_state(
-            "ready",
-            Some(format!("agent pid {} on {target}", managed.agent_pid)),
-        );
+        managed.set_state("ready", Some(format!("{} on {target}", managed.agent_desc)));
         self.clone().supervise(managed.clone());
         Ok(StartSessionResult {
             session_id: managed.id.clone(),
@@ -317,10 +369,10 @@ impl Daemon {
                     return;
                 };
                 // Has the agent died? (try_wait does not block.)
-                if let Some(status) = session.agent.try_exit() {
+                if let Some(why) = session.agent.try_exit(&session.control) {
                     drop(guard);
                     let msg = format!(
-                        "the agent exited ({status}); programs of this session get connection errors. Start the session again."
+                        "{why}; programs of this session get connection errors. Start the session again."
                     );
                     s.shared.traffic.emit(TrafficEvent::Error {
                         time: now_ms(),
@@ -393,7 +445,7 @@ impl Daemon {
                 ports: s.shared.incoming.ports(),
                 processes: s.shared.processes(),
                 started_at: s.started_at,
-                agent_pid: Some(s.agent_pid),
+                agent_pid: s.agent_pid,
                 browser: s.browser.clone(),
             })
             .collect();

@@ -119,7 +119,7 @@ fn conn_of(ext: &Extensions) -> usize {
 fn module(ctx: Arc<WsContext>) -> Result<RpcModule<WsContext>> {
     let mut m = RpcModule::from_arc(ctx);
     m.register_async_method("mirrord/listTargets", |p, ctx, _| async move {
-        ctx.daemon.list_targets(parse(&p)?).map_err(api_err)
+        ctx.daemon.list_targets(parse(&p)?).await.map_err(api_err)
     })?;
     m.register_async_method("mirrord/verifyConfig", |p, ctx, _| async move {
         Ok::<_, ErrorObjectOwned>(ctx.daemon.verify_config(parse(&p)?))

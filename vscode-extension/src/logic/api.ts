@@ -29,6 +29,8 @@ export interface StartSessionParams {
   workspaceFolder?: string;
   configPath?: string;
   target?: string;
+  /** Kubernetes namespace of the target (chosen in the picker); beats the configuration's. */
+  namespace?: string;
   launch?: LaunchInfo;
 }
 

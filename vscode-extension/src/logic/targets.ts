@@ -1,6 +1,6 @@
 // The target picker's list, without VS Code: most recently used targets first.
 
-import type { TargetInfo } from './api';
+import type { ListTargetsResult, TargetInfo } from './api';
 
 export interface TargetItem {
   label: string;
@@ -57,4 +57,41 @@ export function orderTargets(targets: readonly TargetInfo[], recent: readonly st
 /** Whether a startSession error is the daemon's "no target" error (then the picker asks). */
 export function isNoTargetError(message: string): boolean {
   return /^\s*no target\b/i.test(message);
+}
+
+/** The picker item that switches the namespace (its `target` is never a target path). */
+export const SWITCH_NAMESPACE = '\u0000switch-namespace';
+
+/**
+ * The target picker's items for one `mirrord/listTargets` answer: the targets (recent first),
+ * then, when the daemon listed namespaces (a cluster is configured), an item to switch the
+ * namespace. `namespace` is the one the list is for (undefined: the kube context's).
+ */
+export function pickerItems(res: ListTargetsResult, recent: readonly string[], namespace?: string): TargetItem[] {
+  const items = orderTargets(res.targets, recent);
+  if (res.namespaces && res.namespaces.length) {
+    items.push({
+      label: '$(symbol-namespace) Switch namespace…',
+      description: `now: ${namespace ?? "the kube context's"}`,
+      target: SWITCH_NAMESPACE,
+      recent: false,
+    });
+  }
+  return items;
+}
+
+export interface NamespaceItem {
+  label: string;
+  description?: string;
+  namespace: string;
+}
+
+/** The namespace picker's items: the current one first (marked), then the others in order. */
+export function namespaceItems(namespaces: readonly string[], current?: string): NamespaceItem[] {
+  const sorted = [...new Set(namespaces)].sort();
+  const first = current && sorted.includes(current) ? [current] : [];
+  return [
+    ...first.map((n) => ({ label: n, description: 'current', namespace: n })),
+    ...sorted.filter((n) => n !== current).map((n) => ({ label: n, namespace: n })),
+  ];
 }
