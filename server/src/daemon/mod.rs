@@ -287,16 +287,21 @@ impl Daemon {
     /// Pumps the session's traffic to its client, reports the agent's death, ends idle sessions.
     fn supervise(self: Arc<Self>, s: Arc<ManagedSession>) {
         let mut traffic_rx = s.shared.traffic.subscribe();
-        let pump = s.clone();
+        // Invariant: the pump holds neither the session nor its shared state, only what it
+        // writes with. Holding them kept the traffic log's sender alive, so `recv` never ended
+        // and every stopped session (its agent control socket included) leaked; now dropping
+        // the session closes the broadcast and ends the pump.
+        let session_id = s.id.clone();
+        let notifier = s.notifier.clone();
         tokio::spawn(async move {
             loop {
                 match traffic_rx.recv().await {
-                    Ok(event) => pump.notifier.traffic(TrafficNotification {
-                        session_id: pump.id.clone(),
+                    Ok(event) => notifier.traffic(TrafficNotification {
+                        session_id: session_id.clone(),
                         event,
                     }),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(session = %pump.id, "traffic view dropped {n} events");
+                        tracing::warn!(session = %session_id, "traffic view dropped {n} events");
                     }
                     Err(_) => return,
                 }
