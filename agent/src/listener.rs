@@ -192,7 +192,7 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
                     }
                 }
                 AgentRequest::Unsubscribe { port } => {
-                    state.incoming.unsubscribe(client.id, port);
+                    state.incoming.unsubscribe(client.id, port).await;
                     AgentResponse::Unsubscribed
                 }
                 AgentRequest::Ping => AgentResponse::Pong,
@@ -206,7 +206,7 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
             drop(permit);
         });
     };
-    state.incoming.client_gone(client.id);
+    state.incoming.client_gone(client.id).await;
     // Connections still being served hold copies of the event sender; nobody reads events of a
     // closed channel, so the writer stops now rather than when they end.
     writer_task.abort();
