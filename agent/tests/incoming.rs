@@ -160,7 +160,12 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .stderr(Stdio::null())
             .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            // The agents' stderr stays for the post-mortem.
+            eprintln!("kept {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -336,6 +341,7 @@ impl Agent {
         Control {
             stream: self.channel(AgentChannel::Control),
             next: 1,
+            early: Default::default(),
         }
     }
 
@@ -382,6 +388,8 @@ impl Drop for Agent {
 struct Control {
     stream: UnixStream,
     next: u64,
+    /// Answers that came before they were asked for.
+    early: std::collections::HashMap<u64, AgentResponse>,
 }
 
 impl Control {
@@ -392,11 +400,17 @@ impl Control {
         id
     }
 
+    /// The answer to request `id` (answers come in completion order; others are kept).
     fn answer(&mut self, id: u64) -> AgentResponse {
         loop {
+            if let Some(body) = self.early.remove(&id) {
+                return body;
+            }
             match read_frame::<AgentMessage, _>(&mut self.stream) {
-                Ok(AgentMessage::Response { id: got, body }) if got == id => return body,
-                Ok(_) => continue,
+                Ok(AgentMessage::Response { id: got, body }) => {
+                    self.early.insert(got, body);
+                }
+                Ok(AgentMessage::Event(_)) => continue,
                 Err(e) => panic!("no answer to request {id}: {e}"),
             }
         }

@@ -184,15 +184,15 @@ impl IncomingState {
             peer,
             local,
         });
-        let delivered = client.message_tx.send(event).await.is_ok();
-        let stream = if delivered {
-            tokio::time::timeout(PICKUP_TIMEOUT, rx)
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-        } else {
-            None
-        };
+        // One bound for both steps: a client whose event queue stays full (it stopped reading)
+        // holds the connection no longer than one that never picks it up; the target serves it.
+        let stream = tokio::time::timeout(PICKUP_TIMEOUT, async {
+            client.message_tx.send(event).await.ok()?;
+            rx.await.ok()
+        })
+        .await
+        .ok()
+        .flatten();
         lock(&self.pending).remove(&id);
         stream
     }
