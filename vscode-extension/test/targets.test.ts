@@ -25,8 +25,13 @@ describe('target picker', () => {
     assert.deepStrictEqual(rememberTarget(['a', 'b'], 'c', 2), ['c', 'a']);
   });
 
-  it('recognises the daemon\'s "no target" error', () => {
-    assert.ok(isNoTargetError('no target: choose one (mirrord/listTargets) or set "target" in the configuration'));
-    assert.ok(!isNoTargetError('mirrord could not start a session on pid/1: no such process'));
+  it('recognises the daemon\'s "no target" error by its kind, not its words', () => {
+    // What vscode-languageclient rejects with: a ResponseError carrying the JSON-RPC `data`.
+    const failure = (message: string, data?: unknown) => Object.assign(new Error(message), { code: 1, data });
+    assert.ok(isNoTargetError(failure('anything at all', { kind: 'no_target' })));
+    assert.ok(!isNoTargetError(failure('no target: choose one', { kind: 'session_start' })));
+    assert.ok(!isNoTargetError(failure('no target: choose one')));
+    assert.ok(!isNoTargetError(failure('no target', 'no_target')));
+    assert.ok(!isNoTargetError(undefined));
   });
 });

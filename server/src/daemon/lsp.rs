@@ -137,8 +137,8 @@ pub struct Backend {
 fn rpc_error(e: ApiError) -> RpcError {
     RpcError {
         code: tower_lsp::jsonrpc::ErrorCode::ServerError(1),
-        message: e.0.into(),
-        data: None,
+        data: serde_json::to_value(e.data()).ok(),
+        message: e.message.into(),
     }
 }
 

@@ -33,25 +33,43 @@ pub enum Progress {
     End(String),
 }
 
-/// A method failed; the message is for a person.
+/// A method failed: `kind` is for programs (the JSON-RPC error's `data`), `message` for a
+/// person.
 #[derive(Debug, Clone)]
-pub struct ApiError(pub String);
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON-RPC error's `data`.
+    pub fn data(&self) -> ErrorData {
+        ErrorData { kind: self.kind }
+    }
+}
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
-        ApiError(format!("{e:#}"))
+        ApiError::new(ErrorKind::Internal, format!("{e:#}"))
     }
 }
 
 impl From<ConfigError> for ApiError {
     fn from(e: ConfigError) -> Self {
-        ApiError(e.to_string())
+        ApiError::new(ErrorKind::Config, e.to_string())
     }
 }
 
@@ -71,7 +89,7 @@ struct ManagedSession {
     target: String,
     config_path: Option<PathBuf>,
     started_at: u64,
-    state: Mutex<String>,
+    state: Mutex<SessionState>,
     env: BTreeMap<String, String>,
     session: tokio::sync::Mutex<Option<Session>>,
     shared: Arc<crate::proxy::ProxyShared>,
@@ -80,17 +98,23 @@ struct ManagedSession {
 }
 
 impl ManagedSession {
-    fn set_state(&self, state: &str, message: Option<String>) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state.to_owned();
+    fn set_state(
+        &self,
+        state: SessionState,
+        message: Option<String>,
+        reason: Option<ChangeReason>,
+    ) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
         self.notifier.session_changed(SessionChanged {
             session_id: self.id.clone(),
-            state: state.to_owned(),
+            state,
             message,
+            reason,
         });
     }
 
-    fn state(&self) -> String {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    fn state(&self) -> SessionState {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -128,7 +152,7 @@ impl Daemon {
         self.sessions()
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError(format!("no session {id}")))
+            .ok_or_else(|| ApiError::new(ErrorKind::NoSession, format!("no session {id}")))
     }
 
     pub fn list_targets(&self, params: ListTargetsParams) -> Result<ListTargetsResult, ApiError> {
@@ -176,9 +200,13 @@ impl Daemon {
             .clone()
             .or_else(|| config.target.as_ref().and_then(|t| t.path.clone()))
             .ok_or_else(|| {
-                ApiError("no target: choose one (mirrord/listTargets) or set \"target\" in the configuration".into())
+                ApiError::new(
+                    ErrorKind::NoTarget,
+                    "no target: choose one (mirrord/listTargets) or set \"target\" in the configuration",
+                )
             })?;
-        let target = TargetPath::parse(&target_spec).map_err(ApiError)?;
+        let target =
+            TargetPath::parse(&target_spec).map_err(|e| ApiError::new(ErrorKind::BadTarget, e))?;
         let key = format!(
             "{target}|{}|{}",
             config_path
@@ -192,7 +220,7 @@ impl Daemon {
         let reusable = self
             .sessions()
             .values()
-            .find(|s| s.owner == client && s.key == key && s.state() == "ready")
+            .find(|s| s.owner == client && s.key == key && s.state() == SessionState::Ready)
             .cloned();
         if let Some(s) = reusable {
             tracing::info!(session = %s.id, "launch reuses the running session");
@@ -234,7 +262,7 @@ impl Daemon {
             Err(e) => {
                 let msg = format!("mirrord could not start a session on {target}: {e:#}");
                 notifier.progress(&token, Progress::End(msg.clone()));
-                return Err(ApiError(msg));
+                return Err(ApiError::new(ErrorKind::SessionStart, msg));
             }
         };
         notifier.progress(
@@ -261,7 +289,7 @@ impl Daemon {
             target: target.to_string(),
             config_path: config_path.clone(),
             started_at: now_ms(),
-            state: Mutex::new("starting".into()),
+            state: Mutex::new(SessionState::Starting),
             env: env.clone(),
             shared: session.shared.clone(),
             agent_pid: session.agent.pid,
@@ -273,8 +301,9 @@ impl Daemon {
             self.watch(p);
         }
         managed.set_state(
-            "ready",
+            SessionState::Ready,
             Some(format!("agent pid {} on {target}", managed.agent_pid)),
+            None,
         );
         self.clone().supervise(managed.clone());
         Ok(StartSessionResult {
@@ -327,7 +356,11 @@ impl Daemon {
                         time: now_ms(),
                         message: msg.clone(),
                     });
-                    s.set_state("error", Some(msg));
+                    s.set_state(
+                        SessionState::Error,
+                        Some(msg),
+                        Some(ChangeReason::AgentExited),
+                    );
                     self.stop_session_internal(&s.id).await;
                     return;
                 }
@@ -350,10 +383,10 @@ impl Daemon {
         if let Some(session) = s.session.lock().await.take() {
             session.stop().await;
         }
-        if s.state() != "error" {
-            s.set_state("stopped", None);
+        if s.state() != SessionState::Error {
+            s.set_state(SessionState::Stopped, None, None);
         } else {
-            *s.state.lock().unwrap_or_else(|p| p.into_inner()) = "stopped".into();
+            *s.state.lock().unwrap_or_else(|p| p.into_inner()) = SessionState::Stopped;
         }
     }
 
@@ -463,16 +496,21 @@ impl Daemon {
         if users.is_empty() {
             return;
         }
-        let message = match config_file::load(path) {
-            Ok(_) => format!(
-                "{} changed; the next launch uses the new configuration",
-                path.display()
+        let (message, reason) = match config_file::load(path) {
+            Ok(_) => (
+                format!(
+                    "{} changed; the next launch uses the new configuration",
+                    path.display()
+                ),
+                ChangeReason::ConfigChanged,
             ),
-            Err(e) => format!("{e}; this session keeps the configuration it started with"),
+            Err(e) => (
+                format!("{e}; this session keeps the configuration it started with"),
+                ChangeReason::ConfigInvalid,
+            ),
         };
         for s in users {
-            let state = s.state();
-            s.set_state(&state, Some(message.clone()));
+            s.set_state(s.state(), Some(message.clone()), Some(reason));
         }
     }
 }

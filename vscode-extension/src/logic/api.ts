@@ -43,10 +43,39 @@ export interface ProcessInfo {
   executable: string;
 }
 
+/** Mirrors `SessionState` in protocol/src/api.rs. */
+export type SessionState = 'starting' | 'ready' | 'error' | 'stopped';
+
+/** Mirrors `ChangeReason` in protocol/src/api.rs: why a `sessionChanged` was sent. */
+export type ChangeReason = 'config_changed' | 'config_invalid' | 'agent_exited';
+
+/**
+ * Mirrors `ErrorKind` in protocol/src/api.rs: the kind of a `mirrord/*` method's failure, in the
+ * JSON-RPC error's `data` (`{kind}`). Match on it, never on the message.
+ */
+export type ErrorKind = 'no_target' | 'bad_target' | 'config' | 'session_start' | 'no_session' | 'internal';
+
+/** Mirrors `ErrorData` in protocol/src/api.rs. */
+export interface ErrorData {
+  kind: ErrorKind;
+}
+
+/** The error kind of a failed request (a JSON-RPC error whose `data` carries one), if any. */
+export function errorKindOf(e: unknown): ErrorKind | undefined {
+  if (!e || typeof e !== 'object' || !('data' in e)) {
+    return undefined;
+  }
+  const data = (e as { data: unknown }).data;
+  if (data && typeof data === 'object' && 'kind' in data && typeof (data as ErrorData).kind === 'string') {
+    return (data as ErrorData).kind;
+  }
+  return undefined;
+}
+
 export interface SessionInfo {
   sessionId: string;
   target: string;
-  state: string;
+  state: SessionState;
   ports: number[];
   processes: ProcessInfo[];
   startedAt: number;
@@ -59,8 +88,9 @@ export interface ListSessionsResult {
 
 export interface SessionChanged {
   sessionId: string;
-  state: string;
+  state: SessionState;
   message?: string;
+  reason?: ChangeReason;
 }
 
 export type TrafficEvent =
