@@ -60,6 +60,56 @@ pub struct ObservedConnection {
 /// HTTP heads (the bytes still flow; only the traffic rows of that connection stop).
 const MAX_UNANSWERED: usize = 1024;
 
+/// A mirrored request seen on its way to the program, waiting for the program's answer.
+struct WaitingRequest {
+    method: String,
+    path: String,
+    headers: std::collections::BTreeMap<String, String>,
+    since: std::time::Instant,
+}
+
+/// The requests of one mirrored connection that the program has not answered yet.
+///
+/// Invariant: it never holds more than [`MAX_UNANSWERED`] requests (or methods). A program that
+/// leaves more unanswered stops this connection's sniffing for good: its bytes still flow, only
+/// its traffic rows stop, because answers could no longer be paired with requests once one was
+/// dropped.
+#[derive(Default)]
+struct Unanswered {
+    requests: std::collections::VecDeque<WaitingRequest>,
+    /// Methods of the requests, for the response sniffer (the answer to a HEAD has no body).
+    methods: std::collections::VecDeque<String>,
+    gave_up: bool,
+}
+
+impl Unanswered {
+    fn sniffing(&self) -> bool {
+        !self.gave_up
+    }
+
+    fn asked(&mut self, request: WaitingRequest) {
+        if !self.gave_up {
+            self.requests.push_back(request);
+            self.check();
+        }
+    }
+
+    fn methods_seen(&mut self, methods: impl Iterator<Item = String>) {
+        if !self.gave_up {
+            self.methods.extend(methods);
+            self.check();
+        }
+    }
+
+    fn check(&mut self) {
+        if self.requests.len() > MAX_UNANSWERED || self.methods.len() > MAX_UNANSWERED {
+            self.gave_up = true;
+            self.requests = Default::default();
+            self.methods = Default::default();
+        }
+    }
+}
+
 pub struct IncomingRouter {
     config: IncomingConfig,
     traffic: Arc<TrafficLog>,
@@ -256,20 +306,10 @@ impl IncomingRouter {
         port: u16,
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        type Pending = std::collections::VecDeque<(
-            String,
-            String,
-            std::collections::BTreeMap<String, String>,
-            std::time::Instant,
-        )>;
-        let waiting: Arc<Mutex<Pending>> = Arc::default();
+        let unanswered: Arc<Mutex<Unanswered>> = Arc::default();
         let (mut agent_r, mut agent_w) = agent.into_split();
         let (mut program_r, mut program_w) = program.into_split();
-        let methods: Arc<Mutex<std::collections::VecDeque<String>>> = Arc::default();
-        let requests_waiting = waiting.clone();
-        let request_methods = methods.clone();
-        let gave_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let program_side_gave_up = gave_up.clone();
+        let requests = unanswered.clone();
         let to_program = async move {
             let mut sniffer = Sniffer::new(true);
             let mut buf = vec![0u8; 64 * 1024];
@@ -277,7 +317,7 @@ impl IncomingRouter {
                 if n == 0 || program_w.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
-                if gave_up.load(std::sync::atomic::Ordering::Relaxed) {
+                if !lock(&requests).sniffing() {
                     continue;
                 }
                 for seen in sniffer.feed(&buf[..n]) {
@@ -288,25 +328,17 @@ impl IncomingRouter {
                         ..
                     }) = seen
                     {
-                        lock(&requests_waiting).push_back((
+                        lock(&requests).asked(WaitingRequest {
                             method,
                             path,
                             headers,
-                            std::time::Instant::now(),
-                        ));
+                            since: std::time::Instant::now(),
+                        });
                     }
                 }
-                lock(&request_methods).extend(sniffer.pending_methods.drain(..));
-                // Invariant: `waiting` and `methods` stay bounded. A program that leaves this
-                // many requests of one connection unanswered loses that connection's traffic
-                // rows (its bytes still flow); the pairing of answers to requests could not be
-                // trusted past a dropped entry anyway.
-                if lock(&requests_waiting).len() > MAX_UNANSWERED
-                    || lock(&request_methods).len() > MAX_UNANSWERED
-                {
-                    gave_up.store(true, std::sync::atomic::Ordering::Relaxed);
-                    lock(&requests_waiting).clear();
-                    lock(&request_methods).clear();
+                let mut r = lock(&requests);
+                r.methods_seen(sniffer.pending_methods.drain(..));
+                if !r.sniffing() {
                     tracing::debug!(port, "too many unanswered requests: not sniffing any more");
                 }
             }
@@ -319,24 +351,27 @@ impl IncomingRouter {
                 if n == 0 || agent_w.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
-                if program_side_gave_up.load(std::sync::atomic::Ordering::Relaxed) {
+                if !lock(&unanswered).sniffing() {
                     continue;
                 }
-                sniffer.pending_methods.extend(lock(&methods).drain(..));
+                sniffer
+                    .pending_methods
+                    .extend(lock(&unanswered).methods.drain(..));
                 for seen in sniffer.feed(&buf[..n]) {
                     if let Seen::Head(Head::Response { status, .. }) = seen {
                         if status < 200 {
                             continue;
                         }
-                        if let Some((method, path, headers, since)) = lock(&waiting).pop_front() {
+                        let answered = lock(&unanswered).requests.pop_front();
+                        if let Some(r) = answered {
                             self.traffic.emit(TrafficEvent::IncomingRequest {
                                 time: now_ms(),
                                 port,
-                                method,
-                                path,
-                                headers,
+                                method: r.method,
+                                path: r.path,
+                                headers: r.headers,
                                 status,
-                                duration_ms: since.elapsed().as_millis() as u64,
+                                duration_ms: r.since.elapsed().as_millis() as u64,
                                 mode: "mirror".into(),
                                 matched_filter: None,
                             });
@@ -490,5 +525,45 @@ fn mode_name(mode: TrafficMode) -> &'static str {
         TrafficMode::Mirror => "mirror",
         TrafficMode::Steal => "steal",
         TrafficMode::Observe => "observe",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unanswered_requests_are_bounded() {
+        let mut u = Unanswered::default();
+        for i in 0..(3 * MAX_UNANSWERED) {
+            u.asked(WaitingRequest {
+                method: "GET".into(),
+                path: format!("/{i}"),
+                headers: Default::default(),
+                since: std::time::Instant::now(),
+            });
+            u.methods_seen(std::iter::once("GET".to_owned()));
+            assert!(u.requests.len() <= MAX_UNANSWERED && u.methods.len() <= MAX_UNANSWERED);
+        }
+        assert!(!u.sniffing());
+        assert!(u.requests.is_empty() && u.methods.is_empty());
+    }
+
+    #[test]
+    fn answered_requests_keep_the_connection_sniffed() {
+        let mut u = Unanswered::default();
+        for i in 0..(3 * MAX_UNANSWERED) {
+            u.asked(WaitingRequest {
+                method: "GET".into(),
+                path: format!("/{i}"),
+                headers: Default::default(),
+                since: std::time::Instant::now(),
+            });
+            assert_eq!(
+                u.requests.pop_front().map(|r| r.path),
+                Some(format!("/{i}"))
+            );
+        }
+        assert!(u.sniffing());
     }
 }
