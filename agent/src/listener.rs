@@ -156,6 +156,7 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
             .next_client
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         message_tx: message_tx.clone(),
+        gone: Default::default(),
     };
     state
         .event_sinks
@@ -206,7 +207,7 @@ async fn control(stream: UnixStream, state: Arc<AgentState>) -> Result<()> {
             drop(permit);
         });
     };
-    state.incoming.client_gone(client.id).await;
+    state.incoming.client_gone(&client).await;
     // Connections still being served hold copies of the event sender; nobody reads events of a
     // closed channel, so the writer stops now rather than when they end.
     writer_task.abort();

@@ -549,6 +549,14 @@ fn rule_changes_waiting_for_the_xtables_lock_do_not_stall_the_data_path() {
         poll_until(Duration::from_secs(5), || agent.runs_iptables()),
         "the agent never ran iptables for the new subscriptions"
     );
+    // A client that subscribes and goes away while its subscribe waits: nothing of it may stay.
+    let mut doomed = agent.control();
+    doomed.send(AgentRequest::Subscribe {
+        port: 85,
+        mode: TrafficMode::Mirror,
+        filter: None,
+    });
+    drop(doomed);
 
     // The data path and the control path still work while those wait.
     let mut other = agent.control();
@@ -576,6 +584,17 @@ fn rule_changes_waiting_for_the_xtables_lock_do_not_stall_the_data_path() {
             "{answer:?}"
         );
     }
+    // Changes run one at a time, in order: once this one is through, so is the gone client's.
+    control.subscribe(86);
+    let left: Vec<_> = ns
+        .redirects("iptables-legacy")
+        .into_iter()
+        .filter(|r| r.1 == 85)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the gone client's port stayed redirected: {left:?}"
+    );
 }
 
 #[test]

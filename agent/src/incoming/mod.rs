@@ -68,6 +68,8 @@ pub struct Client {
     pub id: u64,
     /// agent --events--> this client's control channel writer
     pub message_tx: mpsc::Sender<AgentMessage>,
+    /// Set when the channel closed: a subscribe still in flight then adds nothing.
+    pub gone: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Clone)]
@@ -149,9 +151,9 @@ impl IncomingState {
     }
 
     /// The client's control channel closed: drop all its subscriptions.
-    pub async fn client_gone(&self, client_id: u64) {
-        for port in self.registry.ports_of(client_id) {
-            self.unsubscribe(client_id, port).await;
+    pub async fn client_gone(&self, client: &Client) {
+        for port in self.registry.client_gone(client).await {
+            self.unsubscribe(client.id, port).await;
         }
     }
 

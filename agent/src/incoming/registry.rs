@@ -14,12 +14,13 @@
 //!   the data path keeps flowing while a rule change waits.
 
 use super::mesh_server::MeshBound;
-use super::Subscriber;
+use super::{Client, Subscriber};
 use crate::mesh::PortUse;
 use crate::redirect::Redirector;
 use anyhow::{bail, Context, Result};
 use mirrord_protocol::agent::TrafficMode;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -96,11 +97,15 @@ impl Registry {
         check_conflict(&self.subscribers(port), sub, port)
     }
 
-    /// Ports `client_id` subscribed.
-    pub(super) fn ports_of(&self, client_id: u64) -> Vec<u16> {
+    /// Marks `client` gone and returns the ports it subscribed. A subscribe of it still in
+    /// flight either finished before (its port is in the list) or will see the mark and add
+    /// nothing: the mark is set before, and the list taken after, every change in progress.
+    pub(super) async fn client_gone(&self, client: &Client) -> Vec<u16> {
+        client.gone.store(true, Ordering::SeqCst);
+        let _changing = self.changes.lock().await;
         lock(&self.ports)
             .iter()
-            .filter(|(_, s)| s.subscribers.iter().any(|sub| sub.client.id == client_id))
+            .filter(|(_, s)| s.subscribers.iter().any(|sub| sub.client.id == client.id))
             .map(|(p, _)| *p)
             .collect()
     }
@@ -127,6 +132,9 @@ impl Registry {
         start: impl FnOnce(TcpListener) -> JoinHandle<()>,
     ) -> Result<()> {
         let _changing = self.changes.lock().await;
+        if sub.client.gone.load(Ordering::SeqCst) {
+            bail!("the client's channel closed");
+        }
         {
             let mut ports = lock(&self.ports);
             if let Some(state) = ports.get_mut(&port) {
