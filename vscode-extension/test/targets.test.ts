@@ -1,4 +1,5 @@
 import * as assert from 'assert';
+import { requestFailure } from '../src/logic/api';
 import { isNoTargetError, orderTargets, rememberTarget } from '../src/logic/targets';
 
 describe('target picker', () => {
@@ -33,5 +34,10 @@ describe('target picker', () => {
     assert.ok(!isNoTargetError(failure('no target: choose one')));
     assert.ok(!isNoTargetError(failure('no target', 'no_target')));
     assert.ok(!isNoTargetError(undefined));
+    // The server wrapper's rethrow keeps the kind.
+    const wrapped = requestFailure(failure('no target: choose one', { kind: 'no_target' }));
+    assert.strictEqual(wrapped.message, 'no target: choose one');
+    assert.ok(isNoTargetError(wrapped));
+    assert.ok(!isNoTargetError(requestFailure(new Error('no target'))));
   });
 });

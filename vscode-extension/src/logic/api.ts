@@ -60,6 +60,29 @@ export interface ErrorData {
   kind: ErrorKind;
 }
 
+/** A failed request to the daemon: the message for people, the JSON-RPC `data` for code. */
+export class RequestFailure extends Error {
+  constructor(
+    message: string,
+    readonly data?: unknown,
+  ) {
+    super(message);
+    this.name = 'RequestFailure';
+  }
+}
+
+/** Wraps whatever a request rejected with, keeping the JSON-RPC error's `data` (its kind). */
+export function requestFailure(e: unknown): RequestFailure {
+  const message =
+    e instanceof Error
+      ? e.message
+      : e && typeof e === 'object' && 'message' in e
+        ? String((e as { message: unknown }).message)
+        : String(e);
+  const data = e && typeof e === 'object' && 'data' in e ? (e as { data: unknown }).data : undefined;
+  return new RequestFailure(message, data);
+}
+
 /** The error kind of a failed request (a JSON-RPC error whose `data` carries one), if any. */
 export function errorKindOf(e: unknown): ErrorKind | undefined {
   if (!e || typeof e !== 'object' || !('data' in e)) {
