@@ -185,6 +185,7 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
             .next_client
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         message_tx: message_tx.clone(),
+        gone: Default::default(),
     };
     state
         .event_sinks
@@ -227,7 +228,7 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
                     }
                 }
                 AgentRequest::Unsubscribe { port } => {
-                    state.incoming.unsubscribe(client.id, port);
+                    state.incoming.unsubscribe(client.id, port).await;
                     AgentResponse::Unsubscribed
                 }
                 AgentRequest::Ping => AgentResponse::Pong,
@@ -247,7 +248,7 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
             drop(permit);
         });
     };
-    state.incoming.client_gone(client.id);
+    state.incoming.client_gone(&client).await;
     // Connections still being served hold copies of the event sender; nobody reads events of a
     // closed channel, so the writer stops now rather than when they end.
     writer_task.abort();

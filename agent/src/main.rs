@@ -129,6 +129,7 @@ fn run() -> Result<()> {
     runtime.block_on(async move {
         let resolver = dns::PodResolver::new(&resolver_files)?;
         let incoming = incoming::IncomingState::new(agent_id.clone());
+        incoming.sweep_dead_agents().await;
         let state = std::sync::Arc::new(listener::AgentState {
             token,
             resolver,

@@ -333,6 +333,41 @@ pub fn cleanup_agent(agent_id: &str) -> Result<()> {
     }
 }
 
+/// Ids of every agent that has rules in the current network namespace: `MIRRORD_<id>` chains
+/// of every iptables flavour installed, and `inet mirrord_<id>` nft tables. A tool that cannot
+/// list anything here (no nf_tables, no IPv6) contributes nothing.
+pub fn agents_with_rules() -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for ipt in Iptables::all_installed() {
+        match ipt.nat_table() {
+            Ok(Some(table)) => ids.extend(
+                table
+                    .chains
+                    .iter()
+                    .filter_map(|c| c.strip_prefix("MIRRORD_"))
+                    .map(str::to_owned),
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::debug!("{e:#}"),
+        }
+    }
+    if let Some(program) = Program::find("nft") {
+        match program.run(&exec::args(["list", "tables"])) {
+            Ok(out) => ids.extend(
+                nft::parse_tables(&out)
+                    .into_iter()
+                    .filter(|(family, _)| family == "inet")
+                    .filter_map(|(_, name)| name.strip_prefix("mirrord_").map(str::to_owned)),
+            ),
+            Err(e) => tracing::debug!("{e:#}"),
+        }
+    }
+    ids.retain(|id| validate_id(id).is_ok());
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
 /// Puts [`AGENT_MARK`] on a socket (`SO_MARK`, needs `CAP_NET_ADMIN`), before it connects, so the
 /// connection is not redirected back to the agent.
 pub fn mark_socket(fd: RawFd) -> std::io::Result<()> {

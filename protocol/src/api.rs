@@ -102,8 +102,7 @@ pub struct Empty {}
 pub struct SessionInfo {
     pub session_id: String,
     pub target: String,
-    /// "starting" | "ready" | "error" | "stopped"
-    pub state: String,
+    pub state: SessionState,
     /// Pod ports the session's processes receive traffic of.
     pub ports: Vec<u16>,
     /// Processes currently in the session.
@@ -173,9 +172,65 @@ pub struct TrafficNotification {
 #[serde(rename_all = "camelCase")]
 pub struct SessionChanged {
     pub session_id: String,
-    pub state: String,
+    pub state: SessionState,
+    /// For people; `reason` is what a plugin matches on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ChangeReason>,
+}
+
+/// Where a session is in its life (`listSessions`, `sessionChanged`). On the wire:
+/// `"starting" | "ready" | "error" | "stopped"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Starting,
+    Ready,
+    /// Failed (its agent died); it stops next.
+    Error,
+    Stopped,
+}
+
+/// Why a `sessionChanged` notification was sent, when it is not just a new state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeReason {
+    /// The session's configuration file changed and still works: the next launch uses it.
+    ConfigChanged,
+    /// The session's configuration file changed and is broken now: the session keeps the
+    /// configuration it started with.
+    ConfigInvalid,
+    /// The session's agent exited.
+    AgentExited,
+}
+
+/// What kind of failure a `mirrord/*` method reports, in the JSON-RPC error's `data` as
+/// `{"kind": "..."}`. Plugins match on this, never on the message (which is for people).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// `startSession` without a target (none given, none in the configuration): ask for one.
+    NoTarget,
+    /// A target that does not parse, or that this build cannot reach.
+    BadTarget,
+    /// The configuration file is missing, unreadable or invalid.
+    Config,
+    /// The session could not start (the agent failed or did not become ready).
+    SessionStart,
+    /// No session with that id.
+    NoSession,
+    /// The Kubernetes cluster could not be reached, or refused a request (the message says
+    /// which, and what to do).
+    Cluster,
+    /// Anything else.
+    Internal,
+}
+
+/// The `data` of a `mirrord/*` method's JSON-RPC error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorData {
+    pub kind: ErrorKind,
 }
 
 /// Something that happened in a session, for the live traffic view.

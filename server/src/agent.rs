@@ -25,6 +25,12 @@ const SHUTDOWN_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long the agent may take to report ready.
 pub const AGENT_START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the agent may take to answer a channel's hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the agent may take to answer a control request. Longer than its own slowest
+/// work (a lookup through the pod's resolver, a rule change waiting for the xtables lock), and
+/// shorter than the layer's 30 s bound on its own request, so the program hears the real error.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// A byte stream to the agent: a unix socket or a port-forward stream.
 pub trait AgentIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -99,8 +105,19 @@ impl AgentConnector {
             token: token.to_owned(),
             channel,
         };
-        write_frame_async(&mut stream, &hello).await?;
-        match read_frame_async::<AgentWelcome, _>(&mut stream).await {
+        // A stuck agent must not hold the caller: the hello exchange is bounded.
+        let welcome = tokio::time::timeout(HELLO_TIMEOUT, async {
+            write_frame_async(&mut stream, &hello).await?;
+            read_frame_async::<AgentWelcome, _>(&mut stream).await
+        })
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "the agent did not answer the hello within {}s",
+                HELLO_TIMEOUT.as_secs()
+            )
+        })?;
+        match welcome {
             Ok(AgentWelcome::Welcome { .. }) => Ok(stream),
             Ok(AgentWelcome::Refused { reason }) => bail!("the agent refused us: {reason}"),
             Err(e) => Err(anyhow!("the agent closed the connection: {e}")),
@@ -345,12 +362,25 @@ impl AgentProcess {
 /// a channel that will never answer.
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<AgentResponse>>>>>;
 
+fn lock_pending(
+    p: &Pending,
+) -> std::sync::MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<AgentResponse>>>> {
+    p.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The control channel to the agent. Requests from many layer connections share it; answers are
 /// matched by id.
 #[derive(Clone)]
 pub struct AgentControl {
-    /// callers --(request, answer slot)--> channel writer task
-    request_tx: mpsc::Sender<(AgentRequest, oneshot::Sender<AgentResponse>)>,
+    /// callers --(id, request)--> channel writer task. Bounded: when full, callers wait (within
+    /// their request timeout) for the writer.
+    request_tx: mpsc::Sender<ControlRequest>,
+    /// Invariant: a slot lives from its request until its answer, the channel's end or the
+    /// request's timeout, whichever comes first; so an agent that never answers leaves nothing
+    /// behind.
+    pending: Pending,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+    timeout: Duration,
     /// channel reader task --"closed"--> whoever watches the agent's health
     closed_rx: tokio::sync::watch::Receiver<bool>,
 }
@@ -360,39 +390,36 @@ impl AgentControl {
     pub async fn open(
         connector: &AgentConnector,
     ) -> Result<(AgentControl, mpsc::Receiver<AgentEvent>)> {
+        Self::open_with_timeout(connector, REQUEST_TIMEOUT).await
+    }
+
+    /// [`AgentControl::open`] with another bound on each request.
+    pub async fn open_with_timeout(
+        connector: &AgentConnector,
+        timeout: Duration,
+    ) -> Result<(AgentControl, mpsc::Receiver<AgentEvent>)> {
         let stream = connector.open(AgentChannel::Control).await?;
         let (mut reader, mut writer) = tokio::io::split(stream);
         let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
-        let (request_tx, mut request_rx) =
-            mpsc::channel::<(AgentRequest, oneshot::Sender<AgentResponse>)>(256);
+        let (request_tx, mut request_rx) = mpsc::channel::<ControlRequest>(256);
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
-        let pending_w = pending.clone();
-        // agent --events--> session (incoming connections to deliver)
+        // agent --events--> session (incoming connections to deliver). Bounded: when full, this
+        // channel's reader waits, and the agent's own queue towards us fills; the agent then
+        // serves announced connections from the target itself (its pick-up timeout).
         let (event_tx, event_rx) = mpsc::channel::<AgentEvent>(1024);
         tokio::spawn(async move {
-            let mut next_id = 1u64;
-            while let Some((body, answer_tx)) = request_rx.recv().await {
-                let id = next_id;
-                next_id += 1;
-                match pending_w.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                    Some(map) => map.insert(id, answer_tx),
-                    None => break, // closed: dropping answer_tx tells the caller
-                };
-                if write_frame_async(&mut writer, &ControlRequest { id, body })
-                    .await
-                    .is_err()
-                {
+            while let Some(request) = request_rx.recv().await {
+                if write_frame_async(&mut writer, &request).await.is_err() {
                     break;
                 }
             }
         });
+        let pending_r = pending.clone();
         tokio::spawn(async move {
             loop {
                 match read_frame_async::<AgentMessage, _>(&mut reader).await {
                     Ok(AgentMessage::Response { id, body }) => {
-                        let slot = pending
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
+                        let slot = lock_pending(&pending_r)
                             .as_mut()
                             .and_then(|m| m.remove(&id));
                         if let Some(tx) = slot {
@@ -411,12 +438,15 @@ impl AgentControl {
                 }
             }
             // Dropping the senders wakes every waiting caller with an error.
-            pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+            lock_pending(&pending_r).take();
             let _ = closed_tx.send(true);
         });
         Ok((
             AgentControl {
                 request_tx,
+                pending,
+                next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+                timeout,
                 closed_rx,
             },
             event_rx,
@@ -429,16 +459,26 @@ impl AgentControl {
     pub fn keep_alive(&self, every: Duration) {
         // Weak: the pings must not keep the channel open once the session dropped it.
         let request_tx = self.request_tx.downgrade();
+        let (pending, next_id, timeout, closed_rx) = (
+            self.pending.clone(),
+            self.next_id.clone(),
+            self.timeout,
+            self.closed_rx.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let Some(tx) = request_tx.upgrade() else {
+                let Some(request_tx) = request_tx.upgrade() else {
                     return;
                 };
-                let (answer_tx, answer_rx) = oneshot::channel();
-                let sent = tx.send((AgentRequest::Ping, answer_tx)).await;
-                drop(tx);
-                if sent.is_err() || answer_rx.await.is_err() {
+                let pinger = AgentControl {
+                    request_tx,
+                    pending: pending.clone(),
+                    next_id: next_id.clone(),
+                    timeout,
+                    closed_rx: closed_rx.clone(),
+                };
+                if pinger.request(AgentRequest::Ping).await.is_err() {
                     return;
                 }
             }
@@ -458,11 +498,110 @@ impl AgentControl {
     }
 
     pub async fn request(&self, body: AgentRequest) -> Result<AgentResponse> {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (answer_tx, answer_rx) = oneshot::channel();
-        self.request_tx
-            .send((body, answer_tx))
-            .await
-            .map_err(|_| anyhow!("the agent is gone"))?;
-        answer_rx.await.map_err(|_| anyhow!("the agent is gone"))
+        match lock_pending(&self.pending).as_mut() {
+            Some(map) => map.insert(id, answer_tx),
+            None => bail!("the agent is gone"),
+        };
+        let exchange = async {
+            self.request_tx
+                .send(ControlRequest { id, body })
+                .await
+                .map_err(|_| anyhow!("the agent is gone"))?;
+            answer_rx.await.map_err(|_| anyhow!("the agent is gone"))
+        };
+        let result = tokio::time::timeout(self.timeout, exchange).await;
+        if let Some(map) = lock_pending(&self.pending).as_mut() {
+            map.remove(&id);
+        }
+        result.map_err(|_| {
+            anyhow!(
+                "the agent did not answer within {}s (it may be stuck or overloaded)",
+                self.timeout.as_secs_f32()
+            )
+        })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    /// A hostile agent on a fresh socket: it takes connections and does what `behave` says.
+    async fn hostile_agent<F, Fut>(name: &str, behave: F) -> (AgentConnector, PathBuf)
+    where
+        F: Fn(UnixStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let dir = std::env::temp_dir().join(format!("mrd-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(behave(stream));
+            }
+        });
+        let connector = AgentConnector::Unix {
+            path,
+            token: "0123456789abcdef".into(),
+        };
+        (connector, dir)
+    }
+
+    #[tokio::test]
+    async fn a_request_to_an_agent_that_never_answers_fails_and_leaves_no_slot() {
+        let (connector, dir) = hostile_agent("silent", |mut s| async move {
+            let _: AgentHello = read_frame_async(&mut s).await.unwrap();
+            let welcome = AgentWelcome::Welcome {
+                version: PROTOCOL_VERSION,
+                agent_pid: 1,
+            };
+            write_frame_async(&mut s, &welcome).await.unwrap();
+            // Reads every request, answers none.
+            while read_frame_async::<ControlRequest, _>(&mut s).await.is_ok() {}
+        })
+        .await;
+        let (control, _events) =
+            AgentControl::open_with_timeout(&connector, Duration::from_millis(300))
+                .await
+                .unwrap();
+        let answer =
+            tokio::time::timeout(Duration::from_secs(10), control.request(AgentRequest::Ping))
+                .await
+                .expect("the request must end on its own");
+        let e = answer.expect_err("nobody answered");
+        assert!(format!("{e}").contains("did not answer"), "{e}");
+        assert_eq!(
+            lock_pending(&control.pending).as_ref().map(|m| m.len()),
+            Some(0)
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_never_answers_the_hello_fails_the_open() {
+        let (connector, dir) = hostile_agent("mute", |s| async move {
+            // Holds the connection open and says nothing.
+            let _keep = s;
+            std::future::pending::<()>().await
+        })
+        .await;
+        let opened = tokio::time::timeout(
+            HELLO_TIMEOUT + Duration::from_secs(5),
+            connector.open(AgentChannel::Control),
+        )
+        .await
+        .expect("the open must end on its own");
+        let Err(e) = opened else {
+            panic!("no welcome came, yet the open succeeded")
+        };
+        assert!(format!("{e}").contains("hello"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

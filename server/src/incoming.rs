@@ -13,13 +13,39 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
 
+/// One process of the session listening for a pod port (or `mirrord dump` observing it).
 struct Listening {
-    /// Where the program's listener really is (loopback), or `None` for an observer.
+    /// Where the program's listener really is (loopback), or unused for an observer.
     local: SocketAddr,
     /// The layer control connection that asked; its end unsubscribes.
     owner: u64,
     /// For `mirrord dump`: announced connections go here instead of to a program.
     observer: Option<mpsc::Sender<ObservedConnection>>,
+}
+
+/// The processes of the session that listen for one pod port. Several may (pre-fork servers,
+/// `SO_REUSEPORT` workers): the agent subscription is one per port and session, and each
+/// announced connection goes to the next listener in turn.
+#[derive(Default)]
+struct PortListeners {
+    listeners: Vec<Listening>,
+    /// Round-robin position for the next delivery.
+    next: usize,
+}
+
+impl PortListeners {
+    /// Where the next connection goes: a program's address, or the observer.
+    fn pick(&mut self) -> Option<(SocketAddr, Option<mpsc::Sender<ObservedConnection>>)> {
+        if let Some(o) = self.listeners.iter().find_map(|l| l.observer.clone()) {
+            return Some((SocketAddr::from(([127, 0, 0, 1], 0)), Some(o)));
+        }
+        if self.listeners.is_empty() {
+            return None;
+        }
+        let l = &self.listeners[self.next % self.listeners.len()];
+        self.next = self.next.wrapping_add(1);
+        Some((l.local, None))
+    }
 }
 
 /// A connection of an observed port: `channel` carries `Observed` frames.
@@ -30,10 +56,70 @@ pub struct ObservedConnection {
     pub channel: crate::agent::AgentStream,
 }
 
+/// Requests a mirrored connection may have unanswered before the session stops reading its
+/// HTTP heads (the bytes still flow; only the traffic rows of that connection stop).
+const MAX_UNANSWERED: usize = 1024;
+
+/// A mirrored request seen on its way to the program, waiting for the program's answer.
+struct WaitingRequest {
+    method: String,
+    path: String,
+    headers: std::collections::BTreeMap<String, String>,
+    since: std::time::Instant,
+}
+
+/// The requests of one mirrored connection that the program has not answered yet.
+///
+/// Invariant: it never holds more than [`MAX_UNANSWERED`] requests (or methods). A program that
+/// leaves more unanswered stops this connection's sniffing for good: its bytes still flow, only
+/// its traffic rows stop, because answers could no longer be paired with requests once one was
+/// dropped.
+#[derive(Default)]
+struct Unanswered {
+    requests: std::collections::VecDeque<WaitingRequest>,
+    /// Methods of the requests, for the response sniffer (the answer to a HEAD has no body).
+    methods: std::collections::VecDeque<String>,
+    gave_up: bool,
+}
+
+impl Unanswered {
+    fn sniffing(&self) -> bool {
+        !self.gave_up
+    }
+
+    fn asked(&mut self, request: WaitingRequest) {
+        if !self.gave_up {
+            self.requests.push_back(request);
+            self.check();
+        }
+    }
+
+    fn methods_seen(&mut self, methods: impl Iterator<Item = String>) {
+        if !self.gave_up {
+            self.methods.extend(methods);
+            self.check();
+        }
+    }
+
+    fn check(&mut self) {
+        if self.requests.len() > MAX_UNANSWERED || self.methods.len() > MAX_UNANSWERED {
+            self.gave_up = true;
+            self.requests = Default::default();
+            self.methods = Default::default();
+        }
+    }
+}
+
 pub struct IncomingRouter {
     config: IncomingConfig,
     traffic: Arc<TrafficLog>,
-    listening: Mutex<HashMap<u16, Listening>>,
+    /// Invariant: a port has an entry here exactly while the session's agent subscription for
+    /// it exists (or is being made by the holder of `changes`), and the entry is never empty.
+    listening: Mutex<HashMap<u16, PortListeners>>,
+    /// Serialises subscription changes (the agent request included), so a process that stops
+    /// listening and one that starts, at the same time on the same port, cannot leave the port
+    /// unsubscribed while someone listens, or subscribed while nobody does.
+    changes: tokio::sync::Mutex<()>,
     /// Source address of a delivery connection → (client in the cluster, pod address).
     peers: Mutex<HashMap<SocketAddr, (SocketAddr, SocketAddr)>>,
 }
@@ -48,12 +134,14 @@ impl IncomingRouter {
             config,
             traffic,
             listening: Mutex::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
             peers: Mutex::new(HashMap::new()),
         })
     }
 
     /// A process listens for the pod's `port` at `local`: subscribe it on the agent with the
-    /// session's mode and filter.
+    /// session's mode and filter (once per port: other processes of the session that listen
+    /// for the same port share the subscription and take turns).
     pub async fn listen(
         &self,
         control: &AgentControl,
@@ -72,12 +160,16 @@ impl IncomingRouter {
             }
             _ => None,
         };
-        if let Some(other) = lock(&self.listening).get(&port) {
-            if other.owner != owner {
-                return Err(format!(
-                    "another process of this session already listens for port {port}"
-                ));
-            }
+        let _changing = self.changes.lock().await;
+        if let Some(entry) = lock(&self.listening).get_mut(&port) {
+            entry.listeners.retain(|l| l.owner != owner);
+            entry.listeners.push(Listening {
+                local,
+                owner,
+                observer: None,
+            });
+            tracing::info!(port, %local, owner, "another listener for a subscribed port");
+            return Ok(());
         }
         match control
             .request(AgentRequest::Subscribe { port, mode, filter })
@@ -86,10 +178,13 @@ impl IncomingRouter {
             Ok(AgentResponse::Subscribed) => {
                 lock(&self.listening).insert(
                     port,
-                    Listening {
-                        local,
-                        owner,
-                        observer: None,
+                    PortListeners {
+                        listeners: vec![Listening {
+                            local,
+                            owner,
+                            observer: None,
+                        }],
+                        next: 0,
                     },
                 );
                 tracing::info!(port, %local, ?mode, "port subscribed");
@@ -115,20 +210,26 @@ impl IncomingRouter {
         owner: u64,
         port: u16,
     ) -> Result<mpsc::Receiver<ObservedConnection>, String> {
+        // Bounded: when `mirrord dump` falls this far behind, the agent's pick-up timeout
+        // hands further connections back to the target.
         let (observed_tx, observed_rx) = mpsc::channel(256);
         let request = AgentRequest::Subscribe {
             port,
             mode: TrafficMode::Observe,
             filter: None,
         };
+        let _changing = self.changes.lock().await;
         match control.request(request).await {
             Ok(AgentResponse::Subscribed) => {
                 lock(&self.listening).insert(
                     port,
-                    Listening {
-                        local: SocketAddr::from(([127, 0, 0, 1], 0)),
-                        owner,
-                        observer: Some(observed_tx),
+                    PortListeners {
+                        listeners: vec![Listening {
+                            local: SocketAddr::from(([127, 0, 0, 1], 0)),
+                            owner,
+                            observer: Some(observed_tx),
+                        }],
+                        next: 0,
                     },
                 );
                 Ok(observed_rx)
@@ -140,15 +241,25 @@ impl IncomingRouter {
     }
 
     pub async fn unlisten(&self, control: &AgentControl, owner: u64, port: u16) {
-        let removed = {
+        let _changing = self.changes.lock().await;
+        let last_one_gone = {
             let mut l = lock(&self.listening);
-            match l.get(&port) {
-                Some(s) if s.owner == owner => l.remove(&port).is_some(),
+            match l.get_mut(&port) {
+                Some(entry) if entry.listeners.iter().any(|x| x.owner == owner) => {
+                    entry.listeners.retain(|x| x.owner != owner);
+                    let empty = entry.listeners.is_empty();
+                    if empty {
+                        l.remove(&port);
+                    }
+                    empty
+                }
                 _ => false,
             }
         };
-        if removed {
-            let _ = control.request(AgentRequest::Unsubscribe { port }).await;
+        if last_one_gone {
+            if let Err(e) = control.request(AgentRequest::Unsubscribe { port }).await {
+                tracing::warn!(port, "unsubscribing: {e:#}");
+            }
             tracing::info!(port, "port unsubscribed");
             self.traffic.emit(TrafficEvent::PortSubscription {
                 time: now_ms(),
@@ -163,7 +274,7 @@ impl IncomingRouter {
     pub async fn owner_gone(&self, control: &AgentControl, owner: u64) {
         let ports: Vec<u16> = lock(&self.listening)
             .iter()
-            .filter(|(_, l)| l.owner == owner)
+            .filter(|(_, e)| e.listeners.iter().any(|l| l.owner == owner))
             .map(|(p, _)| *p)
             .collect();
         for port in ports {
@@ -195,24 +306,19 @@ impl IncomingRouter {
         port: u16,
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        type Pending = std::collections::VecDeque<(
-            String,
-            String,
-            std::collections::BTreeMap<String, String>,
-            std::time::Instant,
-        )>;
-        let waiting: Arc<Mutex<Pending>> = Arc::default();
+        let unanswered: Arc<Mutex<Unanswered>> = Arc::default();
         let (mut agent_r, mut agent_w) = tokio::io::split(agent);
         let (mut program_r, mut program_w) = program.into_split();
-        let methods: Arc<Mutex<std::collections::VecDeque<String>>> = Arc::default();
-        let requests_waiting = waiting.clone();
-        let request_methods = methods.clone();
+        let requests = unanswered.clone();
         let to_program = async move {
             let mut sniffer = Sniffer::new(true);
             let mut buf = vec![0u8; 64 * 1024];
             while let Ok(n) = agent_r.read(&mut buf).await {
                 if n == 0 || program_w.write_all(&buf[..n]).await.is_err() {
                     break;
+                }
+                if !lock(&requests).sniffing() {
+                    continue;
                 }
                 for seen in sniffer.feed(&buf[..n]) {
                     if let Seen::Head(Head::Request {
@@ -222,15 +328,19 @@ impl IncomingRouter {
                         ..
                     }) = seen
                     {
-                        lock(&requests_waiting).push_back((
+                        lock(&requests).asked(WaitingRequest {
                             method,
                             path,
                             headers,
-                            std::time::Instant::now(),
-                        ));
+                            since: std::time::Instant::now(),
+                        });
                     }
                 }
-                lock(&request_methods).extend(sniffer.pending_methods.drain(..));
+                let mut r = lock(&requests);
+                r.methods_seen(sniffer.pending_methods.drain(..));
+                if !r.sniffing() {
+                    tracing::debug!(port, "too many unanswered requests: not sniffing any more");
+                }
             }
             let _ = program_w.shutdown().await;
         };
@@ -241,21 +351,27 @@ impl IncomingRouter {
                 if n == 0 || agent_w.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
-                sniffer.pending_methods.extend(lock(&methods).drain(..));
+                if !lock(&unanswered).sniffing() {
+                    continue;
+                }
+                sniffer
+                    .pending_methods
+                    .extend(lock(&unanswered).methods.drain(..));
                 for seen in sniffer.feed(&buf[..n]) {
                     if let Seen::Head(Head::Response { status, .. }) = seen {
                         if status < 200 {
                             continue;
                         }
-                        if let Some((method, path, headers, since)) = lock(&waiting).pop_front() {
+                        let answered = lock(&unanswered).requests.pop_front();
+                        if let Some(r) = answered {
                             self.traffic.emit(TrafficEvent::IncomingRequest {
                                 time: now_ms(),
                                 port,
-                                method,
-                                path,
-                                headers,
+                                method: r.method,
+                                path: r.path,
+                                headers: r.headers,
                                 status,
-                                duration_ms: since.elapsed().as_millis() as u64,
+                                duration_ms: r.since.elapsed().as_millis() as u64,
                                 mode: "mirror".into(),
                                 matched_filter: None,
                             });
@@ -341,8 +457,8 @@ impl IncomingRouter {
         peer: SocketAddr,
         local: SocketAddr,
     ) {
-        let (target, observer) = match lock(&self.listening).get(&port) {
-            Some(l) => (Some(l.local), l.observer.clone()),
+        let (target, observer) = match lock(&self.listening).get_mut(&port).and_then(|e| e.pick()) {
+            Some((local, observer)) => (Some(local), observer),
             None => (None, None),
         };
         let mut channel = match connector.open(AgentChannel::Incoming { id }).await {
@@ -409,5 +525,45 @@ fn mode_name(mode: TrafficMode) -> &'static str {
         TrafficMode::Mirror => "mirror",
         TrafficMode::Steal => "steal",
         TrafficMode::Observe => "observe",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unanswered_requests_are_bounded() {
+        let mut u = Unanswered::default();
+        for i in 0..(3 * MAX_UNANSWERED) {
+            u.asked(WaitingRequest {
+                method: "GET".into(),
+                path: format!("/{i}"),
+                headers: Default::default(),
+                since: std::time::Instant::now(),
+            });
+            u.methods_seen(std::iter::once("GET".to_owned()));
+            assert!(u.requests.len() <= MAX_UNANSWERED && u.methods.len() <= MAX_UNANSWERED);
+        }
+        assert!(!u.sniffing());
+        assert!(u.requests.is_empty() && u.methods.is_empty());
+    }
+
+    #[test]
+    fn answered_requests_keep_the_connection_sniffed() {
+        let mut u = Unanswered::default();
+        for i in 0..(3 * MAX_UNANSWERED) {
+            u.asked(WaitingRequest {
+                method: "GET".into(),
+                path: format!("/{i}"),
+                headers: Default::default(),
+                since: std::time::Instant::now(),
+            });
+            assert_eq!(
+                u.requests.pop_front().map(|r| r.path),
+                Some(format!("/{i}"))
+            );
+        }
+        assert!(u.sniffing());
     }
 }

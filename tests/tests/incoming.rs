@@ -695,7 +695,21 @@ fn unfiltered_steal_leaves_kube_probes_to_the_pod() {
 #[test]
 fn killed_agent_leaves_no_rules_and_other_agents_rules_survive() {
     let c = Cluster::start().unwrap();
-    // "Another agent" (same naming scheme, id deadbeef) with a rule for an unused port.
+    // "Another agent" (same naming scheme, id deadbeef) with a rule for an unused port. It is
+    // alive: it listens on its mesh socket, as every agent with rules does (a new agent removes
+    // the rules of agents whose socket is gone).
+    let mut mesh_socket = c.pod(PY);
+    mesh_socket.args([
+        "-c",
+        "import socket, time\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.bind('\\0mirrord-agent/deadbeef')\n\
+             s.listen()\n\
+             print('listening', flush=True)\n\
+             time.sleep(300)\n",
+    ]);
+    let mut other_agent = c.spawn(mesh_socket).unwrap();
+    other_agent.wait_line("listening", WAIT).unwrap();
     for args in [
         &["-t", "nat", "-N", "MIRRORD_deadbeef"][..],
         &[

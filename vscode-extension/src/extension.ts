@@ -111,9 +111,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
             output.show(true);
           }
         });
-      } else if (n.message && /keeps the configuration it started with/.test(n.message)) {
+      } else if (n.message && n.reason === 'config_invalid') {
         void vscode.window.showWarningMessage(`mirrord: ${n.message}`);
-      } else if (n.message && /changed; the next launch/.test(n.message)) {
+      } else if (n.message && n.reason === 'config_changed') {
         vscode.window.setStatusBarMessage(`mirrord: ${n.message}`, 8000);
       }
       refreshSoon();
@@ -190,7 +190,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     try {
       return await startSession(params, token);
     } catch (e) {
-      if (!isNoTargetError(messageOf(e))) {
+      if (!isNoTargetError(e)) {
         throw e;
       }
       output.appendLine(`[mirrord] ${messageOf(e)}`);

@@ -13,7 +13,7 @@ import {
   ServerOptions,
   State,
 } from 'vscode-languageclient/node';
-import { METHODS, SessionChanged, TrafficNotification } from './logic/api';
+import { METHODS, requestFailure, SessionChanged, TrafficNotification } from './logic/api';
 import { LogTail } from './logic/logTail';
 import { hasLogFileArg, resolveServerPath, serverArgs, ServerLocation } from './logic/serverPath';
 
@@ -179,7 +179,8 @@ export class MirrordServer implements vscode.Disposable {
       // An `undefined` token would be sent as a second positional parameter ([params, null]).
       return token ? await client.sendRequest<R>(method, params, token) : await client.sendRequest<R>(method, params);
     } catch (e) {
-      throw new Error(messageOf(e));
+      // Keeps the error's `data`: callers match its kind (`ErrorKind`), not its words.
+      throw requestFailure(e);
     }
   }
 

@@ -1,4 +1,5 @@
 import * as assert from 'assert';
+import { requestFailure } from '../src/logic/api';
 import {
   SWITCH_NAMESPACE,
   isNoTargetError,
@@ -32,9 +33,19 @@ describe('target picker', () => {
     assert.deepStrictEqual(rememberTarget(['a', 'b'], 'c', 2), ['c', 'a']);
   });
 
-  it('recognises the daemon\'s "no target" error', () => {
-    assert.ok(isNoTargetError('no target: choose one (mirrord/listTargets) or set "target" in the configuration'));
-    assert.ok(!isNoTargetError('mirrord could not start a session on pid/1: no such process'));
+  it('recognises the daemon\'s "no target" error by its kind, not its words', () => {
+    // What vscode-languageclient rejects with: a ResponseError carrying the JSON-RPC `data`.
+    const failure = (message: string, data?: unknown) => Object.assign(new Error(message), { code: 1, data });
+    assert.ok(isNoTargetError(failure('anything at all', { kind: 'no_target' })));
+    assert.ok(!isNoTargetError(failure('no target: choose one', { kind: 'session_start' })));
+    assert.ok(!isNoTargetError(failure('no target: choose one')));
+    assert.ok(!isNoTargetError(failure('no target', 'no_target')));
+    assert.ok(!isNoTargetError(undefined));
+    // The server wrapper's rethrow keeps the kind.
+    const wrapped = requestFailure(failure('no target: choose one', { kind: 'no_target' }));
+    assert.strictEqual(wrapped.message, 'no target: choose one');
+    assert.ok(isNoTargetError(wrapped));
+    assert.ok(!isNoTargetError(requestFailure(new Error('no target'))));
   });
 
   it('offers a namespace switch only when the daemon lists namespaces', () => {

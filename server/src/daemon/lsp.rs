@@ -13,6 +13,9 @@ use tower_lsp::lsp_types::notification::Notification;
 use tower_lsp::lsp_types::*;
 use tower_lsp::{Client, LanguageServer, LspService, Server};
 
+/// Frames queued for stdout (answers and notifications) before writers wait.
+const OUT_QUEUE: usize = 256;
+
 /// The one client of the stdio transport.
 const STDIO_CLIENT: ClientId = 0;
 
@@ -134,8 +137,8 @@ pub struct Backend {
 fn rpc_error(e: ApiError) -> RpcError {
     RpcError {
         code: tower_lsp::jsonrpc::ErrorCode::ServerError(1),
-        message: e.0.into(),
-        data: None,
+        data: serde_json::to_value(e.data()).ok(),
+        message: e.message.into(),
     }
 }
 
@@ -388,7 +391,7 @@ struct Checked {
 fn read_client(
     input: impl std::io::Read,
     forward_tx: mpsc::Sender<Vec<u8>>,
-    out_tx: mpsc::UnboundedSender<Out>,
+    out_tx: mpsc::Sender<Out>,
 ) {
     use std::io::{BufRead, Read};
     let mut r = std::io::BufReader::new(input);
@@ -431,7 +434,7 @@ fn read_client(
                     return;
                 }
                 let msg = format!("message of {n} bytes is over the limit of {MAX_MESSAGE}");
-                let _ = out_tx.send(Out::Frame(error_frame(
+                let _ = out_tx.blocking_send(Out::Frame(error_frame(
                     serde_json::Value::Null,
                     -32600,
                     msg,
@@ -439,7 +442,7 @@ fn read_client(
                 continue;
             }
             Some(Err(msg)) => {
-                let _ = out_tx.send(Out::Frame(error_frame(
+                let _ = out_tx.blocking_send(Out::Frame(error_frame(
                     serde_json::Value::Null,
                     -32700,
                     msg,
@@ -448,7 +451,7 @@ fn read_client(
             }
             None => {
                 let msg = "a message without a Content-Length header".to_owned();
-                let _ = out_tx.send(Out::Frame(error_frame(
+                let _ = out_tx.blocking_send(Out::Frame(error_frame(
                     serde_json::Value::Null,
                     -32700,
                     msg,
@@ -474,7 +477,7 @@ fn read_client(
             }
             Err(reply) => {
                 tracing::warn!("answered a malformed message from the client with an error");
-                let _ = out_tx.send(Out::Frame(reply));
+                let _ = out_tx.blocking_send(Out::Frame(reply));
             }
         }
     }
@@ -483,7 +486,7 @@ fn read_client(
 /// Reads tower-lsp's output frames whole and queues them for stdout.
 async fn collect_server_frames(
     output: impl tokio::io::AsyncRead + Unpin,
-    out_tx: mpsc::UnboundedSender<Out>,
+    out_tx: mpsc::Sender<Out>,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let mut r = tokio::io::BufReader::new(output);
@@ -510,14 +513,14 @@ async fn collect_server_frames(
         if r.read_exact(&mut body).await.is_err() {
             return;
         }
-        if out_tx.send(Out::Frame(lsp_frame(&body))).is_err() {
+        if out_tx.send(Out::Frame(lsp_frame(&body))).await.is_err() {
             return;
         }
     }
 }
 
 /// Writes whole frames to stdout, one at a time, until [`Out::End`].
-async fn write_client(mut out_rx: mpsc::UnboundedReceiver<Out>) {
+async fn write_client(mut out_rx: mpsc::Receiver<Out>) {
     use tokio::io::AsyncWriteExt;
     let mut stdout = tokio::io::stdout();
     while let Some(Out::Frame(frame)) = out_rx.recv().await {
@@ -536,7 +539,10 @@ pub async fn serve_stdio(daemon: Arc<Daemon>) {
     // client (stdin) --valid frames--> tower-lsp
     let (forward_tx, mut forward_rx) = mpsc::channel::<Vec<u8>>(64);
     // tower-lsp frames and our error answers --> the stdout writer
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Out>();
+    // Bounded: when the client stops reading stdout, this fills, then tower-lsp's output, then
+    // the notification queue, whose traffic rows are dropped (the history keeps them); requests
+    // wait for their answers to be written. Memory stays bounded either way.
+    let (out_tx, out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let (mut server_in, server_stdin) = tokio::io::duplex(64 << 10);
     let (server_stdout, server_out) = tokio::io::duplex(64 << 10);
     {
@@ -586,7 +592,7 @@ pub async fn serve_stdio(daemon: Arc<Daemon>) {
         .await;
     // Everything tower-lsp wrote reaches the client before we go.
     let _ = collector.await;
-    let _ = out_tx.send(Out::End);
+    let _ = out_tx.send(Out::End).await;
     let _ = writer.await;
     tracing::info!("the client closed stdio; ending its sessions");
     daemon.client_gone(STDIO_CLIENT).await;

@@ -33,25 +33,43 @@ pub enum Progress {
     End(String),
 }
 
-/// A method failed; the message is for a person.
+/// A method failed: `kind` is for programs (the JSON-RPC error's `data`), `message` for a
+/// person.
 #[derive(Debug, Clone)]
-pub struct ApiError(pub String);
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON-RPC error's `data`.
+    pub fn data(&self) -> ErrorData {
+        ErrorData { kind: self.kind }
+    }
+}
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
-        ApiError(format!("{e:#}"))
+        ApiError::new(ErrorKind::Internal, format!("{e:#}"))
     }
 }
 
 impl From<ConfigError> for ApiError {
     fn from(e: ConfigError) -> Self {
-        ApiError(e.to_string())
+        ApiError::new(ErrorKind::Config, e.to_string())
     }
 }
 
@@ -71,7 +89,7 @@ struct ManagedSession {
     target: String,
     config_path: Option<PathBuf>,
     started_at: u64,
-    state: Mutex<String>,
+    state: Mutex<SessionState>,
     env: BTreeMap<String, String>,
     session: tokio::sync::Mutex<Option<Session>>,
     shared: Arc<crate::proxy::ProxyShared>,
@@ -84,17 +102,23 @@ struct ManagedSession {
 }
 
 impl ManagedSession {
-    fn set_state(&self, state: &str, message: Option<String>) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state.to_owned();
+    fn set_state(
+        &self,
+        state: SessionState,
+        message: Option<String>,
+        reason: Option<ChangeReason>,
+    ) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
         self.notifier.session_changed(SessionChanged {
             session_id: self.id.clone(),
-            state: state.to_owned(),
+            state,
             message,
+            reason,
         });
     }
 
-    fn state(&self) -> String {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    fn state(&self) -> SessionState {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -132,7 +156,7 @@ impl Daemon {
         self.sessions()
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError(format!("no session {id}")))
+            .ok_or_else(|| ApiError::new(ErrorKind::NoSession, format!("no session {id}")))
     }
 
     /// The targets to offer: with a usable kubeconfig, the namespace's cluster targets (and the
@@ -160,7 +184,7 @@ impl Daemon {
         let connection = settings
             .connect()
             .await
-            .map_err(|e| ApiError(format!("{e:#}")))?;
+            .map_err(|e| ApiError::new(ErrorKind::Cluster, format!("{e:#}")))?;
         let namespace = crate::kube::client::target_namespace(
             params.namespace.as_deref(),
             &config,
@@ -168,7 +192,7 @@ impl Daemon {
         );
         let list = crate::kube::targets::list(&connection.client, &namespace)
             .await
-            .map_err(|e| ApiError(format!("{e:#}")))?;
+            .map_err(|e| ApiError::new(ErrorKind::Cluster, format!("{e:#}")))?;
         let namespaces = crate::kube::targets::namespaces(&connection.client)
             .await
             .unwrap_or_else(|| vec![namespace.clone()]);
@@ -215,9 +239,13 @@ impl Daemon {
             .clone()
             .or_else(|| config.target.as_ref().and_then(|t| t.path.clone()))
             .ok_or_else(|| {
-                ApiError("no target: choose one (mirrord/listTargets) or set \"target\" in the configuration".into())
+                ApiError::new(
+                    ErrorKind::NoTarget,
+                    "no target: choose one (mirrord/listTargets) or set \"target\" in the configuration",
+                )
             })?;
-        let target = TargetPath::parse(&target_spec).map_err(ApiError)?;
+        let target =
+            TargetPath::parse(&target_spec).map_err(|e| ApiError::new(ErrorKind::BadTarget, e))?;
         // The picker's namespace, else the launch's MIRRORD_TARGET_NAMESPACE (the daemon's own
         // environment is not the launch's).
         let namespace = params.namespace.clone().or_else(|| {
@@ -241,7 +269,7 @@ impl Daemon {
         let reusable = self
             .sessions()
             .values()
-            .find(|s| s.owner == client && s.key == key && s.state() == "ready")
+            .find(|s| s.owner == client && s.key == key && s.state() == SessionState::Ready)
             .cloned();
         if let Some(s) = reusable {
             tracing::info!(session = %s.id, "launch reuses the running session");
@@ -291,7 +319,7 @@ impl Daemon {
             Err(e) => {
                 let msg = format!("mirrord could not start a session on {target}: {e:#}");
                 notifier.progress(&token, Progress::End(msg.clone()));
-                return Err(ApiError(msg));
+                return Err(ApiError::new(ErrorKind::SessionStart, msg));
             }
         };
         notifier.progress(
@@ -318,7 +346,7 @@ impl Daemon {
             target: target.to_string(),
             config_path: config_path.clone(),
             started_at: now_ms(),
-            state: Mutex::new("starting".into()),
+            state: Mutex::new(SessionState::Starting),
             env: env.clone(),
             shared: session.shared.clone(),
             agent_pid: session.agent.pid(),
@@ -331,7 +359,11 @@ impl Daemon {
         if let Some(p) = &config_path {
             self.watch(p);
         }
-        managed.set_state("ready", Some(format!("{} on {target}", managed.agent_desc)));
+        managed.set_state(
+            SessionState::Ready,
+            Some(format!("{} on {target}", managed.agent_desc)),
+            None,
+        );
         self.clone().supervise(managed.clone());
         Ok(StartSessionResult {
             session_id: managed.id.clone(),
@@ -343,16 +375,21 @@ impl Daemon {
     /// Pumps the session's traffic to its client, reports the agent's death, ends idle sessions.
     fn supervise(self: Arc<Self>, s: Arc<ManagedSession>) {
         let mut traffic_rx = s.shared.traffic.subscribe();
-        let pump = s.clone();
+        // Invariant: the pump holds neither the session nor its shared state, only what it
+        // writes with. Holding them kept the traffic log's sender alive, so `recv` never ended
+        // and every stopped session (its agent control socket included) leaked; now dropping
+        // the session closes the broadcast and ends the pump.
+        let session_id = s.id.clone();
+        let notifier = s.notifier.clone();
         tokio::spawn(async move {
             loop {
                 match traffic_rx.recv().await {
-                    Ok(event) => pump.notifier.traffic(TrafficNotification {
-                        session_id: pump.id.clone(),
+                    Ok(event) => notifier.traffic(TrafficNotification {
+                        session_id: session_id.clone(),
                         event,
                     }),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(session = %pump.id, "traffic view dropped {n} events");
+                        tracing::warn!(session = %session_id, "traffic view dropped {n} events");
                     }
                     Err(_) => return,
                 }
@@ -378,7 +415,11 @@ impl Daemon {
                         time: now_ms(),
                         message: msg.clone(),
                     });
-                    s.set_state("error", Some(msg));
+                    s.set_state(
+                        SessionState::Error,
+                        Some(msg),
+                        Some(ChangeReason::AgentExited),
+                    );
                     self.stop_session_internal(&s.id).await;
                     return;
                 }
@@ -401,10 +442,10 @@ impl Daemon {
         if let Some(session) = s.session.lock().await.take() {
             session.stop().await;
         }
-        if s.state() != "error" {
-            s.set_state("stopped", None);
+        if s.state() != SessionState::Error {
+            s.set_state(SessionState::Stopped, None, None);
         } else {
-            *s.state.lock().unwrap_or_else(|p| p.into_inner()) = "stopped".into();
+            *s.state.lock().unwrap_or_else(|p| p.into_inner()) = SessionState::Stopped;
         }
     }
 
@@ -515,16 +556,21 @@ impl Daemon {
         if users.is_empty() {
             return;
         }
-        let message = match config_file::load(path) {
-            Ok(_) => format!(
-                "{} changed; the next launch uses the new configuration",
-                path.display()
+        let (message, reason) = match config_file::load(path) {
+            Ok(_) => (
+                format!(
+                    "{} changed; the next launch uses the new configuration",
+                    path.display()
+                ),
+                ChangeReason::ConfigChanged,
             ),
-            Err(e) => format!("{e}; this session keeps the configuration it started with"),
+            Err(e) => (
+                format!("{e}; this session keeps the configuration it started with"),
+                ChangeReason::ConfigInvalid,
+            ),
         };
         for s in users {
-            let state = s.state();
-            s.set_state(&state, Some(message.clone()));
+            s.set_state(s.state(), Some(message.clone()), Some(reason));
         }
     }
 }

@@ -102,7 +102,7 @@ fn client_id(conn: usize) -> ClientId {
 }
 
 fn api_err(e: ApiError) -> ErrorObjectOwned {
-    ErrorObjectOwned::owned(1, e.0, None::<()>)
+    ErrorObjectOwned::owned(1, e.message.clone(), Some(e.data()))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(params: &Params<'_>) -> Result<T, ErrorObjectOwned> {

@@ -45,10 +45,62 @@ export interface ProcessInfo {
   executable: string;
 }
 
+/** Mirrors `SessionState` in protocol/src/api.rs. */
+export type SessionState = 'starting' | 'ready' | 'error' | 'stopped';
+
+/** Mirrors `ChangeReason` in protocol/src/api.rs: why a `sessionChanged` was sent. */
+export type ChangeReason = 'config_changed' | 'config_invalid' | 'agent_exited';
+
+/**
+ * Mirrors `ErrorKind` in protocol/src/api.rs: the kind of a `mirrord/*` method's failure, in the
+ * JSON-RPC error's `data` (`{kind}`). Match on it, never on the message.
+ */
+export type ErrorKind = 'no_target' | 'bad_target' | 'config' | 'session_start' | 'no_session' | 'cluster' | 'internal';
+
+/** Mirrors `ErrorData` in protocol/src/api.rs. */
+export interface ErrorData {
+  kind: ErrorKind;
+}
+
+/** A failed request to the daemon: the message for people, the JSON-RPC `data` for code. */
+export class RequestFailure extends Error {
+  constructor(
+    message: string,
+    readonly data?: unknown,
+  ) {
+    super(message);
+    this.name = 'RequestFailure';
+  }
+}
+
+/** Wraps whatever a request rejected with, keeping the JSON-RPC error's `data` (its kind). */
+export function requestFailure(e: unknown): RequestFailure {
+  const message =
+    e instanceof Error
+      ? e.message
+      : e && typeof e === 'object' && 'message' in e
+        ? String((e as { message: unknown }).message)
+        : String(e);
+  const data = e && typeof e === 'object' && 'data' in e ? (e as { data: unknown }).data : undefined;
+  return new RequestFailure(message, data);
+}
+
+/** The error kind of a failed request (a JSON-RPC error whose `data` carries one), if any. */
+export function errorKindOf(e: unknown): ErrorKind | undefined {
+  if (!e || typeof e !== 'object' || !('data' in e)) {
+    return undefined;
+  }
+  const data = (e as { data: unknown }).data;
+  if (data && typeof data === 'object' && 'kind' in data && typeof (data as ErrorData).kind === 'string') {
+    return (data as ErrorData).kind;
+  }
+  return undefined;
+}
+
 export interface SessionInfo {
   sessionId: string;
   target: string;
-  state: string;
+  state: SessionState;
   ports: number[];
   processes: ProcessInfo[];
   startedAt: number;
@@ -71,8 +123,9 @@ export interface ListSessionsResult {
 
 export interface SessionChanged {
   sessionId: string;
-  state: string;
+  state: SessionState;
   message?: string;
+  reason?: ChangeReason;
 }
 
 export type TrafficEvent =

@@ -1,5 +1,6 @@
 // The target picker's list, without VS Code: most recently used targets first.
 
+import { errorKindOf } from './api';
 import type { ListTargetsResult, TargetInfo } from './api';
 
 export interface TargetItem {
@@ -54,9 +55,9 @@ export function orderTargets(targets: readonly TargetInfo[], recent: readonly st
   return items;
 }
 
-/** Whether a startSession error is the daemon's "no target" error (then the picker asks). */
-export function isNoTargetError(message: string): boolean {
-  return /^\s*no target\b/i.test(message);
+/** Whether a startSession failure is the daemon's "no target" error (then the picker asks). */
+export function isNoTargetError(e: unknown): boolean {
+  return errorKindOf(e) === 'no_target';
 }
 
 /** The picker item that switches the namespace (its `target` is never a target path). */

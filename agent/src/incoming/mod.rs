@@ -1,0 +1,295 @@
+//! Incoming traffic: ports of the target that clients subscribed, mirrored or stolen.
+//!
+//! A subscribed port is redirected (see `redirect`) to a listener of the agent. For each
+//! redirected connection the agent looks at the port's subscribers:
+//! - no stealer: the connection passes through to its original destination (the target keeps
+//!   serving) and the client's bytes are copied to every mirroring client;
+//! - stealers and the connection speaks HTTP: every request is routed on its own, to the first
+//!   stealer whose filter matches it (an unfiltered steal matches everything but `kube-probe/`
+//!   requests), or else to the original destination;
+//! - stealers but not HTTP: an unfiltered stealer gets the whole connection, otherwise it passes
+//!   through unchanged.
+//!
+//! A client receives a connection by opening an `Incoming { id }` channel after the agent
+//! announced it with an event; the agent waits a bounded time for that, then serves the target
+//! instead, so a vanished client never blocks the target's traffic.
+//!
+//! Other agents in the same target (other sessions) are not bypassed: what this agent does not
+//! take ("the original destination" above) goes to the next agent that subscribed the port, and
+//! only after the last one to the target; stealing a port that another agent steals in a way
+//! that cannot coexist is refused (see `mesh`).
+
+//!
+//! Files, one job each: `registry` (who subscribed which port; the ONE owner of a port's state
+//! and its redirect rule), `mesh_server` (answering and asking the other agents of the target),
+//! `leftovers` (removing the rules of dead agents at start), `passthrough` (pass-through with
+//! mirror and observe copies), `sniff` (HTTP or not), `original_dst` (`SO_ORIGINAL_DST`,
+//! unredirected connections to the target), `http_route` (per-request routing of filtered
+//! steals), `filter` (HTTP filters).
+
+mod filter;
+mod http_route;
+mod leftovers;
+mod mesh_server;
+mod original_dst;
+mod passthrough;
+mod registry;
+mod sniff;
+
+pub use filter::CompiledFilter;
+
+use anyhow::Result;
+use mirrord_protocol::agent::{AgentEvent, AgentMessage, HttpFilter, TrafficMode};
+use original_dst::{canonical, original_destination};
+use registry::Registry;
+use sniff::{sniff, Protocol};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// How long a client may take to pick up an announced connection before the target serves it.
+const PICKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A byte stream the agent serves or forwards: a redirected TCP connection, a connection handed
+/// over by another agent, a connection to the target or to the next agent.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+pub type BoxIo = Box<dyn Io>;
+
+/// One control channel of the agent, as a subscriber.
+#[derive(Clone)]
+pub struct Client {
+    pub id: u64,
+    /// agent --events--> this client's control channel writer
+    pub message_tx: mpsc::Sender<AgentMessage>,
+    /// Set when the channel closed: a subscribe still in flight then adds nothing.
+    pub gone: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Clone)]
+struct Subscriber {
+    client: Client,
+    mode: TrafficMode,
+    filter: Option<Arc<CompiledFilter>>,
+}
+
+pub struct IncomingState {
+    agent_id: String,
+    registry: Registry,
+    /// Announced connections waiting for their client's channel.
+    pending: Mutex<HashMap<u64, oneshot::Sender<BoxIo>>>,
+    next_id: AtomicU64,
+    /// Serves the other agents of the target (`mesh`), from the first subscription on.
+    mesh_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl IncomingState {
+    pub fn new(agent_id: String) -> Arc<IncomingState> {
+        Arc::new(IncomingState {
+            registry: Registry::new(agent_id.clone()),
+            agent_id,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            mesh_task: Mutex::new(None),
+        })
+    }
+
+    /// Removes the rules of agents that are gone (see `leftovers`); run it at start, so the
+    /// target's ports serve again before this agent reports ready.
+    pub async fn sweep_dead_agents(&self) {
+        leftovers::sweep(&self.agent_id).await;
+    }
+
+    /// Removes every rule of this agent (on a clean exit; the guard covers the others).
+    pub fn cleanup(&self) {
+        self.registry.cleanup();
+    }
+
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        client: &Client,
+        port: u16,
+        mode: TrafficMode,
+        filter: Option<HttpFilter>,
+    ) -> Result<()> {
+        let filter = match filter {
+            Some(f) => Some(Arc::new(CompiledFilter::compile(&f)?)),
+            None => None,
+        };
+        let sub = Subscriber {
+            client: client.clone(),
+            mode,
+            filter,
+        };
+        self.registry.precheck(port, &sub)?;
+        // Other agents may ask this one from now on. (Two agents stealing one port at the very
+        // same moment may both pass this check: the check is between subscriptions, not atomic.)
+        let mesh = self.ensure_mesh()?;
+        self.check_other_agents(port, &sub).await?;
+        let me = self.clone();
+        self.registry
+            .subscribe(port, sub, &mesh, move |listener| {
+                tokio::spawn(async move { me.accept_loop(listener, port).await })
+            })
+            .await?;
+        tracing::info!(port, ?mode, client = client.id, "subscribed");
+        Ok(())
+    }
+
+    pub async fn unsubscribe(&self, client_id: u64, port: u16) {
+        self.registry.unsubscribe(client_id, port).await;
+    }
+
+    /// The client's control channel closed: drop all its subscriptions.
+    pub async fn client_gone(&self, client: &Client) {
+        for port in self.registry.client_gone(client).await {
+            self.unsubscribe(client.id, port).await;
+        }
+    }
+
+    /// A client opened the channel for announced connection `id`.
+    pub fn attach(&self, id: u64, stream: BoxIo) {
+        match lock(&self.pending).remove(&id) {
+            Some(tx) => {
+                let _ = tx.send(stream);
+            }
+            None => tracing::debug!(id, "channel for an unknown or expired connection"),
+        }
+    }
+
+    /// Announces a connection to `client` and waits for its channel.
+    pub(super) async fn announce(
+        &self,
+        client: &Client,
+        port: u16,
+        mode: TrafficMode,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<BoxIo> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        let event = AgentMessage::Event(AgentEvent::Incoming {
+            id,
+            port,
+            mode,
+            peer,
+            local,
+        });
+        // One bound for both steps: a client whose event queue stays full (it stopped reading)
+        // holds the connection no longer than one that never picks it up; the target serves it.
+        let stream = tokio::time::timeout(PICKUP_TIMEOUT, async {
+            client.message_tx.send(event).await.ok()?;
+            rx.await.ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        lock(&self.pending).remove(&id);
+        stream
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, port: u16) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok((s, peer)) => (s, canonical(peer)),
+                Err(e) => {
+                    tracing::warn!(port, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let original = original_destination(&stream).unwrap_or_else(|| {
+                let ip = stream
+                    .local_addr()
+                    .map(|a| canonical(a).ip())
+                    .unwrap_or([0, 0, 0, 0].into());
+                SocketAddr::new(ip, port)
+            });
+            let subscribers = self.registry.subscribers(port);
+            let _ = stream.set_nodelay(true);
+            let me = self.clone();
+            let visited = vec![self.agent_id.clone()];
+            tokio::spawn(async move {
+                if let Err(e) = me
+                    .serve(Box::new(stream), peer, original, port, subscribers, visited)
+                    .await
+                {
+                    tracing::debug!(port, %peer, "incoming connection ended: {e:#}");
+                }
+            });
+        }
+    }
+
+    /// Serves one connection for `port` (from the redirect, or handed over by another agent);
+    /// `visited` are the agents that had their turn, this one included.
+    async fn serve(
+        self: Arc<Self>,
+        stream: BoxIo,
+        peer: SocketAddr,
+        original: SocketAddr,
+        port: u16,
+        subscribers: Vec<Subscriber>,
+        visited: Vec<String>,
+    ) -> Result<()> {
+        let stealers: Vec<Subscriber> = subscribers
+            .iter()
+            .filter(|s| s.mode == TrafficMode::Steal)
+            .cloned()
+            .collect();
+        // Mirrors and observers (dump) both ride along with the connection.
+        let mirrors: Vec<Subscriber> = subscribers
+            .iter()
+            .filter(|s| matches!(s.mode, TrafficMode::Mirror | TrafficMode::Observe))
+            .cloned()
+            .collect();
+        let hop = Hop {
+            peer,
+            original,
+            port,
+            visited,
+        };
+        if stealers.is_empty() {
+            return self.pass_through(stream, hop, &mirrors).await;
+        }
+        let unfiltered = stealers.iter().find(|s| s.filter.is_none()).cloned();
+        let (protocol, stream) = sniff(stream).await;
+        match protocol {
+            Protocol::Http => self.route_http(stream, hop, stealers).await,
+            Protocol::Other => match unfiltered {
+                Some(stealer) => {
+                    match self
+                        .announce(&stealer.client, port, TrafficMode::Steal, peer, original)
+                        .await
+                    {
+                        Some(mut channel) => {
+                            let mut stream = stream;
+                            let _ = tokio::io::copy_bidirectional(&mut stream, &mut channel).await;
+                            Ok(())
+                        }
+                        None => self.pass_through(Box::new(stream), hop, &[]).await,
+                    }
+                }
+                None => self.pass_through(Box::new(stream), hop, &mirrors).await,
+            },
+        }
+    }
+}
+
+/// Where a connection came from and went to, and the agents that had their turn with it.
+struct Hop {
+    peer: SocketAddr,
+    original: SocketAddr,
+    port: u16,
+    visited: Vec<String>,
+}

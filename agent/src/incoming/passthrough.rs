@@ -1,0 +1,133 @@
+//! Pass-through: a connection nobody steals goes on (to the next agent, else the target) while
+//! mirrors get a copy of the client's bytes and observers (dump) both directions.
+
+use super::{BoxIo, Hop, IncomingState, Subscriber};
+use anyhow::Result;
+use bytes::Bytes;
+use mirrord_protocol::agent::{Observed, TrafficMode};
+use mirrord_protocol::codec::write_frame_async;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Chunks queued per mirroring client; a client that falls further behind loses its copy
+/// rather than slowing the target.
+const MIRROR_QUEUE: usize = 256;
+
+impl IncomingState {
+    /// The connection goes on (to the next agent or its original destination); mirrors get a
+    /// copy of what the client sends (and whatever they answer is discarded); observers get
+    /// both directions as `Observed` frames.
+    pub(super) async fn pass_through(
+        self: &Arc<Self>,
+        stream: BoxIo,
+        hop: Hop,
+        mirrors: &[Subscriber],
+    ) -> Result<()> {
+        let Hop {
+            peer,
+            original,
+            port,
+            ..
+        } = hop;
+        let upstream = self.next_hop(port, peer, original, &hop.visited).await?;
+        // Copies of the client's bytes for mirrors; of both directions for observers (dump).
+        let mut copies: Vec<mpsc::Sender<Bytes>> = Vec::new();
+        let mut observers: Vec<mpsc::Sender<(bool, Bytes)>> = Vec::new();
+        for m in mirrors {
+            let me = self.clone();
+            let client = m.client.clone();
+            if m.mode == TrafficMode::Observe {
+                let (observed_tx, mut observed_rx) = mpsc::channel::<(bool, Bytes)>(MIRROR_QUEUE);
+                observers.push(observed_tx);
+                tokio::spawn(async move {
+                    let Some(mut channel) = me
+                        .announce(&client, port, TrafficMode::Observe, peer, original)
+                        .await
+                    else {
+                        return;
+                    };
+                    while let Some((from_client, data)) = observed_rx.recv().await {
+                        let frame = Observed {
+                            from_client,
+                            data: data.to_vec(),
+                        };
+                        if write_frame_async(&mut channel, &frame).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                continue;
+            }
+            let (copy_tx, mut copy_rx) = mpsc::channel::<Bytes>(MIRROR_QUEUE);
+            copies.push(copy_tx);
+            tokio::spawn(async move {
+                let Some(channel) = me
+                    .announce(&client, port, TrafficMode::Mirror, peer, original)
+                    .await
+                else {
+                    return;
+                };
+                let (mut drain, mut write) = tokio::io::split(channel);
+                // Whatever the mirroring program answers goes nowhere.
+                tokio::spawn(async move {
+                    let mut sink = [0u8; 16 * 1024];
+                    while matches!(drain.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+                while let Some(chunk) = copy_rx.recv().await {
+                    if write.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = write.shutdown().await;
+            });
+        }
+        let mut response_observers = observers.clone();
+        let (mut client_r, mut client_w) = tokio::io::split(stream);
+        let (mut up_r, mut up_w) = tokio::io::split(upstream);
+        let to_target = async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match client_r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if up_w.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                if !copies.is_empty() || !observers.is_empty() {
+                    let chunk = Bytes::copy_from_slice(&buf[..n]);
+                    // try_send: a slow mirror loses its copy instead of slowing the target.
+                    copies.retain(|c| c.try_send(chunk.clone()).is_ok());
+                    observers.retain(|o| o.try_send((true, chunk.clone())).is_ok());
+                }
+            }
+            for o in &observers {
+                let _ = o.try_send((true, Bytes::new()));
+            }
+            let _ = up_w.shutdown().await;
+        };
+        let from_target = async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match up_r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if client_w.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                if !response_observers.is_empty() {
+                    let chunk = Bytes::copy_from_slice(&buf[..n]);
+                    response_observers.retain(|o| o.try_send((false, chunk.clone())).is_ok());
+                }
+            }
+            for o in &response_observers {
+                let _ = o.try_send((false, Bytes::new()));
+            }
+            let _ = client_w.shutdown().await;
+        };
+        tokio::join!(to_target, from_target);
+        Ok(())
+    }
+}

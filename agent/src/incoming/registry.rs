@@ -1,0 +1,260 @@
+//! The subscription registry: which clients subscribed which port, and the port's redirect rule
+//! and listener. This is the ONE owner of a port's state and its rule: nothing else adds or
+//! removes either.
+//!
+//! Invariants:
+//! - Every change (subscribe, unsubscribe) holds `changes` from its first look at the port to
+//!   its last step, rule commands included; so two changes of one port never interleave: two
+//!   concurrent subscribes cannot both install a rule, and a subscribe cannot slip between an
+//!   unsubscribe's removal of the port and of its rule.
+//! - A port has an entry in `ports` exactly while its rule exists (a change in progress aside),
+//!   and its rule always points at the entry's listener.
+//! - Rule commands (`iptables`, `nft`, which may wait seconds for the xtables lock) run on the
+//!   blocking pool, never on the async workers, and no std mutex is held across an `.await`:
+//!   the data path keeps flowing while a rule change waits.
+
+use super::mesh_server::MeshBound;
+use super::{Client, Subscriber};
+use crate::mesh::PortUse;
+use crate::redirect::Redirector;
+use anyhow::{bail, Context, Result};
+use mirrord_protocol::agent::TrafficMode;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// How long a released port's listener keeps passing on connections the redirect sent to it
+/// before the rule was removed.
+const LISTENER_LINGER: Duration = Duration::from_secs(1);
+
+struct PortState {
+    /// Set right after the entry is inserted (the accept loop reads the entry).
+    accept_task: Option<JoinHandle<()>>,
+    subscribers: Vec<Subscriber>,
+}
+
+pub(super) struct Registry {
+    agent_id: String,
+    /// Held by every change for its whole duration (see the module invariants).
+    changes: tokio::sync::Mutex<()>,
+    /// Created by the first subscription, under `changes`.
+    redirector: OnceLock<Arc<Redirector>>,
+    /// Read by the data path (accept loops, mesh requests); written only under `changes`.
+    ports: Mutex<HashMap<u16, PortState>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs a rule command on the blocking pool.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("a redirect-rule task failed")?
+}
+
+impl Registry {
+    pub(super) fn new(agent_id: String) -> Registry {
+        Registry {
+            agent_id,
+            changes: tokio::sync::Mutex::new(()),
+            redirector: OnceLock::new(),
+            ports: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The port's subscribers now (a connection is served with the ones it found).
+    pub(super) fn subscribers(&self, port: u16) -> Vec<Subscriber> {
+        lock(&self.ports)
+            .get(&port)
+            .map(|s| s.subscribers.clone())
+            .unwrap_or_default()
+    }
+
+    /// How this agent's subscribers use `port` (what other agents are told).
+    pub(super) fn port_use(&self, port: u16) -> PortUse {
+        self.subscribers(port)
+            .iter()
+            .map(|sub| match (sub.mode, &sub.filter) {
+                (TrafficMode::Steal, Some(_)) => PortUse::StealFiltered,
+                (TrafficMode::Steal, None) => PortUse::Steal,
+                // Copies only: the target keeps serving.
+                _ => PortUse::Mirror,
+            })
+            .max()
+            .unwrap_or(PortUse::None)
+    }
+
+    /// Refuses `sub` early when it cannot coexist with this agent's other subscribers of `port`
+    /// (checked again, authoritatively, by [`Registry::subscribe`]).
+    pub(super) fn precheck(&self, port: u16, sub: &Subscriber) -> Result<()> {
+        check_conflict(&self.subscribers(port), sub, port)
+    }
+
+    /// Marks `client` gone and returns the ports it subscribed. A subscribe of it still in
+    /// flight either finished before (its port is in the list) or will see the mark and add
+    /// nothing: the mark is set before, and the list taken after, every change in progress.
+    pub(super) async fn client_gone(&self, client: &Client) -> Vec<u16> {
+        client.gone.store(true, Ordering::SeqCst);
+        let _changing = self.changes.lock().await;
+        lock(&self.ports)
+            .iter()
+            .filter(|(_, s)| s.subscribers.iter().any(|sub| sub.client.id == client.id))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// The redirector, created on first use (under `changes`).
+    async fn redirector(&self) -> Result<Arc<Redirector>> {
+        if let Some(r) = self.redirector.get() {
+            return Ok(r.clone());
+        }
+        let id = self.agent_id.clone();
+        let r = off_runtime(move || Redirector::new(&id).context("setting up the port redirect"))
+            .await?;
+        Ok(self.redirector.get_or_init(|| Arc::new(r)).clone())
+    }
+
+    /// Adds `sub` to `port`; the first subscriber gets the port a listener and its rule, and
+    /// `start` runs the listener's accept loop. `_mesh`: the agent's mesh socket exists, so
+    /// another agent that finds this agent's rules also finds it alive (see `leftovers`).
+    pub(super) async fn subscribe(
+        &self,
+        port: u16,
+        sub: Subscriber,
+        _mesh: &MeshBound,
+        start: impl FnOnce(TcpListener) -> JoinHandle<()>,
+    ) -> Result<()> {
+        let _changing = self.changes.lock().await;
+        if sub.client.gone.load(Ordering::SeqCst) {
+            bail!("the client's channel closed");
+        }
+        {
+            let mut ports = lock(&self.ports);
+            if let Some(state) = ports.get_mut(&port) {
+                check_conflict(&state.subscribers, &sub, port)?;
+                state.subscribers.retain(|s| s.client.id != sub.client.id);
+                state.subscribers.push(sub);
+                return Ok(());
+            }
+        }
+        // Dual-stack where the kernel has IPv6, so the port's IPv6 redirect (ip6tables) lands
+        // on this listener too; IPv4-only otherwise.
+        let listener = match TcpListener::bind(("::", 0)).await {
+            Ok(l) => l,
+            Err(_) => TcpListener::bind(("0.0.0.0", 0))
+                .await
+                .context("binding the redirect listener")?,
+        };
+        let to_port = listener.local_addr()?.port();
+        let redirector = self.redirector().await?;
+        off_runtime(move || redirector.add(port, to_port)).await?;
+        let mut ports = lock(&self.ports);
+        ports.insert(
+            port,
+            PortState {
+                accept_task: None,
+                subscribers: vec![sub],
+            },
+        );
+        // Started after the entry exists, so the first connection already finds its
+        // subscriber.
+        let task = start(listener);
+        if let Some(state) = ports.get_mut(&port) {
+            state.accept_task = Some(task);
+        }
+        Ok(())
+    }
+
+    /// Removes `client_id` from `port`; the last one out removes the rule, then the port's
+    /// state, and closes the listener a moment later.
+    pub(super) async fn unsubscribe(&self, client_id: u64, port: u16) {
+        let _changing = self.changes.lock().await;
+        let last = match lock(&self.ports).get(&port) {
+            Some(state) if state.subscribers.iter().any(|s| s.client.id == client_id) => {
+                state.subscribers.iter().all(|s| s.client.id == client_id)
+            }
+            _ => return,
+        };
+        if !last {
+            if let Some(state) = lock(&self.ports).get_mut(&port) {
+                state.subscribers.retain(|s| s.client.id != client_id);
+            }
+            return;
+        }
+        // The rule goes first, the listener after a moment: connections the rule sent here
+        // before it went still arrive (their NAT is decided), and the listener passes them on
+        // (nobody subscribes any more) instead of the kernel refusing them.
+        if let Some(r) = self.redirector.get().cloned() {
+            if let Err(e) = off_runtime(move || r.remove(port)).await {
+                tracing::warn!(port, "removing the redirect: {e:#}");
+            }
+        }
+        let Some(state) = lock(&self.ports).remove(&port) else {
+            return;
+        };
+        if let Some(task) = state.accept_task {
+            tokio::spawn(async move {
+                tokio::time::sleep(LISTENER_LINGER).await;
+                task.abort();
+            });
+        }
+        tracing::info!(port, "port released");
+    }
+
+    /// Removes every rule of this agent (on a clean exit; the guard covers the others).
+    pub(super) fn cleanup(&self) {
+        let Some(r) = self.redirector.get().cloned() else {
+            return;
+        };
+        let remove = move || {
+            if let Err(e) = r.cleanup() {
+                tracing::warn!("removing the redirect rules: {e:#}");
+            }
+        };
+        // At exit nothing else runs, but the rule commands still stay off the async workers
+        // where a runtime can lend the thread.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(remove)
+            }
+            _ => remove(),
+        }
+    }
+}
+
+fn check_conflict(existing: &[Subscriber], new: &Subscriber, port: u16) -> Result<()> {
+    if new.mode != TrafficMode::Steal {
+        return Ok(());
+    }
+    for s in existing
+        .iter()
+        .filter(|s| s.client.id != new.client.id && s.mode == TrafficMode::Steal)
+    {
+        let used = match s.filter {
+            Some(_) => PortUse::StealFiltered,
+            None => PortUse::Steal,
+        };
+        conflict(used, new.filter.is_some(), port)?;
+    }
+    Ok(())
+}
+
+/// Whether a new steal (filtered or not) of `port` can coexist with another session's `used`:
+/// filtered steals share a port; an unfiltered steal shares it with nobody.
+pub(super) fn conflict(used: PortUse, new_filtered: bool, port: u16) -> Result<()> {
+    match used {
+        PortUse::Steal => bail!("port {port} is already stolen whole by another session"),
+        PortUse::StealFiltered if !new_filtered => bail!(
+            "port {port} is already stolen by another session with an HTTP filter; an unfiltered \
+             steal would take its requests"
+        ),
+        _ => Ok(()),
+    }
+}
