@@ -1,5 +1,6 @@
 //! Re-entrancy guard and the original libc functions.
 
+use crate::state::{state, LayerState};
 use std::cell::Cell;
 
 thread_local! {
@@ -102,6 +103,7 @@ pub mod real {
         fn listen(fd: c_int, backlog: c_int) -> c_int;
         fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
         fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
+        fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int;
     }
 
     /// `fcntl` is variadic; calling a variadic function is allowed where defining one is not.
@@ -129,12 +131,124 @@ pub fn set_errno(e: i32) {
     unsafe { *libc::__errno_location() = e }
 }
 
+/// What a hook returns, as far as errno is concerned: on success the program's errno is left as
+/// it was before the call; on failure it is what the layer (or the libc call it made) set.
+pub trait HookReturn {
+    fn failed(&self) -> bool;
+}
+
+impl HookReturn for libc::c_int {
+    fn failed(&self) -> bool {
+        *self < 0
+    }
+}
+
+impl HookReturn for libc::ssize_t {
+    fn failed(&self) -> bool {
+        *self < 0
+    }
+}
+
+impl<T> HookReturn for *mut T {
+    fn failed(&self) -> bool {
+        self.is_null()
+    }
+}
+
+impl HookReturn for () {
+    fn failed(&self) -> bool {
+        false
+    }
+}
+
+/// The one prologue of every exported hook.
+///
+/// `body` runs only when this call is the layer's to look at (not re-entrant, the process is in
+/// a session), inside the re-entrancy guard and an unwind barrier. It returns `Some(result)`
+/// when it handled the call, `None` to let `original` (libc with the caller's arguments) run.
+///
+/// Invariant: nothing unwinds out of a hook (a panic is logged and the original call runs),
+/// and the program's errno is preserved unless the call fails.
+pub fn hook<R: HookReturn>(
+    name: &'static str,
+    original: impl FnOnce() -> R,
+    body: impl FnOnce(&'static LayerState) -> Option<R>,
+) -> R {
+    let saved = errno();
+    let outcome = {
+        let Some(_guard) = Guard::enter() else {
+            return original();
+        };
+        let Some(st) = state() else {
+            drop(_guard);
+            set_errno(saved);
+            return original();
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(st)))
+    };
+    match outcome {
+        Ok(Some(r)) => {
+            if !r.failed() {
+                set_errno(saved);
+            }
+            r
+        }
+        Ok(None) => {
+            set_errno(saved);
+            original()
+        }
+        Err(_) => {
+            log_line(&format!("internal error in `{name}`; the call goes to libc unchanged"));
+            set_errno(saved);
+            original()
+        }
+    }
+}
+
+/// Bookkeeping after a libc call the hook already made (`accept`, `dup`, ...): runs `body` as
+/// [`hook`] runs its body, and leaves errno as the libc call set it.
+pub fn after(name: &'static str, body: impl FnOnce(&'static LayerState)) {
+    let saved = errno();
+    {
+        let Some(_guard) = Guard::enter() else { return };
+        if let Some(st) = state() {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(st))).is_err() {
+                log_line(&format!("internal error after `{name}`"));
+            }
+        }
+    }
+    set_errno(saved);
+}
+
+/// Writes one diagnostic line to stderr with a raw `write(2)`.
+///
+/// Invariant: the layer's diagnostics never fail the program: no Rust stderr handle (which
+/// panics on `EPIPE` in `eprintln!` and holds a lock a fork child could inherit), errors
+/// ignored, errno untouched.
+pub fn log_line(msg: &str) {
+    let saved = errno();
+    let line = format!("mirrord-layer[{}]: {msg}\n", std::process::id());
+    let mut buf = line.as_bytes();
+    while !buf.is_empty() {
+        // SAFETY: writing an owned buffer to descriptor 2; a bad descriptor only yields an error.
+        let n = unsafe { libc::write(2, buf.as_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            break;
+        }
+        buf = &buf[n as usize..];
+    }
+    set_errno(saved);
+}
+
 /// Debug logging to stderr, enabled by `MIRRORD_LAYER_LOG=debug`. Quiet by default: the layer
 /// runs inside someone else's program and must not clutter its output.
 macro_rules! layer_debug {
     ($($t:tt)*) => {
         if $crate::state::debug_enabled() {
-            eprintln!("mirrord-layer[{}]: {}", std::process::id(), format_args!($($t)*));
+            $crate::detour::log_line(&format!($($t)*));
         }
     };
 }

@@ -1,0 +1,420 @@
+//! Non-blocking connects whose pod-side outcome is still on its way.
+//!
+//! `connect` on a non-blocking socket connects it to the session's loopback data listener
+//! (which completes at once), writes the hello and returns `EINPROGRESS`; the session's reply
+//! frame, the pod-side outcome, arrives later on the same socket. Until then the socket must
+//! not look writable (it is, to loopback), or the program would take the connect for done:
+//!
+//! - the `epoll_ctl` hook registers a pending socket without its read/write interest and
+//!   remembers what the program asked for;
+//! - one watcher thread (started on first use, again in a fork child) waits for the reply
+//!   frames of all pending sockets, reads exactly the frame (never a byte more: what follows is
+//!   the program's), records the outcome, disconnects the socket on failure, and restores the
+//!   program's registrations with `EPOLL_CTL_MOD`, which re-evaluates readiness (edge-triggered
+//!   registrations included);
+//! - `getsockopt(SO_ERROR)` on a pending socket (a program that waited with something the layer
+//!   does not see) waits for the outcome, bounded.
+//!
+//! Lock order: the socket table → an entry → [`PENDING`] → [`WATCHER`]; no two are held
+//! together except by `fork`. `PENDING` is held across `epoll_ctl` calls (non-blocking), so a
+//! registration never slips between the settling of a socket and the restoring of its interest.
+
+use crate::detour::{errno, layer_debug, real, Guard};
+use crate::sockets::{lock_entry, Entry, Managed, TcpState};
+use libc::{c_int, epoll_event};
+use mirrord_protocol::codec::{decode_payload, frame_len, HEADER_LEN};
+use mirrord_protocol::layer::DataReply;
+use mirrord_protocol::net::ConnectReply;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The session answers a connect within its own connect timeout (20 s); this only guards
+/// against a wedged session.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Interest the program's registration loses while the socket is pending: readiness for
+/// reading would come from the reply frame, readiness for writing from the loopback hop.
+const HIDDEN: u32 = (libc::EPOLLIN
+    | libc::EPOLLOUT
+    | libc::EPOLLRDNORM
+    | libc::EPOLLWRNORM
+    | libc::EPOLLRDBAND
+    | libc::EPOLLWRBAND
+    | libc::EPOLLPRI
+    | libc::EPOLLRDHUP) as u32;
+
+/// One epoll registration the program made for a pending socket.
+pub struct Registration {
+    epfd: c_int,
+    events: u32,
+    data: u64,
+}
+
+pub struct Pending {
+    entry: Entry,
+    registrations: Vec<Registration>,
+}
+
+static PENDING: Mutex<Option<HashMap<c_int, Pending>>> = Mutex::new(None);
+/// How many sockets are pending: lets `epoll_ctl` skip every lock in the common case.
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// The watcher's epoll instance (the thread lives as long as the process).
+static WATCHER: Mutex<Option<c_int>> = Mutex::new(None);
+
+fn relock<T>(r: std::sync::LockResult<MutexGuard<'_, T>>) -> MutexGuard<'_, T> {
+    r.unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the fork hook holds across `fork`.
+pub type ForkLocks = (
+    MutexGuard<'static, Option<HashMap<c_int, Pending>>>,
+    MutexGuard<'static, Option<c_int>>,
+);
+
+pub fn fork_locks() -> ForkLocks {
+    (relock(PENDING.lock()), relock(WATCHER.lock()))
+}
+
+/// In a fork child, with [`fork_locks`] held across the fork: the parent's watcher settles the
+/// parent's sockets (their reply frames arrive on descriptions both processes share); the child
+/// starts its own watcher when it connects.
+pub fn reset_in_child(locks: &mut ForkLocks) {
+    if let Some(epfd) = locks.1.take() {
+        // SAFETY: the child's copy of the watcher's epoll descriptor.
+        unsafe { real::close(epfd) };
+    }
+    *locks.0 = None;
+    COUNT.store(0, Ordering::Relaxed);
+}
+
+/// Whether any socket is pending (cheap; for the `epoll_ctl` fast path).
+pub fn any() -> bool {
+    COUNT.load(Ordering::Relaxed) > 0
+}
+
+/// The watcher's epoll descriptor, starting the watcher if needed.
+fn watcher() -> Result<c_int, i32> {
+    let mut w = relock(WATCHER.lock());
+    if let Some(epfd) = *w {
+        return Ok(epfd);
+    }
+    // SAFETY: plain syscall.
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epfd < 0 {
+        return Err(errno());
+    }
+    let spawned = std::thread::Builder::new()
+        .name("mirrord-connect".into())
+        .spawn(move || watch(epfd));
+    if spawned.is_err() {
+        // SAFETY: our own descriptor, unused.
+        unsafe { real::close(epfd) };
+        return Err(libc::EAGAIN);
+    }
+    *w = Some(epfd);
+    Ok(epfd)
+}
+
+/// Registers `fd` (just connected to the data listener, hello sent) as pending.
+pub fn add(fd: c_int, entry: Entry) -> Result<(), i32> {
+    let epfd = watcher()?;
+    {
+        let mut p = relock(PENDING.lock());
+        let table = p.get_or_insert_with(HashMap::new);
+        if table
+            .insert(
+                fd,
+                Pending {
+                    entry,
+                    registrations: Vec::new(),
+                },
+            )
+            .is_none()
+        {
+            COUNT.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let mut ev = epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+        u64: fd as u64,
+    };
+    // SAFETY: registering the program's socket with the watcher's own epoll instance.
+    let r = unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    if r != 0 {
+        let e = errno();
+        forget(fd);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The program closed `fd` (or its number was reused): nothing to settle or restore.
+pub fn forget(fd: c_int) {
+    if !any() {
+        return;
+    }
+    if relock(PENDING.lock())
+        .as_mut()
+        .and_then(|t| t.remove(&fd))
+        .is_some()
+    {
+        COUNT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The watcher thread.
+fn watch(epfd: c_int) {
+    // Everything this thread does is the layer's own work.
+    let _guard = Guard::enter();
+    let result = std::panic::catch_unwind(|| {
+        let mut events: [epoll_event; 32] = [epoll_event { events: 0, u64: 0 }; 32];
+        loop {
+            // SAFETY: waiting on our own epoll instance with a buffer of 32 events.
+            let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), 32, -1) };
+            if n < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                crate::state::complain(&format!(
+                    "the connect watcher stopped (errno {}); pending connects now settle when \
+                     the program asks for their outcome",
+                    errno()
+                ));
+                return;
+            }
+            for ev in &events[..n as usize] {
+                let fd = ev.u64 as c_int;
+                if !settle(fd) {
+                    continue;
+                }
+                let mut dummy = epoll_event { events: 0, u64: 0 };
+                // SAFETY: removing the (possibly already closed) socket from our epoll set.
+                unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, &mut dummy) };
+            }
+        }
+    });
+    if result.is_err() {
+        crate::state::complain("the connect watcher stopped after an internal error");
+    }
+}
+
+/// The reply frame, if all of it has arrived; never consumes a partial frame or a byte beyond.
+enum Reply {
+    NotYet,
+    Outcome(Result<ConnectReply, i32>),
+}
+
+/// # Safety
+/// `fd` is a pending socket.
+unsafe fn try_read_reply(fd: c_int) -> Reply {
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    let mut header = [0u8; HEADER_LEN];
+    let n = libc::recv(fd, header.as_mut_ptr().cast(), HEADER_LEN, flags);
+    if n < 0 {
+        return match errno() {
+            libc::EAGAIN | libc::EINTR => Reply::NotYet,
+            _ => Reply::Outcome(Err(libc::ECONNREFUSED)),
+        };
+    }
+    if n == 0 {
+        return Reply::Outcome(Err(libc::ECONNREFUSED));
+    }
+    if (n as usize) < HEADER_LEN {
+        return Reply::NotYet;
+    }
+    let Ok(len) = frame_len(header) else {
+        return Reply::Outcome(Err(libc::EPROTO));
+    };
+    let mut frame = vec![0u8; HEADER_LEN + len];
+    let n = libc::recv(fd, frame.as_mut_ptr().cast(), frame.len(), flags);
+    if n < 0 || (n as usize) < frame.len() {
+        return Reply::NotYet;
+    }
+    // Exactly the frame, which is all there (just peeked).
+    let n = libc::recv(fd, frame.as_mut_ptr().cast(), frame.len(), libc::MSG_DONTWAIT);
+    if n < 0 || (n as usize) != frame.len() {
+        return Reply::Outcome(Err(libc::EPROTO));
+    }
+    Reply::Outcome(match decode_payload::<DataReply>(&frame[HEADER_LEN..]) {
+        Ok(DataReply::Connect(reply)) => Ok(reply),
+        Ok(DataReply::Refused { reason }) => {
+            crate::state::complain(&format!(
+                "the mirrord session refused a connection: {reason}"
+            ));
+            Err(libc::ECONNREFUSED)
+        }
+        Err(_) => Err(libc::EPROTO),
+    })
+}
+
+/// Records `outcome` in the entry (still `Connecting`, locked by the caller).
+///
+/// # Safety
+/// `fd` is the entry's socket.
+pub unsafe fn apply(fd: c_int, m: &mut Managed, outcome: Result<ConnectReply, i32>) {
+    let Managed::Tcp { remote, state } = m else {
+        return;
+    };
+    *state = match outcome {
+        Ok(ConnectReply::Connected { local, .. }) => {
+            layer_debug!("connect {remote}: through the pod (pod-side address {local})");
+            TcpState::Connected { local }
+        }
+        Ok(ConnectReply::Failed { errno: e }) | Err(e) => {
+            layer_debug!("connect {remote}: failed in the pod, errno {e}");
+            disconnect(fd);
+            TcpState::Failed(e)
+        }
+    };
+}
+
+/// Dissolves the association with the data listener, so the socket is unconnected again (and
+/// a disconnected socket polls as "done").
+///
+/// # Safety
+/// `fd` is a socket.
+pub unsafe fn disconnect(fd: c_int) {
+    let mut unspec: libc::sockaddr = std::mem::zeroed();
+    unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+    real::connect(
+        fd,
+        &unspec,
+        std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+    );
+}
+
+/// Settles `fd` if its outcome has arrived (or it is no longer pending). Returns whether it is
+/// settled; the first caller to see it settled restores the program's registrations.
+pub fn settle(fd: c_int) -> bool {
+    let Some(entry) = relock(PENDING.lock())
+        .as_ref()
+        .and_then(|t| t.get(&fd))
+        .map(|p| p.entry.clone())
+    else {
+        return true;
+    };
+    {
+        let mut m = lock_entry(&entry);
+        if matches!(
+            &*m,
+            Managed::Tcp {
+                state: TcpState::Connecting,
+                ..
+            }
+        ) {
+            // SAFETY: `fd` is the pending socket of this entry (checked under PENDING above;
+            // a close in between makes the reads fail harmlessly).
+            match unsafe { try_read_reply(fd) } {
+                Reply::NotYet => return false,
+                Reply::Outcome(o) => unsafe { apply(fd, &mut m, o) },
+            }
+        }
+    }
+    finish(fd, &entry);
+    true
+}
+
+/// Takes `fd` out of the pending set and gives the program its epoll interest back.
+fn finish(fd: c_int, entry: &Entry) {
+    let mut p = relock(PENDING.lock());
+    let Some(table) = p.as_mut() else { return };
+    if !table
+        .get(&fd)
+        .is_some_and(|x| std::sync::Arc::ptr_eq(&x.entry, entry))
+    {
+        return;
+    }
+    let Some(pending) = table.remove(&fd) else {
+        return;
+    };
+    COUNT.fetch_sub(1, Ordering::Relaxed);
+    for r in pending.registrations {
+        let mut ev = epoll_event {
+            events: r.events,
+            u64: r.data,
+        };
+        // SAFETY: the program's own registration, as it made it; MOD re-evaluates readiness.
+        unsafe { real::epoll_ctl(r.epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) };
+    }
+}
+
+/// For a program that asks for the outcome before the watcher saw it: waits for it (bounded by
+/// [`REPLY_TIMEOUT`], then the connect fails with `ETIMEDOUT`).
+pub fn settle_blocking(fd: c_int, entry: &Entry) {
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    loop {
+        if settle(fd) {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            {
+                let mut m = lock_entry(entry);
+                if let Managed::Tcp {
+                    state: s @ TcpState::Connecting,
+                    ..
+                } = &mut *m
+                {
+                    *s = TcpState::Failed(libc::ETIMEDOUT);
+                    // SAFETY: the entry's socket.
+                    unsafe { disconnect(fd) };
+                }
+            }
+            finish(fd, entry);
+            return;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().clamp(1, 1000) as c_int;
+        // SAFETY: polling one descriptor.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
+}
+
+/// The `epoll_ctl` hook for a pending socket: registers it without the hidden interest and
+/// remembers the program's. `None` if `fd` is not pending (the call goes to libc unchanged).
+///
+/// # Safety
+/// Arguments as for `epoll_ctl(2)`.
+pub unsafe fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: *mut epoll_event,
+) -> Option<c_int> {
+    let mut p = relock(PENDING.lock());
+    let pending = p.as_mut()?.get_mut(&fd)?;
+    match op {
+        libc::EPOLL_CTL_ADD | libc::EPOLL_CTL_MOD if !event.is_null() => {
+            let wanted = std::ptr::read_unaligned(event);
+            let mut stripped = epoll_event {
+                events: wanted.events & !HIDDEN,
+                u64: wanted.u64,
+            };
+            let r = real::epoll_ctl(epfd, op, fd, &mut stripped);
+            if r == 0 {
+                pending.registrations.retain(|x| x.epfd != epfd);
+                pending.registrations.push(Registration {
+                    epfd,
+                    events: wanted.events,
+                    data: wanted.u64,
+                });
+            }
+            Some(r)
+        }
+        libc::EPOLL_CTL_DEL => {
+            let r = real::epoll_ctl(epfd, op, fd, event);
+            if r == 0 {
+                pending.registrations.retain(|x| x.epfd != epfd);
+            }
+            Some(r)
+        }
+        _ => None,
+    }
+}
