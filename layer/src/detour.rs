@@ -198,7 +198,9 @@ pub fn hook<R: HookReturn>(
             original()
         }
         Err(_) => {
-            log_line(&format!("internal error in `{name}`; the call goes to libc unchanged"));
+            log_line(&format!(
+                "internal error in `{name}`; the call goes to libc unchanged"
+            ));
             set_errno(saved);
             original()
         }

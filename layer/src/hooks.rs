@@ -25,18 +25,22 @@ fn handled(o: Outcome) -> Option<c_int> {
 /// libc's `connect(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    hook("connect", || real::connect(fd, addr, len), |st| {
-        let Some(remote) = caddr::read(addr, len) else {
-            udp::forget_connected(fd);
-            return None;
-        };
-        let (domain, kind) = (caddr::socket_domain(fd)?, caddr::socket_type(fd)?);
-        handled(match kind {
-            libc::SOCK_STREAM => outgoing::connect_tcp(st, fd, remote, domain),
-            libc::SOCK_DGRAM => udp::connect_udp(st, fd, remote, domain),
-            _ => Outcome::Bypass,
-        })
-    })
+    hook(
+        "connect",
+        || real::connect(fd, addr, len),
+        |st| {
+            let Some(remote) = caddr::read(addr, len) else {
+                udp::forget_connected(fd);
+                return None;
+            };
+            let (domain, kind) = (caddr::socket_domain(fd)?, caddr::socket_type(fd)?);
+            handled(match kind {
+                libc::SOCK_STREAM => outgoing::connect_tcp(st, fd, remote, domain),
+                libc::SOCK_DGRAM => udp::connect_udp(st, fd, remote, domain),
+                _ => Outcome::Bypass,
+            })
+        },
+    )
 }
 
 /// A new socket: whatever the table knew about its descriptor number belongs to a socket that
@@ -60,19 +64,25 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
 /// libc's `bind(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    hook("bind", || real::bind(fd, addr, len), |st| {
-        let (requested, domain) = (caddr::read(addr, len)?, caddr::socket_domain(fd)?);
-        handled(incoming::bind(st, fd, requested, domain))
-    })
+    hook(
+        "bind",
+        || real::bind(fd, addr, len),
+        |st| {
+            let (requested, domain) = (caddr::read(addr, len)?, caddr::socket_domain(fd)?);
+            handled(incoming::bind(st, fd, requested, domain))
+        },
+    )
 }
 
 /// # Safety
 /// libc's `listen(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
-    hook("listen", || real::listen(fd, backlog), |_| {
-        handled(incoming::listen(fd, backlog))
-    })
+    hook(
+        "listen",
+        || real::listen(fd, backlog),
+        |_| handled(incoming::listen(fd, backlog)),
+    )
 }
 
 /// # Safety
@@ -106,46 +116,54 @@ pub unsafe extern "C" fn accept4(
 /// libc's `getpeername(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    hook("getpeername", || real::getpeername(fd, addr, len), |_| {
-        let entry = sockets::get(fd)?;
-        let peer = match &*sockets::lock_entry(&entry) {
-            Managed::Tcp {
-                remote,
-                state: TcpState::Connected { .. },
-            } => *remote,
-            // Not connected (yet, or any more) as far as the program knows.
-            Managed::Tcp { .. } => {
-                set_errno(libc::ENOTCONN);
-                return Some(-1);
-            }
-            Managed::Udp { connected, .. } => (*connected)?,
-            Managed::Incoming { peer, .. } => *peer,
-            Managed::Listener { .. } => return None,
-        };
-        caddr::write_out(peer, caddr::socket_domain(fd)?, addr, len);
-        Some(0)
-    })
+    hook(
+        "getpeername",
+        || real::getpeername(fd, addr, len),
+        |_| {
+            let entry = sockets::get(fd)?;
+            let peer = match &*sockets::lock_entry(&entry) {
+                Managed::Tcp {
+                    remote,
+                    state: TcpState::Connected { .. },
+                } => *remote,
+                // Not connected (yet, or any more) as far as the program knows.
+                Managed::Tcp { .. } => {
+                    set_errno(libc::ENOTCONN);
+                    return Some(-1);
+                }
+                Managed::Udp { connected, .. } => (*connected)?,
+                Managed::Incoming { peer, .. } => *peer,
+                Managed::Listener { .. } => return None,
+            };
+            caddr::write_out(peer, caddr::socket_domain(fd)?, addr, len);
+            Some(0)
+        },
+    )
 }
 
 /// # Safety
 /// libc's `getsockname(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    hook("getsockname", || real::getsockname(fd, addr, len), |_| {
-        let entry = sockets::get(fd)?;
-        let local = match &*sockets::lock_entry(&entry) {
-            Managed::Tcp {
-                state: TcpState::Connected { local },
-                ..
-            } => *local,
-            Managed::Incoming { local, .. } => *local,
-            // The program sees the address it asked for (with the port it asked for).
-            Managed::Listener { requested, .. } => *requested,
-            _ => return None,
-        };
-        caddr::write_out(local, caddr::socket_domain(fd)?, addr, len);
-        Some(0)
-    })
+    hook(
+        "getsockname",
+        || real::getsockname(fd, addr, len),
+        |_| {
+            let entry = sockets::get(fd)?;
+            let local = match &*sockets::lock_entry(&entry) {
+                Managed::Tcp {
+                    state: TcpState::Connected { local },
+                    ..
+                } => *local,
+                Managed::Incoming { local, .. } => *local,
+                // The program sees the address it asked for (with the port it asked for).
+                Managed::Listener { requested, .. } => *requested,
+                _ => return None,
+            };
+            caddr::write_out(local, caddr::socket_domain(fd)?, addr, len);
+            Some(0)
+        },
+    )
 }
 
 /// Only `SO_ERROR` of a socket with a non-blocking connect the layer made is the layer's: a
@@ -329,7 +347,11 @@ pub unsafe extern "C" fn freeaddrinfo(res: *mut addrinfo) {
 /// libc's `gethostbyname(3)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
-    hook("gethostbyname", || real::gethostbyname(name), |st| dns::gethostbyname2(st, name, libc::AF_INET))
+    hook(
+        "gethostbyname",
+        || real::gethostbyname(name),
+        |st| dns::gethostbyname2(st, name, libc::AF_INET),
+    )
 }
 
 /// # Safety
@@ -343,14 +365,22 @@ pub unsafe extern "C" fn gethostbyname_r(
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> c_int {
-    hook("gethostbyname_r", || real::gethostbyname_r(name, ret, buf, buflen, result, h_errnop), |st| dns::gethostbyname2_r(st, name, libc::AF_INET, ret, buf, buflen, result, h_errnop))
+    hook(
+        "gethostbyname_r",
+        || real::gethostbyname_r(name, ret, buf, buflen, result, h_errnop),
+        |st| dns::gethostbyname2_r(st, name, libc::AF_INET, ret, buf, buflen, result, h_errnop),
+    )
 }
 
 /// # Safety
 /// libc's `gethostbyname2(3)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn gethostbyname2(name: *const c_char, af: c_int) -> *mut hostent {
-    hook("gethostbyname2", || real::gethostbyname2(name, af), |st| dns::gethostbyname2(st, name, af))
+    hook(
+        "gethostbyname2",
+        || real::gethostbyname2(name, af),
+        |st| dns::gethostbyname2(st, name, af),
+    )
 }
 
 /// # Safety
@@ -365,7 +395,11 @@ pub unsafe extern "C" fn gethostbyname2_r(
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> c_int {
-    hook("gethostbyname2_r", || real::gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop), |st| dns::gethostbyname2_r(st, name, af, ret, buf, buflen, result, h_errnop))
+    hook(
+        "gethostbyname2_r",
+        || real::gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop),
+        |st| dns::gethostbyname2_r(st, name, af, ret, buf, buflen, result, h_errnop),
+    )
 }
 
 /// # Safety
@@ -380,7 +414,11 @@ pub unsafe extern "C" fn getnameinfo(
     servlen: socklen_t,
     flags: c_int,
 ) -> c_int {
-    hook("getnameinfo", || real::getnameinfo(sa, salen, host, hostlen, serv, servlen, flags), |st| dns::getnameinfo(st, sa, salen, host, hostlen, serv, servlen, flags))
+    hook(
+        "getnameinfo",
+        || real::getnameinfo(sa, salen, host, hostlen, serv, servlen, flags),
+        |st| dns::getnameinfo(st, sa, salen, host, hostlen, serv, servlen, flags),
+    )
 }
 
 /// # Safety
@@ -391,7 +429,11 @@ pub unsafe extern "C" fn gethostbyaddr(
     len: socklen_t,
     af: c_int,
 ) -> *mut hostent {
-    hook("gethostbyaddr", || real::gethostbyaddr(addr, len, af), |st| dns::gethostbyaddr(st, addr, len, af))
+    hook(
+        "gethostbyaddr",
+        || real::gethostbyaddr(addr, len, af),
+        |st| dns::gethostbyaddr(st, addr, len, af),
+    )
 }
 
 /// # Safety
@@ -408,7 +450,11 @@ pub unsafe extern "C" fn gethostbyaddr_r(
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> c_int {
-    hook("gethostbyaddr_r", || real::gethostbyaddr_r(addr, len, af, ret, buf, buflen, result, h_errnop), |st| dns::gethostbyaddr_r(st, addr, len, af, ret, buf, buflen, result, h_errnop))
+    hook(
+        "gethostbyaddr_r",
+        || real::gethostbyaddr_r(addr, len, af, ret, buf, buflen, result, h_errnop),
+        |st| dns::gethostbyaddr_r(st, addr, len, af, ret, buf, buflen, result, h_errnop),
+    )
 }
 
 /// # Safety
@@ -425,7 +471,11 @@ pub unsafe extern "C" fn sendto(
     if addr.is_null() {
         return real::sendto(fd, buf, len, flags, addr, addrlen);
     }
-    hook("sendto", || real::sendto(fd, buf, len, flags, addr, addrlen), |st| udp::sendto(st, fd, buf, len, flags, addr, addrlen))
+    hook(
+        "sendto",
+        || real::sendto(fd, buf, len, flags, addr, addrlen),
+        |st| udp::sendto(st, fd, buf, len, flags, addr, addrlen),
+    )
 }
 
 /// # Safety
@@ -435,7 +485,11 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     if msg.is_null() || (*msg).msg_name.is_null() {
         return real::sendmsg(fd, msg, flags);
     }
-    hook("sendmsg", || real::sendmsg(fd, msg, flags), |st| udp::sendmsg(st, fd, msg, flags))
+    hook(
+        "sendmsg",
+        || real::sendmsg(fd, msg, flags),
+        |st| udp::sendmsg(st, fd, msg, flags),
+    )
 }
 
 /// # Safety
@@ -452,7 +506,11 @@ pub unsafe extern "C" fn recvfrom(
     if addr.is_null() {
         return real::recvfrom(fd, buf, len, flags, addr, addrlen);
     }
-    hook("recvfrom", || real::recvfrom(fd, buf, len, flags, addr, addrlen), |_| udp::recvfrom(fd, buf, len, flags, addr, addrlen))
+    hook(
+        "recvfrom",
+        || real::recvfrom(fd, buf, len, flags, addr, addrlen),
+        |_| udp::recvfrom(fd, buf, len, flags, addr, addrlen),
+    )
 }
 
 /// # Safety
@@ -462,7 +520,11 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
     if msg.is_null() || (*msg).msg_name.is_null() {
         return real::recvmsg(fd, msg, flags);
     }
-    hook("recvmsg", || real::recvmsg(fd, msg, flags), |_| udp::recvmsg(fd, msg, flags))
+    hook(
+        "recvmsg",
+        || real::recvmsg(fd, msg, flags),
+        |_| udp::recvmsg(fd, msg, flags),
+    )
 }
 
 /// The child of a fork must not share its parent's control channel (their requests and answers

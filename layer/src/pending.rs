@@ -15,7 +15,7 @@
 //! - `getsockopt(SO_ERROR)` on a pending socket (a program that waited with something the layer
 //!   does not see) waits for the outcome, bounded.
 //!
-//! Lock order: the socket table → an entry → [`PENDING`] → [`WATCHER`]; no two are held
+//! Lock order: the socket table → an entry → [`PENDING`] → [`WATCHER`] → [`SETTLED`]; no two are held
 //! together except by `fork`. `PENDING` is held across `epoll_ctl` calls (non-blocking), so a
 //! registration never slips between the settling of a socket and the restoring of its interest.
 
@@ -64,6 +64,11 @@ static COUNT: AtomicUsize = AtomicUsize::new(0);
 /// The watcher's epoll instance (the thread lives as long as the process).
 static WATCHER: Mutex<Option<c_int>> = Mutex::new(None);
 
+/// Counts settled sockets; [`settle_blocking`] waits for it to move while the watcher may be
+/// the one reading the reply.
+static SETTLED: Mutex<u64> = Mutex::new(0);
+static SETTLED_CV: std::sync::Condvar = std::sync::Condvar::new();
+
 fn relock<T>(r: std::sync::LockResult<MutexGuard<'_, T>>) -> MutexGuard<'_, T> {
     r.unwrap_or_else(|p| p.into_inner())
 }
@@ -72,10 +77,15 @@ fn relock<T>(r: std::sync::LockResult<MutexGuard<'_, T>>) -> MutexGuard<'_, T> {
 pub type ForkLocks = (
     MutexGuard<'static, Option<HashMap<c_int, Pending>>>,
     MutexGuard<'static, Option<c_int>>,
+    MutexGuard<'static, u64>,
 );
 
 pub fn fork_locks() -> ForkLocks {
-    (relock(PENDING.lock()), relock(WATCHER.lock()))
+    (
+        relock(PENDING.lock()),
+        relock(WATCHER.lock()),
+        relock(SETTLED.lock()),
+    )
 }
 
 /// In a fork child, with [`fork_locks`] held across the fork: the parent's watcher settles the
@@ -234,7 +244,12 @@ unsafe fn try_read_reply(fd: c_int) -> Reply {
         return Reply::NotYet;
     }
     // Exactly the frame, which is all there (just peeked).
-    let n = libc::recv(fd, frame.as_mut_ptr().cast(), frame.len(), libc::MSG_DONTWAIT);
+    let n = libc::recv(
+        fd,
+        frame.as_mut_ptr().cast(),
+        frame.len(),
+        libc::MSG_DONTWAIT,
+    );
     if n < 0 || (n as usize) != frame.len() {
         return Reply::Outcome(Err(libc::EPROTO));
     }
@@ -331,6 +346,8 @@ fn finish(fd: c_int, entry: &Entry) {
         return;
     };
     COUNT.fetch_sub(1, Ordering::Relaxed);
+    *relock(SETTLED.lock()) += 1;
+    SETTLED_CV.notify_all();
     for r in pending.registrations {
         let mut ev = epoll_event {
             events: r.events,
@@ -346,6 +363,7 @@ fn finish(fd: c_int, entry: &Entry) {
 pub fn settle_blocking(fd: c_int, entry: &Entry) {
     let deadline = Instant::now() + REPLY_TIMEOUT;
     loop {
+        let seen = *relock(SETTLED.lock());
         if settle(fd) {
             return;
         }
@@ -366,14 +384,22 @@ pub fn settle_blocking(fd: c_int, entry: &Entry) {
             finish(fd, entry);
             return;
         }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = left.as_millis().clamp(1, 1000) as c_int;
-        // SAFETY: polling one descriptor.
-        unsafe { libc::poll(&mut pfd, 1, ms) };
+        let slice = left.min(Duration::from_secs(1));
+        if relock(WATCHER.lock()).is_some() {
+            // The watcher may read the reply before this thread sees it: wait for it to say so.
+            let g = relock(SETTLED.lock());
+            if *g == seen {
+                drop(SETTLED_CV.wait_timeout(g, slice));
+            }
+        } else {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: polling one descriptor.
+            unsafe { libc::poll(&mut pfd, 1, slice.as_millis().max(1) as c_int) };
+        }
     }
 }
 

@@ -281,7 +281,7 @@ async fn handle_request(
     relays: &std::sync::Mutex<HashMap<SocketAddr, RelayTask>>,
     request: LayerRequest,
 ) -> ServerResponse {
-match request {
+    match request {
         LayerRequest::Resolve { name, family } => {
             let started = std::time::Instant::now();
             let result = match shared
@@ -332,44 +332,42 @@ match request {
             });
             ServerResponse::ReverseResolved(result)
         }
-        LayerRequest::UdpOpen { remote, dns } => {
-            match open_udp_relay(&shared, remote, dns).await {
-                Ok((relay_addr, reply, task)) => {
-                    shared.traffic.emit(TrafficEvent::OutgoingConnection {
-                        time: now_ms(),
-                        host: None,
-                        address: remote.ip().to_string(),
-                        port: remote.port(),
-                        protocol: if dns { "udp (dns)" } else { "udp" }.into(),
-                        error: match reply {
-                            UdpOpenReply::Failed { errno } => {
-                                Some(std::io::Error::from_raw_os_error(errno).to_string())
-                            }
-                            UdpOpenReply::Opened { .. } => None,
-                        },
-                    });
-                    if let Some(task) = task {
-                        relays
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(relay_addr, task);
-                    }
-                    ServerResponse::UdpOpened {
-                        relay: Some(relay_addr),
-                        reply,
-                    }
+        LayerRequest::UdpOpen { remote, dns } => match open_udp_relay(&shared, remote, dns).await {
+            Ok((relay_addr, reply, task)) => {
+                shared.traffic.emit(TrafficEvent::OutgoingConnection {
+                    time: now_ms(),
+                    host: None,
+                    address: remote.ip().to_string(),
+                    port: remote.port(),
+                    protocol: if dns { "udp (dns)" } else { "udp" }.into(),
+                    error: match reply {
+                        UdpOpenReply::Failed { errno } => {
+                            Some(std::io::Error::from_raw_os_error(errno).to_string())
+                        }
+                        UdpOpenReply::Opened { .. } => None,
+                    },
+                });
+                if let Some(task) = task {
+                    relays
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(relay_addr, task);
                 }
-                Err(e) => {
-                    tracing::warn!(%remote, "UDP relay failed: {e:#}");
-                    ServerResponse::UdpOpened {
-                        relay: None,
-                        reply: UdpOpenReply::Failed {
-                            errno: libc::ENETUNREACH,
-                        },
-                    }
+                ServerResponse::UdpOpened {
+                    relay: Some(relay_addr),
+                    reply,
                 }
             }
-        }
+            Err(e) => {
+                tracing::warn!(%remote, "UDP relay failed: {e:#}");
+                ServerResponse::UdpOpened {
+                    relay: None,
+                    reply: UdpOpenReply::Failed {
+                        errno: libc::ENETUNREACH,
+                    },
+                }
+            }
+        },
         LayerRequest::UdpClose { relay } => {
             relays
                 .lock()
