@@ -80,17 +80,19 @@ fn ticks(out: &str) -> (u32, String) {
     (n, parts.next().unwrap_or("").to_string())
 }
 
-/// Runs a tick counter in the pod and under mirrord and checks mirrord's share.
-fn assert_keeps_ticking(c: &Cluster, what: &str, program: &str, args: &[&str]) {
+/// Runs a tick counter in the pod and under mirrord; returns what is wrong, if anything.
+fn keeps_ticking(c: &Cluster, what: &str, program: &str, args: &[&str]) -> Option<String> {
     let (pod, pod_state) = ticks(&ok(run(in_pod(c, program, args))));
     let (dev, dev_state) = ticks(&ok(run(mirrord(c, program, args))));
     // The connect must really have been pending all along in both runs.
-    assert_eq!(pod_state, "pending", "{what} in the pod");
-    assert_eq!(dev_state, "pending", "{what} under mirrord");
-    assert!(
-        dev * 5 >= pod * 4,
-        "{what}: {dev} timer ticks under mirrord, {pod} in the pod (need >= 80%)"
-    );
+    if pod_state != "pending" || dev_state != "pending" {
+        return Some(format!(
+            "{what}: the connect was not pending all along: {pod} ticks and {pod_state} in the \
+             pod, {dev} ticks and {dev_state} under mirrord"
+        ));
+    }
+    (dev * 5 < pod * 4)
+        .then(|| format!("{what}: {dev} timer ticks under mirrord, {pod} in the pod (need >= 80%)"))
 }
 
 const NODE_TICKS: &str = r#"
@@ -157,7 +159,9 @@ public class Ticks {
                     } catch (Exception e) {
                         state = "error " + e.getClass().getSimpleName();
                     }
-                    k.interestOps(0);
+                    if (k.isValid()) {
+                        k.interestOps(0);
+                    }
                 }
             }
             selector.selectedKeys().clear();
@@ -178,8 +182,9 @@ public class Ticks {
 fn event_loops_keep_ticking_while_a_connect_is_pending_in_the_pod() {
     let c = Cluster::start().unwrap();
     drop_syns(&c);
-    assert_keeps_ticking(&c, "node", NODE, &["-e", NODE_TICKS]);
-    assert_keeps_ticking(&c, "asyncio", PY, &["-c", ASYNCIO_TICKS]);
+    let mut problems = Vec::new();
+    problems.extend(keeps_ticking(&c, "node", NODE, &["-e", NODE_TICKS]));
+    problems.extend(keeps_ticking(&c, "asyncio", PY, &["-c", ASYNCIO_TICKS]));
 
     let java_dir = c.workdir().join("java");
     std::fs::create_dir_all(&java_dir).unwrap();
@@ -187,7 +192,13 @@ fn event_loops_keep_ticking_while_a_connect_is_pending_in_the_pod() {
     std::fs::write(&source, JAVA_TICKS).unwrap();
     run_ok(Command::new("javac").arg("-d").arg(&java_dir).arg(&source)).unwrap();
     let cp = java_dir.display().to_string();
-    assert_keeps_ticking(&c, "java nio", "java", &["-cp", &cp, "Ticks"]);
+    problems.extend(keeps_ticking(
+        &c,
+        "java nio",
+        "java",
+        &["-cp", &cp, "Ticks"],
+    ));
+    assert!(problems.is_empty(), "{problems:#?}");
 }
 
 /// Waves of 63 lookups while one lookup hangs (its queries are dropped on the way to the
