@@ -13,8 +13,8 @@ use crate::detour::{layer_debug, real, Guard};
 use crate::state::{complain, state};
 use mirrord_protocol::codec::{read_frame, write_frame};
 use mirrord_protocol::layer::{
-    ControlRequest, ControlResponse, LayerHello, LayerRequest, ServerHello, ServerResponse,
-    MAX_CONTROL_IN_FLIGHT,
+    LayerControlRequest, LayerControlResponse, LayerHello, LayerRequest, ServerHello,
+    ServerResponse, MAX_CONTROL_IN_FLIGHT,
 };
 use mirrord_protocol::PROTOCOL_VERSION;
 use std::collections::HashMap;
@@ -178,8 +178,8 @@ fn read_answers(ch: Arc<Channel>, mut reader: UnixStream) {
     // Everything this thread does is the layer's own work.
     let _guard = Guard::enter();
     let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
-        match read_frame::<ControlResponse, _>(&mut reader) {
-            Ok(ControlResponse { id, response }) => {
+        match read_frame::<LayerControlResponse, _>(&mut reader) {
+            Ok(LayerControlResponse { id, response }) => {
                 let mut w = relock(ch.waiting.lock());
                 // A slot whose waiter gave up is gone: its late answer is dropped.
                 if let Some(slot) = w.slots.get_mut(&id) {
@@ -242,7 +242,7 @@ pub fn request(req: &LayerRequest) -> Result<ServerResponse, ControlError> {
         let s = relock(ch.writer.lock());
         write_frame(
             &mut &*s,
-            &ControlRequest {
+            &LayerControlRequest {
                 id,
                 request: req.clone(),
             },

@@ -152,7 +152,7 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
             let entry = sockets::get(fd)?;
             let local = match &*sockets::lock_entry(&entry) {
                 Managed::Tcp {
-                    state: TcpState::Connected { local },
+                    state: TcpState::Connected { local, .. },
                     ..
                 } => *local,
                 Managed::Incoming { local, .. } => *local,

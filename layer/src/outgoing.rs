@@ -59,8 +59,10 @@ pub unsafe fn connect_tcp(
         // A second connect on a socket we already connected: answer as the kernel would. But
         // an entry whose socket is no longer connected is stale (its descriptor was closed
         // behind our back, e.g. by libuv's raw close syscall, and the number reused).
-        let m = sockets::lock_entry(&entry);
-        if let Managed::Tcp { state, .. } = &*m {
+        // A program may also poll with connect: an outcome that arrived counts.
+        pending::settle(fd);
+        let mut m = sockets::lock_entry(&entry);
+        if let Managed::Tcp { state, .. } = &mut *m {
             match *state {
                 TcpState::Connecting => {
                     set_errno(libc::EALREADY);
@@ -74,7 +76,14 @@ pub unsafe fn connect_tcp(
                     set_errno(e);
                     return Outcome::Return(-1);
                 }
-                TcpState::Connected { .. } if still_connected(fd) => {
+                TcpState::Connected { local, reported } if still_connected(fd) => {
+                    if !reported {
+                        *state = TcpState::Connected {
+                            local,
+                            reported: true,
+                        };
+                        return Outcome::Return(0);
+                    }
                     set_errno(libc::EISCONN);
                     return Outcome::Return(-1);
                 }
@@ -146,6 +155,22 @@ pub unsafe fn connect_tcp(
         } => {
             set_errno(e);
             Outcome::Return(-1)
+        }
+        Managed::Tcp {
+            state: TcpState::Connected { local, .. },
+            remote,
+        } => {
+            // A blocking connect said so itself.
+            *m = Managed::Tcp {
+                remote,
+                state: TcpState::Connected {
+                    local,
+                    reported: true,
+                },
+            };
+            drop(m);
+            sockets::insert(fd, entry);
+            Outcome::Return(0)
         }
         _ => {
             drop(m);

@@ -276,7 +276,10 @@ pub unsafe fn apply(fd: c_int, m: &mut Managed, outcome: Result<ConnectReply, i3
     *state = match outcome {
         Ok(ConnectReply::Connected { local, .. }) => {
             layer_debug!("connect {remote}: through the pod (pod-side address {local})");
-            TcpState::Connected { local }
+            TcpState::Connected {
+                local,
+                reported: false,
+            }
         }
         Ok(ConnectReply::Failed { errno: e }) | Err(e) => {
             layer_debug!("connect {remote}: failed in the pod, errno {e}");
@@ -298,6 +301,17 @@ pub unsafe fn disconnect(fd: c_int) {
         fd,
         &unspec,
         std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+    );
+    // Dissolving a connection leaves ECONNRESET pending on the socket, about a hop the program
+    // never made: cleared, so the program sees only the error the layer reports.
+    let mut err: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    real::getsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_ERROR,
+        (&mut err as *mut c_int).cast(),
+        &mut len,
     );
 }
 

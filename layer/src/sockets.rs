@@ -40,7 +40,9 @@ pub enum TcpState {
     /// A non-blocking connect whose pod-side outcome has not arrived (see `pending`).
     Connecting,
     /// Connected in the pod; `local` is the socket's address on the pod's side.
-    Connected { local: SocketAddr },
+    /// `reported`: whether a `connect` call already said so. The kernel answers the first
+    /// `connect` after a non-blocking connect completed with 0, later ones with `EISCONN`.
+    Connected { local: SocketAddr, reported: bool },
     /// The connect failed in the pod; reported once through `SO_ERROR` or a second `connect`.
     Failed(i32),
 }

@@ -1,7 +1,7 @@
 //! Messages between the layer (inside the program) and the server's session proxy.
 //!
 //! Control channel (`MIRRORD_PROXY_ADDR`, a unix socket): [`LayerHello::Control`] →
-//! [`ServerHello`], then requests [`ControlRequest`] answered by [`ControlResponse`] with the
+//! [`ServerHello`], then requests [`LayerControlRequest`] answered by [`LayerControlResponse`] with the
 //! same id. Requests of different threads are in flight together and answers come in any order
 //! (a slow lookup never holds up another thread's). The channel stays open for the life of the
 //! process, which is how the session knows which processes belong to it.
@@ -59,14 +59,14 @@ pub const MAX_CONTROL_IN_FLIGHT: usize = 128;
 
 /// A request on the control channel; its answer carries the same `id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ControlRequest {
+pub struct LayerControlRequest {
     pub id: u64,
     pub request: LayerRequest,
 }
 
-/// The answer to the [`ControlRequest`] with this `id`.
+/// The answer to the [`LayerControlRequest`] with this `id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ControlResponse {
+pub struct LayerControlResponse {
     pub id: u64,
     pub response: ServerResponse,
 }

@@ -14,7 +14,7 @@ use mirrord_protocol::agent::{AgentChannel, AgentRequest, AgentResponse, Datagra
 use mirrord_protocol::api::{now_ms, ProcessInfo, TrafficEvent};
 use mirrord_protocol::codec::{read_frame_async, write_frame_async};
 use mirrord_protocol::layer::{
-    ControlRequest, ControlResponse, DataReply, LayerHello, LayerRequest, ServerHello,
+    DataReply, LayerControlRequest, LayerControlResponse, LayerHello, LayerRequest, ServerHello,
     ServerResponse, MAX_CONTROL_IN_FLIGHT,
 };
 use mirrord_protocol::net::{ConnectReply, ResolveError, UdpOpenReply};
@@ -34,6 +34,9 @@ use tokio::task::{JoinHandle, JoinSet};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Relay buffer per direction of a TCP flow.
 const RELAY_BUFFER: usize = 256 * 1024;
+/// Longest the session waits for the agent to open a flow (it gives up on a connect after
+/// 20 s itself); kept below the layer's 30 s wait for the answer.
+const AGENT_REPLY_TIMEOUT: Duration = Duration::from_secs(25);
 /// A UDP relay with no datagram either way for this long is closed.
 const UDP_IDLE: Duration = Duration::from_secs(120);
 
@@ -227,7 +230,7 @@ async fn control_channel(
     let (mut requests, mut answers) = stream.into_split();
     // request handlers --answers--> the writer task --frames--> the layer. Bounded by the
     // permits below: never more answers than handlers.
-    let (answer_tx, mut answer_rx) = mpsc::channel::<ControlResponse>(MAX_CONTROL_IN_FLIGHT);
+    let (answer_tx, mut answer_rx) = mpsc::channel::<LayerControlResponse>(MAX_CONTROL_IN_FLIGHT);
     let writer = tokio::spawn(async move {
         while let Some(answer) = answer_rx.recv().await {
             if write_frame_async(&mut answers, &answer).await.is_err() {
@@ -240,7 +243,7 @@ async fn control_channel(
     let permits = Arc::new(Semaphore::new(MAX_CONTROL_IN_FLIGHT));
     let mut handlers = JoinSet::new();
     let result = loop {
-        let ControlRequest { id, request } = match read_frame_async(&mut requests).await {
+        let LayerControlRequest { id, request } = match read_frame_async(&mut requests).await {
             Ok(r) => r,
             Err(e) if e.is_closed() => break Ok(()),
             Err(e) => break Err(e.into()),
@@ -251,7 +254,7 @@ async fn control_channel(
         let (shared, relays, answer_tx) = (shared.clone(), relays.clone(), answer_tx.clone());
         handlers.spawn(async move {
             let response = handle_request(&shared, owner, &relays, request).await;
-            let _ = answer_tx.send(ControlResponse { id, response }).await;
+            let _ = answer_tx.send(LayerControlResponse { id, response }).await;
             drop(permit);
         });
         while handlers.try_join_next().is_some() {}
@@ -332,7 +335,7 @@ async fn handle_request(
             });
             ServerResponse::ReverseResolved(result)
         }
-        LayerRequest::UdpOpen { remote, dns } => match open_udp_relay(&shared, remote, dns).await {
+        LayerRequest::UdpOpen { remote, dns } => match open_udp_relay(shared, remote, dns).await {
             Ok((relay_addr, reply, task)) => {
                 shared.traffic.emit(TrafficEvent::OutgoingConnection {
                     time: now_ms(),
@@ -428,25 +431,31 @@ async fn data_connection(mut stream: TcpStream, shared: Arc<ProxyShared>) -> Res
         return Ok(());
     }
     let _ = stream.set_nodelay(true);
-    let (mut agent, reply) = match shared.connector.open(AgentChannel::Tcp { remote }).await {
-        Ok(mut agent) => match read_frame_async::<ConnectReply, _>(&mut agent).await {
-            Ok(reply) => (Some(agent), reply),
-            Err(e) => {
-                tracing::warn!(%remote, "agent dropped a connect: {e}");
-                (
-                    None,
-                    ConnectReply::Failed {
-                        errno: libc::ENETUNREACH,
-                    },
-                )
-            }
-        },
-        Err(e) => {
-            tracing::warn!(%remote, "cannot reach the agent: {e:#}");
+    // Bounded: the agent answers within its own connect timeout; past this the program gets
+    // ETIMEDOUT well before the layer's own wait (30 s) ends.
+    let opened = tokio::time::timeout(AGENT_REPLY_TIMEOUT, async {
+        let mut agent = shared.connector.open(AgentChannel::Tcp { remote }).await?;
+        let reply = read_frame_async::<ConnectReply, _>(&mut agent).await?;
+        anyhow::Ok((agent, reply))
+    })
+    .await;
+    let (mut agent, reply) = match opened {
+        Ok(Ok((agent, reply))) => (Some(agent), reply),
+        Ok(Err(e)) => {
+            tracing::warn!(%remote, "the agent could not make a connection: {e:#}");
             (
                 None,
                 ConnectReply::Failed {
                     errno: libc::ENETUNREACH,
+                },
+            )
+        }
+        Err(_) => {
+            tracing::warn!(%remote, "the agent did not answer a connect in time");
+            (
+                None,
+                ConnectReply::Failed {
+                    errno: libc::ETIMEDOUT,
                 },
             )
         }
@@ -498,11 +507,16 @@ async fn open_udp_relay(
 ) -> Result<(SocketAddr, UdpOpenReply, Option<RelayTask>)> {
     let socket = UdpSocket::bind(("127.0.0.1", 0)).await?;
     let relay_addr = socket.local_addr()?;
-    let mut agent = shared
-        .connector
-        .open(AgentChannel::Udp { remote, dns })
-        .await?;
-    let reply: UdpOpenReply = read_frame_async(&mut agent).await?;
+    let (agent, reply) = tokio::time::timeout(AGENT_REPLY_TIMEOUT, async {
+        let mut agent = shared
+            .connector
+            .open(AgentChannel::Udp { remote, dns })
+            .await?;
+        let reply: UdpOpenReply = read_frame_async(&mut agent).await?;
+        anyhow::Ok((agent, reply))
+    })
+    .await
+    .context("the agent did not open a UDP flow in time")??;
     if let UdpOpenReply::Failed { .. } = reply {
         return Ok((relay_addr, reply, None));
     }

@@ -201,6 +201,63 @@ fn event_loops_keep_ticking_while_a_connect_is_pending_in_the_pod() {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
+/// What a program can observe of non-blocking connects, through epoll (edge-triggered) and
+/// select: `EINPROGRESS`, `EALREADY` and `ENOTCONN` while pending, no writability until the
+/// pod-side outcome, then `SO_ERROR`, the peer, `EISCONN`, data; a refused connect reports
+/// `ECONNREFUSED` once.
+const NONBLOCKING_SEMANTICS: &str = r#"
+import errno, select, socket
+def name(e):
+    return errno.errorcode.get(e, str(e))
+def nb():
+    s = socket.socket()
+    s.setblocking(False)
+    return s
+ep = select.epoll()
+s = nb()
+print("dropped first", name(s.connect_ex(("10.96.0.50", 9002))))
+print("dropped again", name(s.connect_ex(("10.96.0.50", 9002))))
+try:
+    s.getpeername()
+    print("dropped peer: yes")
+except OSError as e:
+    print("dropped peer:", name(e.errno))
+ep.register(s.fileno(), select.EPOLLOUT | select.EPOLLET)
+print("dropped writable within 0.5 s:", bool(ep.poll(0.5)))
+ep.unregister(s.fileno())
+s.close()
+s = nb()
+print("served first", name(s.connect_ex(("10.96.0.50", 8080))))
+ep.register(s.fileno(), select.EPOLLOUT | select.EPOLLET)
+events = ep.poll(20)
+print("served writable:", any(ev & select.EPOLLOUT for _, ev in events))
+print("served SO_ERROR", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+print("served peer", s.getpeername())
+print("served again", name(s.connect_ex(("10.96.0.50", 8080))))
+ep.unregister(s.fileno())
+s.setblocking(True)
+s.settimeout(20)
+s.sendall(b"GET / HTTP/1.0\r\nHost: payment-service\r\n\r\n")
+print("served reply", s.makefile("rb").readline().decode().split()[1])
+s.close()
+s = nb()
+print("closed first", name(s.connect_ex(("10.96.0.50", 8081))))
+select.select([], [s], [], 20)
+print("closed SO_ERROR", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+print("closed SO_ERROR again", name(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+"#;
+
+/// Issue 12, point 1: the asynchronous connect keeps the kernel's observable semantics.
+#[test]
+fn nonblocking_connects_behave_as_in_the_pod() {
+    let c = Cluster::start().unwrap();
+    drop_syns(&c);
+    let pod = ok(run(in_pod(&c, PY, &["-c", NONBLOCKING_SEMANTICS])));
+    let dev = ok(run(mirrord(&c, PY, &["-c", NONBLOCKING_SEMANTICS])));
+    assert!(pod.contains("served reply 200"), "{pod}");
+    assert_eq!(dev, pod);
+}
+
 /// Waves of 63 lookups while one lookup hangs (its queries are dropped on the way to the
 /// cluster's nameserver). Prints each wave's slowest lookup and whether the hanging one was
 /// still in flight when the wave ended.

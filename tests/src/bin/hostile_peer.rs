@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use mirrord_protocol::agent::{AgentChannel, AgentHello, AgentWelcome};
 use mirrord_protocol::codec::{read_frame, write_frame};
 use mirrord_protocol::layer::{
-    ControlRequest, ControlResponse, DataReply, LayerHello, LayerRequest, ServerHello,
+    DataReply, LayerControlRequest, LayerControlResponse, LayerHello, LayerRequest, ServerHello,
     ServerResponse,
 };
 use mirrord_protocol::net::Family;
@@ -92,7 +92,7 @@ fn run() -> Result<()> {
     };
     write_frame(
         &mut s,
-        &ControlRequest {
+        &LayerControlRequest {
             id: 7,
             request: LayerRequest::Resolve {
                 name: "payment-service".into(),
@@ -100,8 +100,8 @@ fn run() -> Result<()> {
             },
         },
     )?;
-    match read_frame::<ControlResponse, _>(&mut s)? {
-        ControlResponse {
+    match read_frame::<LayerControlResponse, _>(&mut s)? {
+        LayerControlResponse {
             id: 7,
             response: ServerResponse::Resolved(Ok(r)),
         } => println!("ok: control still serves ({:?})", r.addresses),
