@@ -586,3 +586,70 @@ pub unsafe extern "C" fn epoll_ctl(
         |_| pending::epoll_ctl(epfd, op, fd, event),
     )
 }
+
+/// A pending non-blocking connect shows no readiness to `poll` until its outcome arrives (see
+/// `pending`); every other call goes to libc unchanged, without a lock when none is pending.
+///
+/// # Safety
+/// libc's `poll(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int {
+    if !pending::any() {
+        return real::poll(fds, nfds, timeout);
+    }
+    let wait = (timeout >= 0).then(|| std::time::Duration::from_millis(timeout as u64));
+    hook(
+        "poll",
+        || real::poll(fds, nfds, timeout),
+        |_| pending::poll(fds, nfds, wait, std::ptr::null()),
+    )
+}
+
+/// As [`poll`].
+///
+/// # Safety
+/// libc's `ppoll(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    timeout: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    if !pending::any() {
+        return real::ppoll(fds, nfds, timeout, sigmask);
+    }
+    let wait = (!timeout.is_null()).then(|| {
+        std::time::Duration::new(
+            (*timeout).tv_sec.max(0) as u64,
+            (*timeout).tv_nsec.clamp(0, 999_999_999) as u32,
+        )
+    });
+    hook(
+        "ppoll",
+        || real::ppoll(fds, nfds, timeout, sigmask),
+        |_| pending::poll(fds, nfds, wait, sigmask),
+    )
+}
+
+/// As [`poll`], for `select`.
+///
+/// # Safety
+/// libc's `select(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    read: *mut libc::fd_set,
+    write: *mut libc::fd_set,
+    except: *mut libc::fd_set,
+    timeout: *mut libc::timeval,
+) -> c_int {
+    if !pending::any() {
+        return real::select(nfds, read, write, except, timeout);
+    }
+    hook(
+        "select",
+        || real::select(nfds, read, write, except, timeout),
+        |_| pending::select(nfds, read, write, except, timeout),
+    )
+}

@@ -412,7 +412,7 @@ pub fn settle_blocking(fd: c_int, entry: &Entry) {
                 revents: 0,
             };
             // SAFETY: polling one descriptor.
-            unsafe { libc::poll(&mut pfd, 1, slice.as_millis().max(1) as c_int) };
+            unsafe { real::poll(&mut pfd, 1, slice.as_millis().max(1) as c_int) };
         }
     }
 }
@@ -457,4 +457,198 @@ pub unsafe fn epoll_ctl(
         }
         _ => None,
     }
+}
+
+/// Pending sockets among a `poll`'s descriptors: (index, descriptor).
+fn hidden_in(fds: &[libc::pollfd]) -> Vec<(usize, c_int)> {
+    fds.iter()
+        .enumerate()
+        .filter(|(_, p)| p.fd >= 0)
+        .filter(|(_, p)| {
+            relock(PENDING.lock())
+                .as_ref()
+                .is_some_and(|t| t.contains_key(&p.fd))
+        })
+        // An outcome that already arrived is taken now.
+        .filter(|(_, p)| !settle(p.fd))
+        .map(|(i, p)| (i, p.fd))
+        .collect()
+}
+
+/// Takes `fd` from the watcher (or gives it back) while a `poll` waits for its reply itself:
+/// otherwise the watcher could read the reply and the poller, waiting for that very reply to
+/// arrive, would never hear of it.
+fn watcher_watches(fd: c_int, watch: bool) {
+    let Some(epfd) = *relock(WATCHER.lock()) else {
+        return;
+    };
+    let mut ev = epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+        u64: fd as u64,
+    };
+    let op = if watch {
+        libc::EPOLL_CTL_ADD
+    } else {
+        libc::EPOLL_CTL_DEL
+    };
+    // SAFETY: the watcher's own epoll instance; errors (already there, already gone) are moot.
+    unsafe { real::epoll_ctl(epfd, op, fd, &mut ev) };
+}
+
+/// Longest one wait inside a `poll` with pending sockets: bounds how late the poller notices a
+/// reply read by someone else (another thread polling the same socket).
+const POLL_SLICE: Duration = Duration::from_millis(100);
+
+/// The `poll`/`ppoll` hook with pending sockets among `fds`: they show no readiness until their
+/// outcome arrives (the poller waits for the reply itself and settles the socket), then their
+/// real readiness. `None` when no descriptor is pending (the call goes to libc unchanged).
+///
+/// # Safety
+/// Arguments as for `ppoll(2)`; `timeout` `None` waits forever.
+pub unsafe fn poll(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    timeout: Option<Duration>,
+    sigmask: *const libc::sigset_t,
+) -> Option<c_int> {
+    if fds.is_null() || nfds == 0 {
+        return None;
+    }
+    let user = std::slice::from_raw_parts_mut(fds, nfds as usize);
+    let mut hidden = hidden_in(user);
+    if hidden.is_empty() {
+        return None;
+    }
+    for &(_, fd) in &hidden {
+        watcher_watches(fd, false);
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let result = loop {
+        let mut copy: Vec<libc::pollfd> = user.to_vec();
+        for &(i, _) in &hidden {
+            copy[i].events = libc::POLLIN;
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let slice = left.unwrap_or(POLL_SLICE).min(POLL_SLICE);
+        let ts = libc::timespec {
+            tv_sec: slice.as_secs() as libc::time_t,
+            tv_nsec: slice.subsec_nanos() as libc::c_long,
+        };
+        let n = real::ppoll(copy.as_mut_ptr(), nfds, &ts, sigmask);
+        if n < 0 {
+            break -1;
+        }
+        let before = hidden.len();
+        hidden.retain(|&(i, fd)| copy[i].revents == 0 || !settle(fd));
+        // Also the ones whose reply someone else read.
+        hidden.retain(|&(_, fd)| {
+            relock(PENDING.lock())
+                .as_ref()
+                .is_some_and(|t| t.contains_key(&fd))
+        });
+        if hidden.len() != before {
+            // Settled ones are polled again for their real readiness.
+            continue;
+        }
+        for &(i, _) in &hidden {
+            copy[i].revents = 0;
+        }
+        let ready = copy.iter().filter(|p| p.revents != 0).count();
+        if ready > 0 || left.is_some_and(|l| l <= slice) {
+            for (u, c) in user.iter_mut().zip(&copy) {
+                u.revents = c.revents;
+            }
+            break ready as c_int;
+        }
+    };
+    let e = errno();
+    for &(_, fd) in &hidden {
+        watcher_watches(fd, true);
+    }
+    crate::detour::set_errno(e);
+    Some(result)
+}
+
+/// The `select` hook with pending sockets among the sets: [`poll`]'s rules, in `select`'s
+/// terms (readable: in/hang-up/error; writable: out/error; exceptional: priority data).
+/// `None` when no descriptor in the sets is pending.
+///
+/// # Safety
+/// Arguments as for `select(2)`.
+pub unsafe fn select(
+    nfds: c_int,
+    read: *mut libc::fd_set,
+    write: *mut libc::fd_set,
+    except: *mut libc::fd_set,
+    timeout: *mut libc::timeval,
+) -> Option<c_int> {
+    let isset = |set: *mut libc::fd_set, fd: c_int| !set.is_null() && libc::FD_ISSET(fd, set);
+    let mut fds = Vec::new();
+    for fd in 0..nfds.clamp(0, libc::FD_SETSIZE as c_int) {
+        let mut events = 0;
+        if isset(read, fd) {
+            events |= libc::POLLIN;
+        }
+        if isset(write, fd) {
+            events |= libc::POLLOUT;
+        }
+        if isset(except, fd) {
+            events |= libc::POLLPRI;
+        }
+        if events != 0 {
+            fds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+        }
+    }
+    let wait = (!timeout.is_null()).then(|| {
+        Duration::from_secs((*timeout).tv_sec.max(0) as u64)
+            + Duration::from_micros((*timeout).tv_usec.clamp(0, 999_999) as u64)
+    });
+    let started = Instant::now();
+    let n = poll(
+        fds.as_mut_ptr(),
+        fds.len() as libc::nfds_t,
+        wait,
+        std::ptr::null(),
+    )?;
+    if n < 0 {
+        return Some(n);
+    }
+    if fds.iter().any(|p| p.revents & libc::POLLNVAL != 0) {
+        crate::detour::set_errno(libc::EBADF);
+        return Some(-1);
+    }
+    for set in [read, write, except] {
+        if !set.is_null() {
+            libc::FD_ZERO(set);
+        }
+    }
+    let mut count = 0;
+    for p in &fds {
+        let marks = [
+            (
+                read,
+                libc::POLLIN | libc::POLLHUP | libc::POLLERR,
+                libc::POLLIN,
+            ),
+            (write, libc::POLLOUT | libc::POLLERR, libc::POLLOUT),
+            (except, libc::POLLPRI, libc::POLLPRI),
+        ];
+        for (set, shows, asked) in marks {
+            if p.events & asked != 0 && p.revents & shows != 0 {
+                libc::FD_SET(p.fd, set);
+                count += 1;
+            }
+        }
+    }
+    // Linux's select leaves the time not slept in `timeout`.
+    if let Some(w) = wait {
+        let left = w.saturating_sub(started.elapsed());
+        (*timeout).tv_sec = left.as_secs() as libc::time_t;
+        (*timeout).tv_usec = left.subsec_micros() as libc::suseconds_t;
+    }
+    Some(count)
 }
