@@ -19,9 +19,6 @@ use mirrord_protocol::PROTOCOL_VERSION;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-/// A blocking connect waits this long for the pod-side outcome at most.
-const REPLY_TIMEOUT_MS: c_int = pending::REPLY_TIMEOUT.as_millis() as c_int;
-
 /// What the hook should do after the layer looked at a call.
 pub enum Outcome {
     /// Not ours: call libc with the original arguments.
@@ -240,13 +237,15 @@ unsafe fn send_hello(
     write_all(fd, &frame)
 }
 
-/// Reads the reply frame of a blocking connect (exactly the frame).
+/// Reads the reply frame of a blocking connect (exactly the frame), within
+/// [`pending::REPLY_TIMEOUT`].
 unsafe fn read_reply(fd: c_int) -> Result<ConnectReply, i32> {
+    let deadline = std::time::Instant::now() + pending::REPLY_TIMEOUT;
     let mut header = [0u8; HEADER_LEN];
-    read_exact(fd, &mut header)?;
+    read_exact(fd, &mut header, deadline)?;
     let len = frame_len(header).map_err(|_| libc::EPROTO)?;
     let mut payload = vec![0u8; len];
-    read_exact(fd, &mut payload)?;
+    read_exact(fd, &mut payload, deadline)?;
     match decode_payload::<DataReply>(&payload) {
         Ok(DataReply::Connect(reply)) => Ok(reply),
         Ok(DataReply::Refused { reason }) => {
@@ -275,14 +274,19 @@ unsafe fn write_all(fd: c_int, mut buf: &[u8]) -> Result<(), i32> {
 }
 
 /// Reads exactly `buf.len()` bytes, never more: what follows belongs to the program.
-unsafe fn read_exact(fd: c_int, mut buf: &mut [u8]) -> Result<(), i32> {
+unsafe fn read_exact(
+    fd: c_int,
+    mut buf: &mut [u8],
+    deadline: std::time::Instant,
+) -> Result<(), i32> {
     while !buf.is_empty() {
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
         };
-        let r = libc::poll(&mut pfd, 1, REPLY_TIMEOUT_MS);
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let r = real::poll(&mut pfd, 1, left.as_millis() as c_int);
         if r < 0 && errno() == libc::EINTR {
             continue;
         }

@@ -55,6 +55,9 @@ pub struct Registration {
 pub struct Pending {
     entry: Entry,
     registrations: Vec<Registration>,
+    /// When the connect fails with `ETIMEDOUT` if no outcome arrived (the session answers
+    /// well before; this bounds a wedged one).
+    deadline: Instant,
 }
 
 static PENDING: Mutex<Option<HashMap<c_int, Pending>>> = Mutex::new(None);
@@ -140,6 +143,7 @@ pub fn add(fd: c_int, entry: Entry) -> Result<(), i32> {
                 Pending {
                     entry,
                     registrations: Vec::new(),
+                    deadline: Instant::now() + REPLY_TIMEOUT,
                 },
             )
             .is_none()
@@ -182,8 +186,10 @@ fn watch(epfd: c_int) {
     let result = std::panic::catch_unwind(|| {
         let mut events: [epoll_event; 32] = [epoll_event { events: 0, u64: 0 }; 32];
         loop {
+            let wait_ms = expire_overdue()
+                .map_or(-1, |d| d.as_millis().clamp(1, c_int::MAX as u128) as c_int);
             // SAFETY: waiting on our own epoll instance with a buffer of 32 events.
-            let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), 32, -1) };
+            let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), 32, wait_ms) };
             if n < 0 {
                 if errno() == libc::EINTR {
                     continue;
@@ -209,6 +215,45 @@ fn watch(epfd: c_int) {
     if result.is_err() {
         crate::state::complain("the connect watcher stopped after an internal error");
     }
+}
+
+/// Fails the pending connects whose deadline passed; returns the time to the next deadline.
+fn expire_overdue() -> Option<Duration> {
+    let now = Instant::now();
+    let (overdue, next): (Vec<(c_int, Entry)>, Option<Instant>) = {
+        let p = relock(PENDING.lock());
+        let Some(t) = p.as_ref() else {
+            return None;
+        };
+        let overdue = t
+            .iter()
+            .filter(|(_, x)| x.deadline <= now)
+            .map(|(fd, x)| (*fd, x.entry.clone()))
+            .collect();
+        let next = t.values().map(|x| x.deadline).filter(|d| *d > now).min();
+        (overdue, next)
+    };
+    for (fd, entry) in overdue {
+        time_out(fd, &entry);
+    }
+    next.map(|d| d.saturating_duration_since(now))
+}
+
+/// The outcome never came: the connect fails with `ETIMEDOUT`.
+fn time_out(fd: c_int, entry: &Entry) {
+    {
+        let mut m = lock_entry(entry);
+        if let Managed::Tcp {
+            state: s @ TcpState::Connecting,
+            ..
+        } = &mut *m
+        {
+            *s = TcpState::Failed(libc::ETIMEDOUT);
+            // SAFETY: the entry's socket.
+            unsafe { disconnect(fd) };
+        }
+    }
+    finish(fd, entry);
 }
 
 /// The reply frame, if all of it has arrived; never consumes a partial frame or a byte beyond.
@@ -383,19 +428,7 @@ pub fn settle_blocking(fd: c_int, entry: &Entry) {
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            {
-                let mut m = lock_entry(entry);
-                if let Managed::Tcp {
-                    state: s @ TcpState::Connecting,
-                    ..
-                } = &mut *m
-                {
-                    *s = TcpState::Failed(libc::ETIMEDOUT);
-                    // SAFETY: the entry's socket.
-                    unsafe { disconnect(fd) };
-                }
-            }
-            finish(fd, entry);
+            time_out(fd, entry);
             return;
         }
         let slice = left.min(Duration::from_secs(1));

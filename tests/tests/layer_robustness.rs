@@ -191,7 +191,12 @@ fn event_loops_keep_ticking_while_a_connect_is_pending_in_the_pod() {
     problems.extend(keeps_ticking(&c, "node", NODE, &["-e", NODE_TICKS]));
     for selector in ["epoll", "poll", "select"] {
         let what = format!("asyncio ({selector})");
-        problems.extend(keeps_ticking(&c, &what, PY, &["-c", ASYNCIO_TICKS, selector]));
+        problems.extend(keeps_ticking(
+            &c,
+            &what,
+            PY,
+            &["-c", ASYNCIO_TICKS, selector],
+        ));
     }
 
     let java_dir = c.workdir().join("java");
