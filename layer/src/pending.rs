@@ -222,9 +222,7 @@ fn expire_overdue() -> Option<Duration> {
     let now = Instant::now();
     let (overdue, next): (Vec<(c_int, Entry)>, Option<Instant>) = {
         let p = relock(PENDING.lock());
-        let Some(t) = p.as_ref() else {
-            return None;
-        };
+        let t = p.as_ref()?;
         let overdue = t
             .iter()
             .filter(|(_, x)| x.deadline <= now)
