@@ -338,9 +338,14 @@ pub unsafe extern "C" fn freeaddrinfo(res: *mut addrinfo) {
         return;
     }
     // Lists the layer made are freed by the layer whatever the guard says: libc cannot free them.
-    if !dns::freeaddrinfo(res) {
+    // Not through `hook` for that reason; the same barrier and errno rule, by hand. After a
+    // panic the list is leaked rather than handed to libc, which did not make it.
+    let saved = crate::detour::errno();
+    let ours = std::panic::catch_unwind(|| dns::freeaddrinfo(res)).unwrap_or(true);
+    if !ours {
         real::freeaddrinfo(res)
     }
+    set_errno(saved);
 }
 
 /// # Safety

@@ -341,7 +341,8 @@ fn lookups_of_other_threads_finish_while_one_hangs() {
 }
 
 /// Issue 12, point 3: with debug logging on and stderr a pipe nobody reads any more (SIGPIPE
-/// ignored, as Python does), a program making one HTTP request finishes normally.
+/// ignored, as Python does), a program making one HTTP request finishes normally, and errno
+/// is what it was after hooked calls that succeed.
 #[test]
 fn debug_logging_to_a_broken_stderr_never_fails_the_program() {
     let c = Cluster::start().unwrap();
@@ -354,10 +355,31 @@ os.dup2(w, 2)
 os.close(w)
 with urllib.request.urlopen("http://payment-service:8080/", timeout=20) as resp:
     print("status", resp.status, resp.read().decode().strip(), flush=True)
+# errno survives hooked calls that succeed, diagnostics (failing with EPIPE) included.
+import ctypes, socket
+libc = ctypes.CDLL(None, use_errno=True)
+s = socket.create_connection(("payment-service", 8080), timeout=20)
+addr, alen = ctypes.create_string_buffer(128), ctypes.c_uint32(128)
+ctypes.set_errno(77)
+r = libc.getpeername(s.fileno(), addr, ctypes.byref(alen))
+print("getpeername", r, ctypes.get_errno(), flush=True)
+res = ctypes.c_void_p()
+ctypes.set_errno(77)
+r = libc.getaddrinfo(b"payment-service", b"8080", None, ctypes.byref(res))
+print("getaddrinfo", r, ctypes.get_errno(), flush=True)
+ctypes.set_errno(77)
+libc.freeaddrinfo(res)
+print("freeaddrinfo", ctypes.get_errno(), flush=True)
 "#;
     let mut cmd = mirrord(&c, PY, &["-c", code]);
     cmd.env("MIRRORD_LAYER_LOG", "debug");
-    assert_eq!(ok(run(cmd)), "status 200 payment-service: hello\n");
+    assert_eq!(
+        ok(run(cmd)),
+        "status 200 payment-service: hello\n\
+         getpeername 0 77\n\
+         getaddrinfo 0 77\n\
+         freeaddrinfo 77\n"
+    );
 }
 
 /// Threads making lookups and requests all the time; the main thread forks 200 times, and each
