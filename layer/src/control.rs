@@ -135,7 +135,6 @@ fn open() -> Result<(Arc<Channel>, UnixStream), ControlError> {
         }
         Err(e) => return Err(ControlError::Unavailable(format!("session hello: {e}"))),
     };
-    layer_debug!("joined the session; data listeners {data_addrs:?}");
     // The reader waits for answers as long as the process lives.
     let _ = stream.set_read_timeout(None);
     let reader = stream
@@ -158,18 +157,26 @@ fn current() -> Result<Arc<Channel>, ControlError> {
     if let Some(ch) = slot.as_ref() {
         return Ok(ch.clone());
     }
-    let (ch, reader) = open().inspect_err(|e| complain(&e.to_string()))?;
-    let for_reader = ch.clone();
-    let spawned = std::thread::Builder::new()
-        .name("mirrord-control".into())
-        .spawn(move || read_answers(for_reader, reader));
-    if let Err(e) = spawned {
-        let msg = format!("cannot start the control channel's reader: {e}");
-        complain(&msg);
-        return Err(ControlError::Unavailable(msg));
+    // Diagnostics are written after the lock is released: stderr may block.
+    let opened = open().and_then(|(ch, reader)| {
+        let for_reader = ch.clone();
+        std::thread::Builder::new()
+            .name("mirrord-control".into())
+            .spawn(move || read_answers(for_reader, reader))
+            .map_err(|e| {
+                ControlError::Unavailable(format!("cannot start the control channel's reader: {e}"))
+            })?;
+        Ok(ch)
+    });
+    if let Ok(ch) = &opened {
+        *slot = Some(ch.clone());
     }
-    *slot = Some(ch.clone());
-    Ok(ch)
+    drop(slot);
+    match &opened {
+        Ok(ch) => layer_debug!("joined the session; data listeners {:?}", ch.data_addrs),
+        Err(e) => complain(&e.to_string()),
+    }
+    opened
 }
 
 /// The reader thread: fills slots by id until the connection ends, then fails every waiter and

@@ -144,7 +144,8 @@ pub unsafe fn connect_tcp(
     }
     let outcome = read_reply(fd);
     let mut m = sockets::lock_entry(&entry);
-    pending::apply(fd, &mut m, outcome);
+    let note = pending::apply(fd, &mut m, outcome);
+    layer_debug!("{note}");
     match *m {
         Managed::Tcp {
             state: TcpState::Failed(e),

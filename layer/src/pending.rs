@@ -298,38 +298,41 @@ unsafe fn try_read_reply(fd: c_int) -> Reply {
     }
     Reply::Outcome(match decode_payload::<DataReply>(&frame[HEADER_LEN..]) {
         Ok(DataReply::Connect(reply)) => Ok(reply),
-        Ok(DataReply::Refused { reason }) => {
-            crate::state::complain(&format!(
-                "the mirrord session refused a connection: {reason}"
-            ));
-            Err(libc::ECONNREFUSED)
-        }
+        // The session refuses only a hello it cannot accept (version, token): the same answer
+        // as the blocking path's, which says why on stderr.
+        Ok(DataReply::Refused { .. }) => Err(libc::ECONNREFUSED),
         Err(_) => Err(libc::EPROTO),
     })
 }
 
-/// Records `outcome` in the entry (still `Connecting`, locked by the caller).
+/// Records `outcome` in the entry (still `Connecting`, locked by the caller) and returns what
+/// to log about it once the entry is unlocked (stderr may block).
 ///
 /// # Safety
 /// `fd` is the entry's socket.
-pub unsafe fn apply(fd: c_int, m: &mut Managed, outcome: Result<ConnectReply, i32>) {
+#[must_use]
+pub unsafe fn apply(fd: c_int, m: &mut Managed, outcome: Result<ConnectReply, i32>) -> String {
     let Managed::Tcp { remote, state } = m else {
-        return;
+        return String::new();
     };
-    *state = match outcome {
-        Ok(ConnectReply::Connected { local, .. }) => {
-            layer_debug!("connect {remote}: through the pod (pod-side address {local})");
+    let (next, note) = match outcome {
+        Ok(ConnectReply::Connected { local, .. }) => (
             TcpState::Connected {
                 local,
                 reported: false,
-            }
-        }
+            },
+            format!("connect {remote}: through the pod (pod-side address {local})"),
+        ),
         Ok(ConnectReply::Failed { errno: e }) | Err(e) => {
-            layer_debug!("connect {remote}: failed in the pod, errno {e}");
             disconnect(fd);
-            TcpState::Failed(e)
+            (
+                TcpState::Failed(e),
+                format!("connect {remote}: failed in the pod, errno {e}"),
+            )
         }
     };
+    *state = next;
+    note
 }
 
 /// Dissolves the association with the data listener, so the socket is unconnected again (and
@@ -368,7 +371,7 @@ pub fn settle(fd: c_int) -> bool {
     else {
         return true;
     };
-    {
+    let note = {
         let mut m = lock_entry(&entry);
         if matches!(
             &*m,
@@ -381,11 +384,16 @@ pub fn settle(fd: c_int) -> bool {
             // a close in between makes the reads fail harmlessly).
             match unsafe { try_read_reply(fd) } {
                 Reply::NotYet => return false,
-                Reply::Outcome(o) => unsafe { apply(fd, &mut m, o) },
+                Reply::Outcome(o) => Some(unsafe { apply(fd, &mut m, o) }),
             }
+        } else {
+            None
         }
-    }
+    };
     finish(fd, &entry);
+    if let Some(note) = note {
+        layer_debug!("{note}");
+    }
     true
 }
 
