@@ -177,12 +177,22 @@ pub fn hook<R: HookReturn>(
     original: impl FnOnce() -> R,
     body: impl FnOnce(&'static LayerState) -> Option<R>,
 ) -> R {
+    hook_in(state, name, original, body)
+}
+
+/// [`hook`] with the session looked up by `session` (tests give their own).
+fn hook_in<R: HookReturn>(
+    session: impl FnOnce() -> Option<&'static LayerState>,
+    name: &'static str,
+    original: impl FnOnce() -> R,
+    body: impl FnOnce(&'static LayerState) -> Option<R>,
+) -> R {
     let saved = errno();
     let outcome = {
         let Some(_guard) = Guard::enter() else {
             return original();
         };
-        let Some(st) = state() else {
+        let Some(st) = session() else {
             drop(_guard);
             set_errno(saved);
             return original();
@@ -213,10 +223,19 @@ pub fn hook<R: HookReturn>(
 /// Bookkeeping after a libc call the hook already made (`accept`, `dup`, ...): runs `body` as
 /// [`hook`] runs its body, and leaves errno as the libc call set it.
 pub fn after(name: &'static str, body: impl FnOnce(&'static LayerState)) {
+    after_in(state, name, body)
+}
+
+/// [`after`] with the session looked up by `session` (tests give their own).
+fn after_in(
+    session: impl FnOnce() -> Option<&'static LayerState>,
+    name: &'static str,
+    body: impl FnOnce(&'static LayerState),
+) {
     let saved = errno();
     {
         let Some(_guard) = Guard::enter() else { return };
-        if let Some(st) = state() {
+        if let Some(st) = session() {
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(st))).is_err() {
                 log_line(&format!("internal error after `{name}`"));
             }
@@ -258,3 +277,75 @@ macro_rules! layer_debug {
     };
 }
 pub(crate) use layer_debug;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session for the hooks to see (the test process itself is in none).
+    fn session() -> Option<&'static LayerState> {
+        static ST: std::sync::OnceLock<LayerState> = std::sync::OnceLock::new();
+        Some(ST.get_or_init(|| LayerState {
+            config: Default::default(),
+            token: String::new(),
+            proxy_path: "/nonexistent/mirrord-layer-test".into(),
+        }))
+    }
+
+    #[test]
+    fn a_panicking_hook_runs_the_original_call_and_keeps_errno() {
+        set_errno(42);
+        let r: libc::c_int = hook_in(session, "test", || 7, |_| panic!("a bug in the layer"));
+        assert_eq!((r, errno()), (7, 42));
+        // The thread is not left inside the layer.
+        assert!(Guard::enter().is_some());
+    }
+
+    #[test]
+    fn errno_is_the_layers_on_failure_and_the_programs_on_success() {
+        set_errno(42);
+        let failed: libc::c_int = hook_in(
+            session,
+            "test",
+            || 0,
+            |_| {
+                set_errno(libc::EINVAL);
+                Some(-1)
+            },
+        );
+        assert_eq!((failed, errno()), (-1, libc::EINVAL));
+        set_errno(42);
+        let done: libc::c_int = hook_in(
+            session,
+            "test",
+            || -1,
+            |_| {
+                set_errno(libc::EINVAL);
+                Some(0)
+            },
+        );
+        assert_eq!((done, errno()), (0, 42));
+        set_errno(42);
+        after_in(session, "test", |_| set_errno(libc::EPIPE));
+        assert_eq!(errno(), 42);
+    }
+
+    #[test]
+    fn a_reentrant_call_goes_straight_to_the_original() {
+        let outer: libc::c_int = hook_in(
+            session,
+            "outer",
+            || -1,
+            |_| Some(hook_in(session, "inner", || 5, |_| Some(9))),
+        );
+        assert_eq!(outer, 5);
+    }
+
+    #[test]
+    fn diagnostics_to_a_closed_stderr_keep_errno() {
+        set_errno(42);
+        // Whatever descriptor 2 is in the test harness, the write's outcome is ignored.
+        log_line("test line");
+        assert_eq!(errno(), 42);
+    }
+}
