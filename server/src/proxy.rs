@@ -37,6 +37,8 @@ const RELAY_BUFFER: usize = 256 * 1024;
 /// Longest the session waits for the agent to open a flow (it gives up on a connect after
 /// 20 s itself); kept below the layer's 30 s wait for the answer.
 const AGENT_REPLY_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long the requests of a process that left may take to finish before they are aborted.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A UDP relay with no datagram either way for this long is closed.
 const UDP_IDLE: Duration = Duration::from_secs(120);
 
@@ -259,6 +261,12 @@ async fn control_channel(
         });
         while handlers.try_join_next().is_some() {}
     };
+    // Requests already taken finish (a listen half-done would leave the agent subscribed with
+    // nobody to release it), bounded; whatever is left after that is aborted.
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while handlers.join_next().await.is_some() {}
+    })
+    .await;
     handlers.shutdown().await;
     writer.abort();
     relays.lock().unwrap_or_else(|p| p.into_inner()).clear();
