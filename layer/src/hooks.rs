@@ -549,6 +549,10 @@ pub unsafe extern "C" fn fork() -> pid_t {
     let forked = std::cell::Cell::new(None);
     let original = || forked.get().unwrap_or_else(|| real::fork());
     hook("fork", original, |_| {
+        // Lazily initialised values are initialised now: a child forked while another thread
+        // was initialising one would wait for that thread forever.
+        crate::state::debug_enabled();
+        crate::debugger::is_debugger_port(0);
         let mut control = control::lock();
         let table = sockets::lock();
         let entries = sockets::lock_all(&table);

@@ -401,8 +401,14 @@ def busy(i):
                 counts[i] += 1
         except Exception as e:
             errors.append(repr(e))
+# Python's own import locks are not reset in a fork child: every module the children use is
+# imported before any thread runs, and every thread is busy before the first fork.
+assert fetch()
 for i in range(4):
     threading.Thread(target=busy, args=(i,), daemon=True).start()
+t_end = time.monotonic() + 20
+while min(counts) < 1 and time.monotonic() < t_end:
+    time.sleep(0.01)
 failures = 0
 for it in range(200):
     pid = os.fork()
