@@ -229,6 +229,7 @@ pub fn request(req: &LayerRequest) -> Result<ServerResponse, ControlError> {
         let mut w = relock(ch.waiting.lock());
         loop {
             if w.closed {
+                drop(w);
                 return Err(lost("the control channel closed"));
             }
             if w.slots.len() < MAX_CONTROL_IN_FLIGHT {
@@ -236,6 +237,7 @@ pub fn request(req: &LayerRequest) -> Result<ServerResponse, ControlError> {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                drop(w);
                 return Err(lost("too many requests waiting for the session"));
             }
             w = wait(&ch.changed, w, left);
