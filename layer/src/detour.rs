@@ -1,5 +1,6 @@
 //! Re-entrancy guard and the original libc functions.
 
+use crate::state::{state, LayerState};
 use std::cell::Cell;
 
 thread_local! {
@@ -102,6 +103,10 @@ pub mod real {
         fn listen(fd: c_int, backlog: c_int) -> c_int;
         fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
         fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
+        fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int;
+        fn select(nfds: c_int, read: *mut libc::fd_set, write: *mut libc::fd_set, except: *mut libc::fd_set, timeout: *mut libc::timeval) -> c_int;
+        fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int;
+        fn ppoll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: *const libc::timespec, sigmask: *const libc::sigset_t) -> c_int;
     }
 
     /// `fcntl` is variadic; calling a variadic function is allowed where defining one is not.
@@ -129,13 +134,218 @@ pub fn set_errno(e: i32) {
     unsafe { *libc::__errno_location() = e }
 }
 
+/// What a hook returns, as far as errno is concerned: on success the program's errno is left as
+/// it was before the call; on failure it is what the layer (or the libc call it made) set.
+pub trait HookReturn {
+    fn failed(&self) -> bool;
+}
+
+impl HookReturn for libc::c_int {
+    fn failed(&self) -> bool {
+        *self < 0
+    }
+}
+
+impl HookReturn for libc::ssize_t {
+    fn failed(&self) -> bool {
+        *self < 0
+    }
+}
+
+impl<T> HookReturn for *mut T {
+    fn failed(&self) -> bool {
+        self.is_null()
+    }
+}
+
+impl HookReturn for () {
+    fn failed(&self) -> bool {
+        false
+    }
+}
+
+/// The one prologue of every exported hook.
+///
+/// `body` runs only when this call is the layer's to look at (not re-entrant, the process is in
+/// a session), inside the re-entrancy guard and an unwind barrier. It returns `Some(result)`
+/// when it handled the call, `None` to let `original` (libc with the caller's arguments) run.
+///
+/// Invariant: nothing unwinds out of a hook (a panic is logged and the original call runs),
+/// and the program's errno is preserved unless the call fails.
+pub fn hook<R: HookReturn>(
+    name: &'static str,
+    original: impl FnOnce() -> R,
+    body: impl FnOnce(&'static LayerState) -> Option<R>,
+) -> R {
+    hook_in(state, name, original, body)
+}
+
+/// [`hook`] with the session looked up by `session` (tests give their own).
+fn hook_in<R: HookReturn>(
+    session: impl FnOnce() -> Option<&'static LayerState>,
+    name: &'static str,
+    original: impl FnOnce() -> R,
+    body: impl FnOnce(&'static LayerState) -> Option<R>,
+) -> R {
+    let saved = errno();
+    let outcome = {
+        let Some(_guard) = Guard::enter() else {
+            return original();
+        };
+        let Some(st) = session() else {
+            drop(_guard);
+            set_errno(saved);
+            return original();
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(st)))
+    };
+    match outcome {
+        Ok(Some(r)) => {
+            if !r.failed() {
+                set_errno(saved);
+            }
+            r
+        }
+        Ok(None) => {
+            set_errno(saved);
+            original()
+        }
+        Err(_) => {
+            log_line(&format!(
+                "internal error in `{name}`; the call goes to libc unchanged"
+            ));
+            set_errno(saved);
+            original()
+        }
+    }
+}
+
+/// Bookkeeping after a libc call the hook already made (`accept`, `dup`, ...): runs `body` as
+/// [`hook`] runs its body, and leaves errno as the libc call set it.
+pub fn after(name: &'static str, body: impl FnOnce(&'static LayerState)) {
+    after_in(state, name, body)
+}
+
+/// [`after`] with the session looked up by `session` (tests give their own).
+fn after_in(
+    session: impl FnOnce() -> Option<&'static LayerState>,
+    name: &'static str,
+    body: impl FnOnce(&'static LayerState),
+) {
+    let saved = errno();
+    {
+        let Some(_guard) = Guard::enter() else { return };
+        if let Some(st) = session() {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(st))).is_err() {
+                log_line(&format!("internal error after `{name}`"));
+            }
+        }
+    }
+    set_errno(saved);
+}
+
+/// Writes one diagnostic line to stderr with a raw `write(2)`.
+///
+/// Invariant: the layer's diagnostics never fail the program: no Rust stderr handle (which
+/// panics on `EPIPE` in `eprintln!` and holds a lock a fork child could inherit), errors
+/// ignored, errno untouched.
+pub fn log_line(msg: &str) {
+    let saved = errno();
+    let line = format!("mirrord-layer[{}]: {msg}\n", std::process::id());
+    let mut buf = line.as_bytes();
+    while !buf.is_empty() {
+        // SAFETY: writing an owned buffer to descriptor 2; a bad descriptor only yields an error.
+        let n = unsafe { libc::write(2, buf.as_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            break;
+        }
+        buf = &buf[n as usize..];
+    }
+    set_errno(saved);
+}
+
 /// Debug logging to stderr, enabled by `MIRRORD_LAYER_LOG=debug`. Quiet by default: the layer
 /// runs inside someone else's program and must not clutter its output.
 macro_rules! layer_debug {
     ($($t:tt)*) => {
         if $crate::state::debug_enabled() {
-            eprintln!("mirrord-layer[{}]: {}", std::process::id(), format_args!($($t)*));
+            $crate::detour::log_line(&format!($($t)*));
         }
     };
 }
 pub(crate) use layer_debug;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session for the hooks to see (the test process itself is in none).
+    fn session() -> Option<&'static LayerState> {
+        static ST: std::sync::OnceLock<LayerState> = std::sync::OnceLock::new();
+        Some(ST.get_or_init(|| LayerState {
+            config: Default::default(),
+            token: String::new(),
+            proxy_path: "/nonexistent/mirrord-layer-test".into(),
+        }))
+    }
+
+    #[test]
+    fn a_panicking_hook_runs_the_original_call_and_keeps_errno() {
+        set_errno(42);
+        let r: libc::c_int = hook_in(session, "test", || 7, |_| panic!("a bug in the layer"));
+        assert_eq!((r, errno()), (7, 42));
+        // The thread is not left inside the layer.
+        assert!(Guard::enter().is_some());
+    }
+
+    #[test]
+    fn errno_is_the_layers_on_failure_and_the_programs_on_success() {
+        set_errno(42);
+        let failed: libc::c_int = hook_in(
+            session,
+            "test",
+            || 0,
+            |_| {
+                set_errno(libc::EINVAL);
+                Some(-1)
+            },
+        );
+        assert_eq!((failed, errno()), (-1, libc::EINVAL));
+        set_errno(42);
+        let done: libc::c_int = hook_in(
+            session,
+            "test",
+            || -1,
+            |_| {
+                set_errno(libc::EINVAL);
+                Some(0)
+            },
+        );
+        assert_eq!((done, errno()), (0, 42));
+        set_errno(42);
+        after_in(session, "test", |_| set_errno(libc::EPIPE));
+        assert_eq!(errno(), 42);
+    }
+
+    #[test]
+    fn a_reentrant_call_goes_straight_to_the_original() {
+        let outer: libc::c_int = hook_in(
+            session,
+            "outer",
+            || -1,
+            |_| Some(hook_in(session, "inner", || 5, |_| Some(9))),
+        );
+        assert_eq!(outer, 5);
+    }
+
+    #[test]
+    fn diagnostics_to_a_closed_stderr_keep_errno() {
+        set_errno(42);
+        // Whatever descriptor 2 is in the test harness, the write's outcome is ignored.
+        log_line("test line");
+        assert_eq!(errno(), 42);
+    }
+}

@@ -1,46 +1,46 @@
-//! The exported libc replacements. Each one enters the guard, checks that this process belongs
-//! to a session, hands the call to its feature module, and otherwise calls libc unchanged.
+//! The exported libc replacements. Each one goes through [`hook`] (or [`after`] when libc runs
+//! first), which enters the re-entrancy guard, checks that this process belongs to a session,
+//! catches panics and keeps errno; the body hands the call to its feature module, and returns
+//! `None` for calls that are not the layer's, which then go to libc unchanged.
 
 use crate::caddr;
-use crate::detour::{real, Guard};
+use crate::detour::{after, hook, real, set_errno};
 use crate::outgoing::{self, Outcome};
-use crate::sockets::{self, Managed};
-use crate::state::{state, LayerState};
-use crate::{control, dns, incoming, udp};
+use crate::sockets::{self, Managed, TcpState};
+use crate::{control, dns, incoming, pending, udp};
 use libc::{
-    addrinfo, c_char, c_int, c_void, hostent, msghdr, pid_t, size_t, sockaddr, socklen_t, ssize_t,
+    addrinfo, c_char, c_int, c_void, epoll_event, hostent, msghdr, pid_t, size_t, sockaddr,
+    socklen_t, ssize_t,
 };
 
-/// The session, if this call is the layer's to look at (not re-entrant, process in a session).
-fn active() -> Option<(Guard, &'static LayerState)> {
-    let guard = Guard::enter()?;
-    let st = state()?;
-    Some((guard, st))
+/// `Outcome` as the hook wrapper wants it.
+fn handled(o: Outcome) -> Option<c_int> {
+    match o {
+        Outcome::Bypass => None,
+        Outcome::Return(r) => Some(r),
+    }
 }
 
 /// # Safety
 /// libc's `connect(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    let Some((_guard, st)) = active() else {
-        return real::connect(fd, addr, len);
-    };
-    let Some(remote) = caddr::read(addr, len) else {
-        udp::forget_connected(fd);
-        return real::connect(fd, addr, len);
-    };
-    let (Some(domain), Some(kind)) = (caddr::socket_domain(fd), caddr::socket_type(fd)) else {
-        return real::connect(fd, addr, len);
-    };
-    let outcome = match kind {
-        libc::SOCK_STREAM => outgoing::connect_tcp(st, fd, remote, domain),
-        libc::SOCK_DGRAM => udp::connect_udp(st, fd, remote, domain),
-        _ => Outcome::Bypass,
-    };
-    match outcome {
-        Outcome::Bypass => real::connect(fd, addr, len),
-        Outcome::Return(r) => r,
-    }
+    hook(
+        "connect",
+        || real::connect(fd, addr, len),
+        |st| {
+            let Some(remote) = caddr::read(addr, len) else {
+                udp::forget_connected(fd);
+                return None;
+            };
+            let (domain, kind) = (caddr::socket_domain(fd)?, caddr::socket_type(fd)?);
+            handled(match kind {
+                libc::SOCK_STREAM => outgoing::connect_tcp(st, fd, remote, domain),
+                libc::SOCK_DGRAM => udp::connect_udp(st, fd, remote, domain),
+                _ => Outcome::Bypass,
+            })
+        },
+    )
 }
 
 /// A new socket: whatever the table knew about its descriptor number belongs to a socket that
@@ -52,9 +52,10 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     let fd = real::socket(domain, ty, protocol);
     if fd >= 0 {
-        if let Some((_guard, _)) = active() {
+        after("socket", |_| {
             sockets::remove(fd);
-        }
+            pending::forget(fd);
+        });
     }
     fd
 }
@@ -63,29 +64,25 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
 /// libc's `bind(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    let Some((_guard, st)) = active() else {
-        return real::bind(fd, addr, len);
-    };
-    let (Some(requested), Some(domain)) = (caddr::read(addr, len), caddr::socket_domain(fd)) else {
-        return real::bind(fd, addr, len);
-    };
-    match incoming::bind(st, fd, requested, domain) {
-        Outcome::Bypass => real::bind(fd, addr, len),
-        Outcome::Return(r) => r,
-    }
+    hook(
+        "bind",
+        || real::bind(fd, addr, len),
+        |st| {
+            let (requested, domain) = (caddr::read(addr, len)?, caddr::socket_domain(fd)?);
+            handled(incoming::bind(st, fd, requested, domain))
+        },
+    )
 }
 
 /// # Safety
 /// libc's `listen(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
-    let Some((_guard, _)) = active() else {
-        return real::listen(fd, backlog);
-    };
-    match incoming::listen(fd, backlog) {
-        Outcome::Bypass => real::listen(fd, backlog),
-        Outcome::Return(r) => r,
-    }
+    hook(
+        "listen",
+        || real::listen(fd, backlog),
+        |_| handled(incoming::listen(fd, backlog)),
+    )
 }
 
 /// # Safety
@@ -94,9 +91,7 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
 pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let r = real::accept(fd, addr, len);
     if r >= 0 {
-        if let Some((_guard, _)) = active() {
-            incoming::accepted(fd, r, addr, len);
-        }
+        after("accept", |_| incoming::accepted(fd, r, addr, len));
     }
     r
 }
@@ -112,9 +107,7 @@ pub unsafe extern "C" fn accept4(
 ) -> c_int {
     let r = real::accept4(fd, addr, len, flags);
     if r >= 0 {
-        if let Some((_guard, _)) = active() {
-            incoming::accepted(fd, r, addr, len);
-        }
+        after("accept4", |_| incoming::accepted(fd, r, addr, len));
     }
     r
 }
@@ -123,54 +116,59 @@ pub unsafe extern "C" fn accept4(
 /// libc's `getpeername(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    if let Some((_guard, _)) = active() {
-        if let Some(entry) = sockets::get(fd) {
+    hook(
+        "getpeername",
+        || real::getpeername(fd, addr, len),
+        |_| {
+            let entry = sockets::get(fd)?;
             let peer = match &*sockets::lock_entry(&entry) {
                 Managed::Tcp {
                     remote,
-                    pending_error: None,
-                    ..
-                } => Some(*remote),
-                Managed::Udp { connected, .. } => *connected,
-                Managed::Incoming { peer, .. } => Some(*peer),
-                Managed::Tcp { .. } | Managed::Listener { .. } => None,
+                    state: TcpState::Connected { .. },
+                } => *remote,
+                // Not connected (yet, or any more) as far as the program knows.
+                Managed::Tcp { .. } => {
+                    set_errno(libc::ENOTCONN);
+                    return Some(-1);
+                }
+                Managed::Udp { connected, .. } => (*connected)?,
+                Managed::Incoming { peer, .. } => *peer,
+                Managed::Listener { .. } => return None,
             };
-            if let (Some(peer), Some(domain)) = (peer, caddr::socket_domain(fd)) {
-                caddr::write_out(peer, domain, addr, len);
-                return 0;
-            }
-        }
-    }
-    real::getpeername(fd, addr, len)
+            caddr::write_out(peer, caddr::socket_domain(fd)?, addr, len);
+            Some(0)
+        },
+    )
 }
 
 /// # Safety
 /// libc's `getsockname(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    if let Some((_guard, _)) = active() {
-        if let Some(entry) = sockets::get(fd) {
+    hook(
+        "getsockname",
+        || real::getsockname(fd, addr, len),
+        |_| {
+            let entry = sockets::get(fd)?;
             let local = match &*sockets::lock_entry(&entry) {
                 Managed::Tcp {
-                    local,
-                    pending_error: None,
+                    state: TcpState::Connected { local, .. },
                     ..
-                } => Some(*local),
-                Managed::Incoming { local, .. } => Some(*local),
+                } => *local,
+                Managed::Incoming { local, .. } => *local,
                 // The program sees the address it asked for (with the port it asked for).
-                Managed::Listener { requested, .. } => Some(*requested),
-                _ => None,
+                Managed::Listener { requested, .. } => *requested,
+                _ => return None,
             };
-            if let (Some(local), Some(domain)) = (local, caddr::socket_domain(fd)) {
-                caddr::write_out(local, domain, addr, len);
-                return 0;
-            }
-        }
-    }
-    real::getsockname(fd, addr, len)
+            caddr::write_out(local, caddr::socket_domain(fd)?, addr, len);
+            Some(0)
+        },
+    )
 }
 
-/// Only `SO_ERROR` of a socket with a failed non-blocking connect is the layer's.
+/// Only `SO_ERROR` of a socket with a non-blocking connect the layer made is the layer's: a
+/// pending one is settled first (waiting for the pod-side outcome, bounded), a failed one
+/// reports its error once and is unconnected from then on.
 ///
 /// # Safety
 /// libc's `getsockopt(2)` contract.
@@ -182,47 +180,79 @@ pub unsafe extern "C" fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
-    if level == libc::SOL_SOCKET && name == libc::SO_ERROR && !val.is_null() && !len.is_null() {
-        if let Some((_guard, _)) = active() {
-            if let Some(entry) = sockets::get(fd) {
-                if let Managed::Tcp { pending_error, .. } = &mut *sockets::lock_entry(&entry) {
-                    if let Some(e) = pending_error.take() {
-                        if (*len as usize) >= std::mem::size_of::<c_int>() {
-                            *(val as *mut c_int) = e;
-                            *len = std::mem::size_of::<c_int>() as socklen_t;
-                            return 0;
-                        }
-                    }
-                }
-            }
-        }
+    let original = || real::getsockopt(fd, level, name, val, len);
+    if level != libc::SOL_SOCKET || name != libc::SO_ERROR || val.is_null() || len.is_null() {
+        return original();
     }
-    real::getsockopt(fd, level, name, val, len)
+    hook("getsockopt", original, |_| {
+        let entry = sockets::get(fd)?;
+        let connecting = matches!(
+            &*sockets::lock_entry(&entry),
+            Managed::Tcp {
+                state: TcpState::Connecting,
+                ..
+            }
+        );
+        if connecting {
+            pending::settle_blocking(fd, &entry);
+        }
+        let failed = match &*sockets::lock_entry(&entry) {
+            Managed::Tcp {
+                state: TcpState::Failed(e),
+                ..
+            } => *e,
+            _ => return None,
+        };
+        if (*len as usize) < std::mem::size_of::<c_int>() {
+            return None;
+        }
+        sockets::remove(fd);
+        *(val as *mut c_int) = failed;
+        *len = std::mem::size_of::<c_int>() as socklen_t;
+        Some(0)
+    })
 }
 
 /// # Safety
 /// libc's `close(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    let Some((_guard, _)) = active() else {
-        return real::close(fd);
-    };
-    let entry = sockets::remove(fd);
+    let mut entry = None;
+    after("close", |_| {
+        entry = sockets::remove(fd);
+        pending::forget(fd);
+    });
     let r = real::close(fd);
     if let Some(entry) = entry {
-        if !sockets::still_referenced(&entry) {
-            match &*sockets::lock_entry(&entry) {
-                Managed::Udp { relays, .. } => udp::release(relays),
+        after("close", |_| {
+            if sockets::still_referenced(&entry) {
+                return;
+            }
+            // Invariant: no entry lock is held across the control request below.
+            let release = match &*sockets::lock_entry(&entry) {
+                Managed::Udp { relays, .. } => Release::Relays(relays.clone()),
                 Managed::Listener {
                     remote_port,
                     subscribed: true,
                     ..
-                } => incoming::closed_listener(*remote_port),
-                _ => {}
+                } => Release::Port(*remote_port),
+                _ => Release::Nothing,
+            };
+            match release {
+                Release::Relays(relays) => udp::release(&relays),
+                Release::Port(port) => incoming::closed_listener(port),
+                Release::Nothing => {}
             }
-        }
+        });
     }
     r
+}
+
+/// What the session must let go of when a socket's last descriptor closes.
+enum Release {
+    Relays(Vec<(std::net::SocketAddr, std::net::SocketAddr)>),
+    Port(u16),
+    Nothing,
 }
 
 /// # Safety
@@ -231,9 +261,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     let r = real::dup(fd);
     if r >= 0 {
-        if let Some((_guard, _)) = active() {
-            sockets::duplicate(fd, r);
-        }
+        after("dup", |_| sockets::duplicate(fd, r));
     }
     r
 }
@@ -244,9 +272,7 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 pub unsafe extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
     let r = real::dup2(fd, new);
     if r >= 0 && fd != new {
-        if let Some((_guard, _)) = active() {
-            sockets::duplicate(fd, new);
-        }
+        after("dup2", |_| sockets::duplicate(fd, new));
     }
     r
 }
@@ -257,9 +283,7 @@ pub unsafe extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
 pub unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
     let r = real::dup3(fd, new, flags);
     if r >= 0 {
-        if let Some((_guard, _)) = active() {
-            sockets::duplicate(fd, new);
-        }
+        after("dup3", |_| sockets::duplicate(fd, new));
     }
     r
 }
@@ -273,9 +297,7 @@ pub unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     let r = real::fcntl(fd, cmd, arg);
     if r >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
-        if let Some((_guard, _)) = active() {
-            sockets::duplicate(fd, r);
-        }
+        after("fcntl", |_| sockets::duplicate(fd, r));
     }
     r
 }
@@ -298,12 +320,14 @@ pub unsafe extern "C" fn getaddrinfo(
     hints: *const addrinfo,
     res: *mut *mut addrinfo,
 ) -> c_int {
-    if let Some((_guard, st)) = active() {
-        if let dns::GaiOutcome::Return(r) = dns::getaddrinfo(st, node, service, hints, res) {
-            return r;
-        }
-    }
-    real::getaddrinfo(node, service, hints, res)
+    hook(
+        "getaddrinfo",
+        || real::getaddrinfo(node, service, hints, res),
+        |st| match dns::getaddrinfo(st, node, service, hints, res) {
+            dns::GaiOutcome::Return(r) => Some(r),
+            dns::GaiOutcome::Bypass => None,
+        },
+    )
 }
 
 /// # Safety
@@ -314,21 +338,25 @@ pub unsafe extern "C" fn freeaddrinfo(res: *mut addrinfo) {
         return;
     }
     // Lists the layer made are freed by the layer whatever the guard says: libc cannot free them.
-    if !dns::freeaddrinfo(res) {
+    // Not through `hook` for that reason; the same barrier and errno rule, by hand. After a
+    // panic the list is leaked rather than handed to libc, which did not make it.
+    let saved = crate::detour::errno();
+    let ours = std::panic::catch_unwind(|| dns::freeaddrinfo(res)).unwrap_or(true);
+    if !ours {
         real::freeaddrinfo(res)
     }
+    set_errno(saved);
 }
 
 /// # Safety
 /// libc's `gethostbyname(3)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
-    if let Some((_guard, st)) = active() {
-        if let Some(r) = dns::gethostbyname2(st, name, libc::AF_INET) {
-            return r;
-        }
-    }
-    real::gethostbyname(name)
+    hook(
+        "gethostbyname",
+        || real::gethostbyname(name),
+        |st| dns::gethostbyname2(st, name, libc::AF_INET),
+    )
 }
 
 /// # Safety
@@ -342,26 +370,22 @@ pub unsafe extern "C" fn gethostbyname_r(
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> c_int {
-    if let Some((_guard, st)) = active() {
-        if let Some(r) =
-            dns::gethostbyname2_r(st, name, libc::AF_INET, ret, buf, buflen, result, h_errnop)
-        {
-            return r;
-        }
-    }
-    real::gethostbyname_r(name, ret, buf, buflen, result, h_errnop)
+    hook(
+        "gethostbyname_r",
+        || real::gethostbyname_r(name, ret, buf, buflen, result, h_errnop),
+        |st| dns::gethostbyname2_r(st, name, libc::AF_INET, ret, buf, buflen, result, h_errnop),
+    )
 }
 
 /// # Safety
 /// libc's `gethostbyname2(3)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn gethostbyname2(name: *const c_char, af: c_int) -> *mut hostent {
-    if let Some((_guard, st)) = active() {
-        if let Some(r) = dns::gethostbyname2(st, name, af) {
-            return r;
-        }
-    }
-    real::gethostbyname2(name, af)
+    hook(
+        "gethostbyname2",
+        || real::gethostbyname2(name, af),
+        |st| dns::gethostbyname2(st, name, af),
+    )
 }
 
 /// # Safety
@@ -376,12 +400,11 @@ pub unsafe extern "C" fn gethostbyname2_r(
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> c_int {
-    if let Some((_guard, st)) = active() {
-        if let Some(r) = dns::gethostbyname2_r(st, name, af, ret, buf, buflen, result, h_errnop) {
-            return r;
-        }
-    }
-    real::gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop)
+    hook(
+        "gethostbyname2_r",
+        || real::gethostbyname2_r(name, af, ret, buf, buflen, result, h_errnop),
+        |st| dns::gethostbyname2_r(st, name, af, ret, buf, buflen, result, h_errnop),
+    )
 }
 
 /// # Safety
@@ -396,12 +419,11 @@ pub unsafe extern "C" fn getnameinfo(
     servlen: socklen_t,
     flags: c_int,
 ) -> c_int {
-    if let Some((_guard, st)) = active() {
-        if let Some(r) = dns::getnameinfo(st, sa, salen, host, hostlen, serv, servlen, flags) {
-            return r;
-        }
-    }
-    real::getnameinfo(sa, salen, host, hostlen, serv, servlen, flags)
+    hook(
+        "getnameinfo",
+        || real::getnameinfo(sa, salen, host, hostlen, serv, servlen, flags),
+        |st| dns::getnameinfo(st, sa, salen, host, hostlen, serv, servlen, flags),
+    )
 }
 
 /// # Safety
@@ -412,12 +434,11 @@ pub unsafe extern "C" fn gethostbyaddr(
     len: socklen_t,
     af: c_int,
 ) -> *mut hostent {
-    if let Some((_guard, st)) = active() {
-        if let Some(r) = dns::gethostbyaddr(st, addr, len, af) {
-            return r;
-        }
-    }
-    real::gethostbyaddr(addr, len, af)
+    hook(
+        "gethostbyaddr",
+        || real::gethostbyaddr(addr, len, af),
+        |st| dns::gethostbyaddr(st, addr, len, af),
+    )
 }
 
 /// # Safety
@@ -434,13 +455,11 @@ pub unsafe extern "C" fn gethostbyaddr_r(
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> c_int {
-    if let Some((_guard, st)) = active() {
-        if let Some(r) = dns::gethostbyaddr_r(st, addr, len, af, ret, buf, buflen, result, h_errnop)
-        {
-            return r;
-        }
-    }
-    real::gethostbyaddr_r(addr, len, af, ret, buf, buflen, result, h_errnop)
+    hook(
+        "gethostbyaddr_r",
+        || real::gethostbyaddr_r(addr, len, af, ret, buf, buflen, result, h_errnop),
+        |st| dns::gethostbyaddr_r(st, addr, len, af, ret, buf, buflen, result, h_errnop),
+    )
 }
 
 /// # Safety
@@ -454,28 +473,28 @@ pub unsafe extern "C" fn sendto(
     addr: *const sockaddr,
     addrlen: socklen_t,
 ) -> ssize_t {
-    if !addr.is_null() {
-        if let Some((_guard, st)) = active() {
-            if let Some(r) = udp::sendto(st, fd, buf, len, flags, addr, addrlen) {
-                return r;
-            }
-        }
+    if addr.is_null() {
+        return real::sendto(fd, buf, len, flags, addr, addrlen);
     }
-    real::sendto(fd, buf, len, flags, addr, addrlen)
+    hook(
+        "sendto",
+        || real::sendto(fd, buf, len, flags, addr, addrlen),
+        |st| udp::sendto(st, fd, buf, len, flags, addr, addrlen),
+    )
 }
 
 /// # Safety
 /// libc's `sendmsg(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-    if !msg.is_null() && !(*msg).msg_name.is_null() {
-        if let Some((_guard, st)) = active() {
-            if let Some(r) = udp::sendmsg(st, fd, msg, flags) {
-                return r;
-            }
-        }
+    if msg.is_null() || (*msg).msg_name.is_null() {
+        return real::sendmsg(fd, msg, flags);
     }
-    real::sendmsg(fd, msg, flags)
+    hook(
+        "sendmsg",
+        || real::sendmsg(fd, msg, flags),
+        |st| udp::sendmsg(st, fd, msg, flags),
+    )
 }
 
 /// # Safety
@@ -489,53 +508,157 @@ pub unsafe extern "C" fn recvfrom(
     addr: *mut sockaddr,
     addrlen: *mut socklen_t,
 ) -> ssize_t {
-    if !addr.is_null() {
-        if let Some((_guard, _)) = active() {
-            if let Some(r) = udp::recvfrom(fd, buf, len, flags, addr, addrlen) {
-                return r;
-            }
-        }
+    if addr.is_null() {
+        return real::recvfrom(fd, buf, len, flags, addr, addrlen);
     }
-    real::recvfrom(fd, buf, len, flags, addr, addrlen)
+    hook(
+        "recvfrom",
+        || real::recvfrom(fd, buf, len, flags, addr, addrlen),
+        |_| udp::recvfrom(fd, buf, len, flags, addr, addrlen),
+    )
 }
 
 /// # Safety
 /// libc's `recvmsg(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
-    if !msg.is_null() && !(*msg).msg_name.is_null() {
-        if let Some((_guard, _)) = active() {
-            if let Some(r) = udp::recvmsg(fd, msg, flags) {
-                return r;
-            }
-        }
+    if msg.is_null() || (*msg).msg_name.is_null() {
+        return real::recvmsg(fd, msg, flags);
     }
-    real::recvmsg(fd, msg, flags)
+    hook(
+        "recvmsg",
+        || real::recvmsg(fd, msg, flags),
+        |_| udp::recvmsg(fd, msg, flags),
+    )
 }
 
 /// The child of a fork must not share its parent's control channel (their requests and answers
-/// would interleave): it drops its copy and opens its own on first use. Every layer lock is held
-/// across the fork so that no other thread can hold one at that instant, which would leave it
-/// locked forever in the child.
+/// would interleave), nor its connect watcher: it forgets both and opens its own on first use.
+///
+/// Invariant: every layer lock is held across the fork, taken in the documented order (control
+/// channel → socket table → every entry → pending connects → watcher → name map → addrinfo
+/// set), so that no other thread can hold one at that instant, which would leave it locked
+/// forever in the child. No thread holds any of them across a blocking wait (a control request
+/// waits with none held), so the fork waits only for short critical sections.
 ///
 /// # Safety
 /// libc's `fork(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn fork() -> pid_t {
-    let Some((_guard, _)) = active() else {
-        return real::fork();
-    };
-    let mut control = control::lock();
-    let table = sockets::lock();
-    let names = dns::fork_locks();
-    let pid = real::fork();
-    if pid == 0 {
-        // Dropping the child's copy closes only the child's descriptor (the guard makes the
-        // close go straight to libc).
-        *control = None;
+    // Set once libc's fork ran: a panic after it must not fork a second time.
+    let forked = std::cell::Cell::new(None);
+    let original = || forked.get().unwrap_or_else(|| real::fork());
+    hook("fork", original, |_| {
+        // Lazily initialised values are initialised now: a child forked while another thread
+        // was initialising one would wait for that thread forever.
+        crate::state::debug_enabled();
+        crate::debugger::is_debugger_port(0);
+        let mut control = control::lock();
+        let table = sockets::lock();
+        let entries = sockets::lock_all(&table);
+        let mut pending_locks = pending::fork_locks();
+        let names = dns::fork_locks();
+        let pid = real::fork();
+        forked.set(Some(pid));
+        if pid == 0 {
+            control::forget_in_child(&mut control);
+            pending::reset_in_child(&mut pending_locks);
+        }
+        drop(names);
+        drop(pending_locks);
+        drop(entries);
+        drop(table);
+        drop(control);
+        Some(pid)
+    })
+}
+
+/// A pending non-blocking connect is registered without read/write interest until its
+/// outcome arrives (see `pending`); every other call goes to libc unchanged, without a lock
+/// when no connect is pending.
+///
+/// # Safety
+/// libc's `epoll_ctl(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: *mut epoll_event,
+) -> c_int {
+    if !pending::any() {
+        return real::epoll_ctl(epfd, op, fd, event);
     }
-    drop(names);
-    drop(table);
-    drop(control);
-    pid
+    hook(
+        "epoll_ctl",
+        || real::epoll_ctl(epfd, op, fd, event),
+        |_| pending::epoll_ctl(epfd, op, fd, event),
+    )
+}
+
+/// A pending non-blocking connect shows no readiness to `poll` until its outcome arrives (see
+/// `pending`); every other call goes to libc unchanged, without a lock when none is pending.
+///
+/// # Safety
+/// libc's `poll(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int {
+    if !pending::any() {
+        return real::poll(fds, nfds, timeout);
+    }
+    let wait = (timeout >= 0).then(|| std::time::Duration::from_millis(timeout as u64));
+    hook(
+        "poll",
+        || real::poll(fds, nfds, timeout),
+        |_| pending::poll(fds, nfds, wait, std::ptr::null()),
+    )
+}
+
+/// As [`poll`].
+///
+/// # Safety
+/// libc's `ppoll(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    timeout: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    if !pending::any() {
+        return real::ppoll(fds, nfds, timeout, sigmask);
+    }
+    let wait = (!timeout.is_null()).then(|| {
+        std::time::Duration::new(
+            (*timeout).tv_sec.max(0) as u64,
+            (*timeout).tv_nsec.clamp(0, 999_999_999) as u32,
+        )
+    });
+    hook(
+        "ppoll",
+        || real::ppoll(fds, nfds, timeout, sigmask),
+        |_| pending::poll(fds, nfds, wait, sigmask),
+    )
+}
+
+/// As [`poll`], for `select`.
+///
+/// # Safety
+/// libc's `select(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    read: *mut libc::fd_set,
+    write: *mut libc::fd_set,
+    except: *mut libc::fd_set,
+    timeout: *mut libc::timeval,
+) -> c_int {
+    if !pending::any() {
+        return real::select(nfds, read, write, except, timeout);
+    }
+    hook(
+        "select",
+        || real::select(nfds, read, write, except, timeout),
+        |_| pending::select(nfds, read, write, except, timeout),
+    )
 }

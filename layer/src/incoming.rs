@@ -134,12 +134,14 @@ pub unsafe fn accepted(listener_fd: c_int, fd: c_int, addr: *mut sockaddr, len: 
         sockets::remove(fd);
         return;
     };
+    // Invariant: the entry is unlocked before the table is taken (lock order: table → entry).
     let listener = match &*sockets::lock_entry(&entry) {
-        Managed::Listener { bound, .. } => *bound,
-        _ => {
-            sockets::remove(fd);
-            return;
-        }
+        Managed::Listener { bound, .. } => Some(*bound),
+        _ => None,
+    };
+    let Some(listener) = listener else {
+        sockets::remove(fd);
+        return;
     };
     let mut storage: libc::sockaddr_storage = std::mem::zeroed();
     let mut slen = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;

@@ -9,8 +9,14 @@
 //! Invariants:
 //! - A thread-local guard ([`detour::Guard`]) makes every hook call straight through to libc while
 //!   the layer itself is running on that thread, so the layer never recurses into itself.
-//! - No lock is held across a blocking call except the control-channel lock, which is held only
-//!   for one request/response exchange with the server (bounded by a timeout).
+//! - No lock is held across a blocking wait: a control request waits for its answer with no lock
+//!   held, so requests of different threads run concurrently.
+//! - Nothing unwinds out of a hook, and errno is kept unless the call fails ([`detour::hook`]).
+//! - Lock order: control channel slot → socket table → socket entries → pending connects →
+//!   watcher → settled counter → name map → addrinfo set. `fork` takes every one of them in this
+//!   order, so a child never inherits a held lock; no diagnostic is written under any of them.
+//! - The layer runs two threads of its own per process, started on first use (again in a fork
+//!   child): the control channel's reader and the connect watcher (`pending`).
 //! - Without `MIRRORD_PROXY_ADDR` in the environment the layer is inert.
 
 mod caddr;
@@ -21,6 +27,7 @@ mod dns;
 mod hooks;
 mod incoming;
 mod outgoing;
+mod pending;
 mod sockets;
 mod state;
 mod udp;

@@ -5,9 +5,10 @@
 
 use crate::caddr;
 use crate::control;
-use crate::detour::{errno, layer_debug, real};
+use crate::detour::{errno, layer_debug, real, set_errno};
 use crate::dns;
-use crate::sockets::{self, Managed};
+use crate::pending;
+use crate::sockets::{self, Managed, TcpState};
 use crate::state::LayerState;
 use libc::c_int;
 use mirrord_protocol::codec::{decode_payload, encode, frame_len, HEADER_LEN};
@@ -17,10 +18,6 @@ use mirrord_protocol::net::ConnectReply;
 use mirrord_protocol::PROTOCOL_VERSION;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-
-/// The server answers a connect within its own connect timeout (20 s); this only guards against
-/// a wedged session.
-const REPLY_TIMEOUT_MS: c_int = 30_000;
 
 /// What the hook should do after the layer looked at a call.
 pub enum Outcome {
@@ -59,18 +56,35 @@ pub unsafe fn connect_tcp(
         // A second connect on a socket we already connected: answer as the kernel would. But
         // an entry whose socket is no longer connected is stale (its descriptor was closed
         // behind our back, e.g. by libuv's raw close syscall, and the number reused).
+        // A program may also poll with connect: an outcome that arrived counts.
+        pending::settle(fd);
         let mut m = sockets::lock_entry(&entry);
-        if let Managed::Tcp { pending_error, .. } = &mut *m {
-            match pending_error.take() {
-                Some(e) => {
-                    crate::detour::set_errno(e);
+        if let Managed::Tcp { state, .. } = &mut *m {
+            match *state {
+                TcpState::Connecting => {
+                    set_errno(libc::EALREADY);
                     return Outcome::Return(-1);
                 }
-                None if still_connected(fd) => {
-                    crate::detour::set_errno(libc::EISCONN);
+                // The kernel reports an asynchronous connect's failure once, then the socket
+                // is unconnected.
+                TcpState::Failed(e) => {
+                    drop(m);
+                    sockets::remove(fd);
+                    set_errno(e);
                     return Outcome::Return(-1);
                 }
-                None => {
+                TcpState::Connected { local, reported } if still_connected(fd) => {
+                    if !reported {
+                        *state = TcpState::Connected {
+                            local,
+                            reported: true,
+                        };
+                        return Outcome::Return(0);
+                    }
+                    set_errno(libc::EISCONN);
+                    return Outcome::Return(-1);
+                }
+                TcpState::Connected { .. } => {
                     drop(m);
                     sockets::remove(fd);
                 }
@@ -85,7 +99,7 @@ pub unsafe fn connect_tcp(
         Ok(a) => a,
         Err(e) => {
             layer_debug!("connect {remote}: {e}");
-            crate::detour::set_errno(libc::ECONNREFUSED);
+            set_errno(libc::ECONNREFUSED);
             return Outcome::Return(-1);
         }
     };
@@ -96,40 +110,71 @@ pub unsafe fn connect_tcp(
         .or_else(|| data_addrs.iter().find(|a| a.is_ipv4()))
         .copied();
     let Some(data_addr) = data_addr else {
-        crate::detour::set_errno(libc::ECONNREFUSED);
+        set_errno(libc::ECONNREFUSED);
         return Outcome::Return(-1);
     };
 
     let flags = real::fcntl(fd, libc::F_GETFL, 0);
     let nonblocking = flags >= 0 && flags & libc::O_NONBLOCK != 0;
     if nonblocking {
+        // The loopback hop completes at once; only the pod-side outcome takes time.
         real::fcntl(fd, libc::F_SETFL, (flags & !libc::O_NONBLOCK) as usize);
     }
-    let result = handshake(st, fd, data_addr, domain, remote, hostname);
+    let sent = send_hello(st, fd, data_addr, domain, remote, hostname);
     if nonblocking {
         real::fcntl(fd, libc::F_SETFL, flags as usize);
     }
-    match result {
-        Ok(ConnectReply::Connected { local, .. }) => {
-            layer_debug!("connect {remote}: through the pod (pod-side address {local})");
-            sockets::insert(
-                fd,
-                Arc::new(Mutex::new(Managed::Tcp {
-                    remote,
-                    local,
-                    pending_error: None,
-                })),
-            );
-            if nonblocking {
-                // The connection is already up, but programs that set O_NONBLOCK expect the
-                // asynchronous form; the socket is writable at once and SO_ERROR is 0.
-                crate::detour::set_errno(libc::EINPROGRESS);
-                Outcome::Return(-1)
-            } else {
-                Outcome::Return(0)
-            }
+    if let Err(e) = sent {
+        return fail_connect(fd, remote, e, nonblocking);
+    }
+    let entry: sockets::Entry = Arc::new(Mutex::new(Managed::Tcp {
+        remote,
+        state: TcpState::Connecting,
+    }));
+    if nonblocking {
+        // Invariant (departure from a synchronous connect): a non-blocking connect returns at
+        // once; the outcome arrives through writability and SO_ERROR (see `pending`).
+        sockets::insert(fd, entry.clone());
+        if let Err(e) = pending::add(fd, entry.clone()) {
+            // Without the watcher the outcome is still read when the program asks for it.
+            layer_debug!("connect {remote}: no connect watcher (errno {e})");
         }
-        Ok(ConnectReply::Failed { errno: e }) | Err(e) => fail_connect(fd, remote, e, nonblocking),
+        set_errno(libc::EINPROGRESS);
+        return Outcome::Return(-1);
+    }
+    let outcome = read_reply(fd);
+    let mut m = sockets::lock_entry(&entry);
+    let note = pending::apply(fd, &mut m, outcome);
+    layer_debug!("{note}");
+    match *m {
+        Managed::Tcp {
+            state: TcpState::Failed(e),
+            ..
+        } => {
+            set_errno(e);
+            Outcome::Return(-1)
+        }
+        Managed::Tcp {
+            state: TcpState::Connected { local, .. },
+            remote,
+        } => {
+            // A blocking connect said so itself.
+            *m = Managed::Tcp {
+                remote,
+                state: TcpState::Connected {
+                    local,
+                    reported: true,
+                },
+            };
+            drop(m);
+            sockets::insert(fd, entry);
+            Outcome::Return(0)
+        }
+        _ => {
+            drop(m);
+            sockets::insert(fd, entry);
+            Outcome::Return(0)
+        }
     }
 }
 
@@ -143,44 +188,36 @@ fn still_connected(fd: c_int) -> bool {
     }
 }
 
-/// Puts the socket back into the unconnected state and reports `e` the way the kernel would:
-/// directly for a blocking socket, through `SO_ERROR` after `EINPROGRESS` for a non-blocking one.
+/// The connect failed before the hello went out: the socket goes back to the unconnected state
+/// and `e` reaches the program the way the kernel would report it: directly for a blocking
+/// socket, through `SO_ERROR` after `EINPROGRESS` for a non-blocking one.
 unsafe fn fail_connect(fd: c_int, remote: SocketAddr, e: i32, nonblocking: bool) -> Outcome {
-    layer_debug!("connect {remote}: failed in the pod, errno {e}");
-    // connect(AF_UNSPEC) dissolves the association with the data listener, so a retry on this
-    // socket starts clean; a disconnected socket also polls as "done" (POLLHUP).
-    let mut unspec: libc::sockaddr = std::mem::zeroed();
-    unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
-    real::connect(
-        fd,
-        &unspec,
-        std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
-    );
+    layer_debug!("connect {remote}: failed, errno {e}");
+    pending::disconnect(fd);
     if nonblocking {
         sockets::insert(
             fd,
             Arc::new(Mutex::new(Managed::Tcp {
                 remote,
-                local: remote,
-                pending_error: Some(e),
+                state: TcpState::Failed(e),
             })),
         );
-        crate::detour::set_errno(libc::EINPROGRESS);
+        set_errno(libc::EINPROGRESS);
     } else {
-        crate::detour::set_errno(e);
+        set_errno(e);
     }
     Outcome::Return(-1)
 }
 
-/// Connects `fd` to the data listener, sends the hello, reads the reply. Errors are errnos.
-unsafe fn handshake(
+/// Connects `fd` to the data listener and sends the hello. Errors are errnos.
+unsafe fn send_hello(
     st: &LayerState,
     fd: c_int,
     data_addr: SocketAddr,
     domain: c_int,
     remote: SocketAddr,
     hostname: Option<String>,
-) -> Result<ConnectReply, i32> {
+) -> Result<(), i32> {
     let (addr, len) = caddr::to_c(data_addr, domain);
     if real::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
         let e = errno();
@@ -198,12 +235,18 @@ unsafe fn handshake(
         hostname,
     };
     let frame = encode(&hello).map_err(|_| libc::EINVAL)?;
-    write_all(fd, &frame)?;
+    write_all(fd, &frame)
+}
+
+/// Reads the reply frame of a blocking connect (exactly the frame), within
+/// [`pending::REPLY_TIMEOUT`].
+unsafe fn read_reply(fd: c_int) -> Result<ConnectReply, i32> {
+    let deadline = std::time::Instant::now() + pending::REPLY_TIMEOUT;
     let mut header = [0u8; HEADER_LEN];
-    read_exact(fd, &mut header)?;
+    read_exact(fd, &mut header, deadline)?;
     let len = frame_len(header).map_err(|_| libc::EPROTO)?;
     let mut payload = vec![0u8; len];
-    read_exact(fd, &mut payload)?;
+    read_exact(fd, &mut payload, deadline)?;
     match decode_payload::<DataReply>(&payload) {
         Ok(DataReply::Connect(reply)) => Ok(reply),
         Ok(DataReply::Refused { reason }) => {
@@ -232,14 +275,19 @@ unsafe fn write_all(fd: c_int, mut buf: &[u8]) -> Result<(), i32> {
 }
 
 /// Reads exactly `buf.len()` bytes, never more: what follows belongs to the program.
-unsafe fn read_exact(fd: c_int, mut buf: &mut [u8]) -> Result<(), i32> {
+unsafe fn read_exact(
+    fd: c_int,
+    mut buf: &mut [u8],
+    deadline: std::time::Instant,
+) -> Result<(), i32> {
     while !buf.is_empty() {
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
         };
-        let r = libc::poll(&mut pfd, 1, REPLY_TIMEOUT_MS);
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let r = real::poll(&mut pfd, 1, left.as_millis() as c_int);
         if r < 0 && errno() == libc::EINTR {
             continue;
         }

@@ -12,10 +12,7 @@ pub enum Managed {
     Tcp {
         /// The address the program connected to, as it gave it.
         remote: SocketAddr,
-        /// The socket's address on the pod's side.
-        local: SocketAddr,
-        /// A failed non-blocking connect reported through `SO_ERROR` (then cleared).
-        pending_error: Option<i32>,
+        state: TcpState,
     },
     /// A listening socket whose port is subscribed in the pod. The program asked for
     /// `requested`; the socket is really bound at `bound` on loopback.
@@ -37,8 +34,24 @@ pub enum Managed {
     },
 }
 
+/// Where an outgoing TCP connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    /// A non-blocking connect whose pod-side outcome has not arrived (see `pending`).
+    Connecting,
+    /// Connected in the pod; `local` is the socket's address on the pod's side.
+    /// `reported`: whether a `connect` call already said so. The kernel answers the first
+    /// `connect` after a non-blocking connect completed with 0, later ones with `EISCONN`.
+    Connected { local: SocketAddr, reported: bool },
+    /// The connect failed in the pod; reported once through `SO_ERROR` or a second `connect`.
+    Failed(i32),
+}
+
 pub type Entry = Arc<Mutex<Managed>>;
 
+/// Lock order: the table before any entry; two entries are held together only by `fork`, which
+/// takes them in table order with the table held (nobody else holds an entry while taking the
+/// table, or another entry).
 static TABLE: Mutex<Option<HashMap<i32, Entry>>> = Mutex::new(None);
 
 pub fn lock() -> MutexGuard<'static, Option<HashMap<i32, Entry>>> {
@@ -79,4 +92,16 @@ pub fn still_referenced(entry: &Entry) -> bool {
 
 pub fn lock_entry(e: &Entry) -> MutexGuard<'_, Managed> {
     e.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every distinct entry, locked, for the fork hook (with the table lock held by the caller).
+pub fn lock_all<'a>(table: &'a Option<HashMap<i32, Entry>>) -> Vec<MutexGuard<'a, Managed>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut guards = Vec::new();
+    for e in table.iter().flat_map(|t| t.values()) {
+        if seen.insert(Arc::as_ptr(e) as usize) {
+            guards.push(lock_entry(e));
+        }
+    }
+    guards
 }

@@ -23,6 +23,11 @@ pub fn state() -> Option<&'static LayerState> {
 }
 
 fn load() -> Option<LayerState> {
+    // A panic inside the layer is caught at the hook boundary; its message goes out the same
+    // way as every other diagnostic (the default hook writes through Rust's stderr handle).
+    std::panic::set_hook(Box::new(|info| {
+        crate::detour::log_line(&format!("internal error: {info}"));
+    }));
     let proxy = std::env::var("MIRRORD_PROXY_ADDR").ok()?;
     let Some(path) = proxy.strip_prefix("unix:") else {
         complain(&format!(
@@ -52,5 +57,5 @@ fn load() -> Option<LayerState> {
 
 /// A problem the user must see even with logging off.
 pub fn complain(msg: &str) {
-    eprintln!("mirrord-layer[{}]: {msg}", std::process::id());
+    crate::detour::log_line(msg);
 }

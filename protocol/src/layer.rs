@@ -1,9 +1,10 @@
 //! Messages between the layer (inside the program) and the server's session proxy.
 //!
 //! Control channel (`MIRRORD_PROXY_ADDR`, a unix socket): [`LayerHello::Control`] →
-//! [`ServerHello`], then strict request/response: [`LayerRequest`] → [`ServerResponse`]. The
-//! channel stays open for the life of the process, which is how the session knows which processes
-//! belong to it.
+//! [`ServerHello`], then requests [`LayerControlRequest`] answered by [`LayerControlResponse`] with the
+//! same id. Requests of different threads are in flight together and answers come in any order
+//! (a slow lookup never holds up another thread's). The channel stays open for the life of the
+//! process, which is how the session knows which processes belong to it.
 //!
 //! Data connection (one per outgoing TCP flow, to an address from [`ServerHello::Welcome`]):
 //! [`LayerHello::Tcp`] → [`ConnectReply`], then raw bytes in both directions.
@@ -49,6 +50,25 @@ pub enum ServerHello {
 pub enum DataReply {
     Connect(ConnectReply),
     Refused { reason: String },
+}
+
+/// Requests one process may have in flight on its control channel. The layer makes a thread
+/// beyond it wait for a slot (within that request's reply timeout); the session reads no further
+/// request of that process until one is answered.
+pub const MAX_CONTROL_IN_FLIGHT: usize = 128;
+
+/// A request on the control channel; its answer carries the same `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerControlRequest {
+    pub id: u64,
+    pub request: LayerRequest,
+}
+
+/// The answer to the [`LayerControlRequest`] with this `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerControlResponse {
+    pub id: u64,
+    pub response: ServerResponse,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

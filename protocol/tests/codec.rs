@@ -64,6 +64,20 @@ fn every_message_roundtrips() {
     roundtrip(LayerRequest::UdpClose {
         relay: addr("127.0.0.1:5000"),
     });
+    roundtrip(LayerControlRequest {
+        id: u64::MAX,
+        request: LayerRequest::Listen {
+            port: 80,
+            local: addr("127.0.0.1:8080"),
+        },
+    });
+    roundtrip(LayerControlResponse {
+        id: 0,
+        response: ServerResponse::IncomingPeer(Some((
+            addr("10.244.0.20:40000"),
+            addr("10.244.0.10:80"),
+        ))),
+    });
     roundtrip(ServerResponse::Resolved(Ok(Resolved {
         canonical_name: "payment-service.payments.svc.cluster.local".into(),
         addresses: vec![IpAddr::from([10, 96, 0, 50]), "fd00::1".parse().unwrap()],

@@ -1,6 +1,8 @@
 //! The layer proxy: what processes of a session connect to.
 //!
-//! - the control socket (unix, 0600): one channel per process for lookups and UDP relays;
+//! - the control socket (unix, 0600): one channel per process for lookups, UDP relays and
+//!   listens; requests carry ids and are handled concurrently (at most
+//!   `MAX_CONTROL_IN_FLIGHT` per process), answers go back in completion order;
 //! - data listeners (TCP on 127.0.0.1 and ::1): one connection per outgoing TCP flow, which after
 //!   its hello is spliced to a TCP channel of the agent.
 
@@ -11,7 +13,10 @@ use anyhow::{Context, Result};
 use mirrord_protocol::agent::{AgentChannel, AgentRequest, AgentResponse, Datagram};
 use mirrord_protocol::api::{now_ms, ProcessInfo, TrafficEvent};
 use mirrord_protocol::codec::{read_frame_async, write_frame_async};
-use mirrord_protocol::layer::{DataReply, LayerHello, LayerRequest, ServerHello, ServerResponse};
+use mirrord_protocol::layer::{
+    DataReply, LayerControlRequest, LayerControlResponse, LayerHello, LayerRequest, ServerHello,
+    ServerResponse, MAX_CONTROL_IN_FLIGHT,
+};
 use mirrord_protocol::net::{ConnectReply, ResolveError, UdpOpenReply};
 use mirrord_protocol::{version_compatible, PROTOCOL_VERSION};
 use std::collections::HashMap;
@@ -22,12 +27,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
 
 /// A peer has this long to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Relay buffer per direction of a TCP flow.
 const RELAY_BUFFER: usize = 256 * 1024;
+/// Longest the session waits for the agent to open a flow (it gives up on a connect after
+/// 20 s itself); kept below the layer's 30 s wait for the answer.
+const AGENT_REPLY_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long the requests of a process that left may take to finish before they are aborted.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A UDP relay with no datagram either way for this long is closed.
 const UDP_IDLE: Duration = Duration::from_secs(120);
 
@@ -217,123 +228,48 @@ async fn control_channel(
         executable: executable.clone(),
     });
     // This process's UDP relays, by relay address; dropped (and so stopped) with the channel.
-    let mut relays: HashMap<SocketAddr, RelayTask> = HashMap::new();
+    let relays: Arc<std::sync::Mutex<HashMap<SocketAddr, RelayTask>>> = Arc::default();
+    let (mut requests, mut answers) = stream.into_split();
+    // request handlers --answers--> the writer task --frames--> the layer. Bounded by the
+    // permits below: never more answers than handlers.
+    let (answer_tx, mut answer_rx) = mpsc::channel::<LayerControlResponse>(MAX_CONTROL_IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some(answer) = answer_rx.recv().await {
+            if write_frame_async(&mut answers, &answer).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Invariant: at most MAX_CONTROL_IN_FLIGHT requests of one process are handled at once; at
+    // the bound this channel is not read until one finishes (the layer bounds itself the same).
+    let permits = Arc::new(Semaphore::new(MAX_CONTROL_IN_FLIGHT));
+    let mut handlers = JoinSet::new();
     let result = loop {
-        let request: LayerRequest = match read_frame_async(&mut stream).await {
+        let LayerControlRequest { id, request } = match read_frame_async(&mut requests).await {
             Ok(r) => r,
             Err(e) if e.is_closed() => break Ok(()),
             Err(e) => break Err(e.into()),
         };
-        let response = match request {
-            LayerRequest::Resolve { name, family } => {
-                let started = std::time::Instant::now();
-                let result = match shared
-                    .control
-                    .request(AgentRequest::Resolve {
-                        name: name.clone(),
-                        family,
-                    })
-                    .await
-                {
-                    Ok(AgentResponse::Resolved(r)) => r,
-                    Ok(other) => Err(ResolveError::Failed(format!(
-                        "unexpected agent answer {other:?}"
-                    ))),
-                    Err(e) => Err(ResolveError::Temporary(e.to_string())),
-                };
-                shared.traffic.emit(TrafficEvent::DnsQuery {
-                    time: now_ms(),
-                    name,
-                    answers: result
-                        .as_ref()
-                        .map(|r| r.addresses.iter().map(|a| a.to_string()).collect())
-                        .unwrap_or_default(),
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    error: result.as_ref().err().map(|e| e.to_string()),
-                });
-                ServerResponse::Resolved(result)
-            }
-            LayerRequest::ReverseResolve { ip } => {
-                let started = std::time::Instant::now();
-                let result = match shared
-                    .control
-                    .request(AgentRequest::ReverseResolve { ip })
-                    .await
-                {
-                    Ok(AgentResponse::ReverseResolved(r)) => r,
-                    Ok(other) => Err(ResolveError::Failed(format!(
-                        "unexpected agent answer {other:?}"
-                    ))),
-                    Err(e) => Err(ResolveError::Temporary(e.to_string())),
-                };
-                shared.traffic.emit(TrafficEvent::DnsQuery {
-                    time: now_ms(),
-                    name: ip.to_string(),
-                    answers: result.iter().cloned().collect(),
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    error: result.as_ref().err().map(|e| e.to_string()),
-                });
-                ServerResponse::ReverseResolved(result)
-            }
-            LayerRequest::UdpOpen { remote, dns } => {
-                match open_udp_relay(&shared, remote, dns).await {
-                    Ok((relay_addr, reply, task)) => {
-                        shared.traffic.emit(TrafficEvent::OutgoingConnection {
-                            time: now_ms(),
-                            host: None,
-                            address: remote.ip().to_string(),
-                            port: remote.port(),
-                            protocol: if dns { "udp (dns)" } else { "udp" }.into(),
-                            error: match reply {
-                                UdpOpenReply::Failed { errno } => {
-                                    Some(std::io::Error::from_raw_os_error(errno).to_string())
-                                }
-                                UdpOpenReply::Opened { .. } => None,
-                            },
-                        });
-                        if let Some(task) = task {
-                            relays.insert(relay_addr, task);
-                        }
-                        ServerResponse::UdpOpened {
-                            relay: Some(relay_addr),
-                            reply,
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(%remote, "UDP relay failed: {e:#}");
-                        ServerResponse::UdpOpened {
-                            relay: None,
-                            reply: UdpOpenReply::Failed {
-                                errno: libc::ENETUNREACH,
-                            },
-                        }
-                    }
-                }
-            }
-            LayerRequest::UdpClose { relay } => {
-                relays.remove(&relay);
-                ServerResponse::Done
-            }
-            LayerRequest::Listen { port, local } => {
-                match shared
-                    .incoming
-                    .listen(&shared.control, owner, port, local)
-                    .await
-                {
-                    Ok(()) => ServerResponse::Done,
-                    Err(e) => ServerResponse::Error(e),
-                }
-            }
-            LayerRequest::Unlisten { port } => {
-                shared.incoming.unlisten(&shared.control, owner, port).await;
-                ServerResponse::Done
-            }
-            LayerRequest::IncomingPeer { source, .. } => {
-                ServerResponse::IncomingPeer(shared.incoming.peer_of(source))
-            }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break Ok(());
         };
-        write_frame_async(&mut stream, &response).await?;
+        let (shared, relays, answer_tx) = (shared.clone(), relays.clone(), answer_tx.clone());
+        handlers.spawn(async move {
+            let response = handle_request(&shared, owner, &relays, request).await;
+            let _ = answer_tx.send(LayerControlResponse { id, response }).await;
+            drop(permit);
+        });
+        while handlers.try_join_next().is_some() {}
     };
+    // Requests already taken finish (a listen half-done would leave the agent subscribed with
+    // nobody to release it), bounded; whatever is left after that is aborted.
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while handlers.join_next().await.is_some() {}
+    })
+    .await;
+    handlers.shutdown().await;
+    writer.abort();
+    relays.lock().unwrap_or_else(|p| p.into_inner()).clear();
     tracing::info!(pid, %executable, "process left the session");
     shared
         .processes
@@ -347,6 +283,127 @@ async fn control_channel(
     });
     shared.incoming.owner_gone(&shared.control, owner).await;
     result
+}
+
+/// Answers one request of a process's control channel.
+async fn handle_request(
+    shared: &ProxyShared,
+    owner: u64,
+    relays: &std::sync::Mutex<HashMap<SocketAddr, RelayTask>>,
+    request: LayerRequest,
+) -> ServerResponse {
+    match request {
+        LayerRequest::Resolve { name, family } => {
+            let started = std::time::Instant::now();
+            let result = match shared
+                .control
+                .request(AgentRequest::Resolve {
+                    name: name.clone(),
+                    family,
+                })
+                .await
+            {
+                Ok(AgentResponse::Resolved(r)) => r,
+                Ok(other) => Err(ResolveError::Failed(format!(
+                    "unexpected agent answer {other:?}"
+                ))),
+                Err(e) => Err(ResolveError::Temporary(e.to_string())),
+            };
+            shared.traffic.emit(TrafficEvent::DnsQuery {
+                time: now_ms(),
+                name,
+                answers: result
+                    .as_ref()
+                    .map(|r| r.addresses.iter().map(|a| a.to_string()).collect())
+                    .unwrap_or_default(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                error: result.as_ref().err().map(|e| e.to_string()),
+            });
+            ServerResponse::Resolved(result)
+        }
+        LayerRequest::ReverseResolve { ip } => {
+            let started = std::time::Instant::now();
+            let result = match shared
+                .control
+                .request(AgentRequest::ReverseResolve { ip })
+                .await
+            {
+                Ok(AgentResponse::ReverseResolved(r)) => r,
+                Ok(other) => Err(ResolveError::Failed(format!(
+                    "unexpected agent answer {other:?}"
+                ))),
+                Err(e) => Err(ResolveError::Temporary(e.to_string())),
+            };
+            shared.traffic.emit(TrafficEvent::DnsQuery {
+                time: now_ms(),
+                name: ip.to_string(),
+                answers: result.iter().cloned().collect(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                error: result.as_ref().err().map(|e| e.to_string()),
+            });
+            ServerResponse::ReverseResolved(result)
+        }
+        LayerRequest::UdpOpen { remote, dns } => match open_udp_relay(shared, remote, dns).await {
+            Ok((relay_addr, reply, task)) => {
+                shared.traffic.emit(TrafficEvent::OutgoingConnection {
+                    time: now_ms(),
+                    host: None,
+                    address: remote.ip().to_string(),
+                    port: remote.port(),
+                    protocol: if dns { "udp (dns)" } else { "udp" }.into(),
+                    error: match reply {
+                        UdpOpenReply::Failed { errno } => {
+                            Some(std::io::Error::from_raw_os_error(errno).to_string())
+                        }
+                        UdpOpenReply::Opened { .. } => None,
+                    },
+                });
+                if let Some(task) = task {
+                    relays
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(relay_addr, task);
+                }
+                ServerResponse::UdpOpened {
+                    relay: Some(relay_addr),
+                    reply,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%remote, "UDP relay failed: {e:#}");
+                ServerResponse::UdpOpened {
+                    relay: None,
+                    reply: UdpOpenReply::Failed {
+                        errno: libc::ENETUNREACH,
+                    },
+                }
+            }
+        },
+        LayerRequest::UdpClose { relay } => {
+            relays
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&relay);
+            ServerResponse::Done
+        }
+        LayerRequest::Listen { port, local } => {
+            match shared
+                .incoming
+                .listen(&shared.control, owner, port, local)
+                .await
+            {
+                Ok(()) => ServerResponse::Done,
+                Err(e) => ServerResponse::Error(e),
+            }
+        }
+        LayerRequest::Unlisten { port } => {
+            shared.incoming.unlisten(&shared.control, owner, port).await;
+            ServerResponse::Done
+        }
+        LayerRequest::IncomingPeer { source, .. } => {
+            ServerResponse::IncomingPeer(shared.incoming.peer_of(source))
+        }
+    }
 }
 
 fn refusal(version: u32, token: &str, expected: &str) -> Option<String> {
@@ -382,25 +439,31 @@ async fn data_connection(mut stream: TcpStream, shared: Arc<ProxyShared>) -> Res
         return Ok(());
     }
     let _ = stream.set_nodelay(true);
-    let (mut agent, reply) = match shared.connector.open(AgentChannel::Tcp { remote }).await {
-        Ok(mut agent) => match read_frame_async::<ConnectReply, _>(&mut agent).await {
-            Ok(reply) => (Some(agent), reply),
-            Err(e) => {
-                tracing::warn!(%remote, "agent dropped a connect: {e}");
-                (
-                    None,
-                    ConnectReply::Failed {
-                        errno: libc::ENETUNREACH,
-                    },
-                )
-            }
-        },
-        Err(e) => {
-            tracing::warn!(%remote, "cannot reach the agent: {e:#}");
+    // Bounded: the agent answers within its own connect timeout; past this the program gets
+    // ETIMEDOUT well before the layer's own wait (30 s) ends.
+    let opened = tokio::time::timeout(AGENT_REPLY_TIMEOUT, async {
+        let mut agent = shared.connector.open(AgentChannel::Tcp { remote }).await?;
+        let reply = read_frame_async::<ConnectReply, _>(&mut agent).await?;
+        anyhow::Ok((agent, reply))
+    })
+    .await;
+    let (mut agent, reply) = match opened {
+        Ok(Ok((agent, reply))) => (Some(agent), reply),
+        Ok(Err(e)) => {
+            tracing::warn!(%remote, "the agent could not make a connection: {e:#}");
             (
                 None,
                 ConnectReply::Failed {
                     errno: libc::ENETUNREACH,
+                },
+            )
+        }
+        Err(_) => {
+            tracing::warn!(%remote, "the agent did not answer a connect in time");
+            (
+                None,
+                ConnectReply::Failed {
+                    errno: libc::ETIMEDOUT,
                 },
             )
         }
@@ -452,11 +515,16 @@ async fn open_udp_relay(
 ) -> Result<(SocketAddr, UdpOpenReply, Option<RelayTask>)> {
     let socket = UdpSocket::bind(("127.0.0.1", 0)).await?;
     let relay_addr = socket.local_addr()?;
-    let mut agent = shared
-        .connector
-        .open(AgentChannel::Udp { remote, dns })
-        .await?;
-    let reply: UdpOpenReply = read_frame_async(&mut agent).await?;
+    let (agent, reply) = tokio::time::timeout(AGENT_REPLY_TIMEOUT, async {
+        let mut agent = shared
+            .connector
+            .open(AgentChannel::Udp { remote, dns })
+            .await?;
+        let reply: UdpOpenReply = read_frame_async(&mut agent).await?;
+        anyhow::Ok((agent, reply))
+    })
+    .await
+    .context("the agent did not open a UDP flow in time")??;
     if let UdpOpenReply::Failed { .. } = reply {
         return Ok((relay_addr, reply, None));
     }

@@ -6,7 +6,10 @@
 use anyhow::{bail, Context, Result};
 use mirrord_protocol::agent::{AgentChannel, AgentHello, AgentWelcome};
 use mirrord_protocol::codec::{read_frame, write_frame};
-use mirrord_protocol::layer::{DataReply, LayerHello, LayerRequest, ServerHello, ServerResponse};
+use mirrord_protocol::layer::{
+    DataReply, LayerControlRequest, LayerControlResponse, LayerHello, LayerRequest, ServerHello,
+    ServerResponse,
+};
 use mirrord_protocol::net::Family;
 use mirrord_protocol::PROTOCOL_VERSION;
 use std::io::{Read, Write};
@@ -89,13 +92,19 @@ fn run() -> Result<()> {
     };
     write_frame(
         &mut s,
-        &LayerRequest::Resolve {
-            name: "payment-service".into(),
-            family: Family::V4,
+        &LayerControlRequest {
+            id: 7,
+            request: LayerRequest::Resolve {
+                name: "payment-service".into(),
+                family: Family::V4,
+            },
         },
     )?;
-    match read_frame::<ServerResponse, _>(&mut s)? {
-        ServerResponse::Resolved(Ok(r)) => println!("ok: control still serves ({:?})", r.addresses),
+    match read_frame::<LayerControlResponse, _>(&mut s)? {
+        LayerControlResponse {
+            id: 7,
+            response: ServerResponse::Resolved(Ok(r)),
+        } => println!("ok: control still serves ({:?})", r.addresses),
         other => bail!("resolve after the attacks: {other:?}"),
     }
 
