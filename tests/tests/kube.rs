@@ -438,9 +438,30 @@ fn deployment_target_end_to_end(ephemeral: bool) {
             base_arg,
             "-L",
             "9000:payment-service:8080",
+            "-R",
+            "80:8081",
         ],
     ));
     pf.wait_stdout("port-forward ready");
+    // -R: the pod's port 80 goes to a plain local server on 8081 (no mirrord in it).
+    let script = service("local_http.py").display().to_string();
+    let mut local = Bg::spawn({
+        let mut c = sim.dev_cmd(PY);
+        c.args([
+            "-B",
+            &script,
+            "8081",
+            "--bind",
+            "127.0.0.1",
+            "--name",
+            "reverse",
+        ]);
+        c
+    });
+    local.wait_stdout("listening");
+    let (by, body) = curl(&sim, &format!("http://{ip}/reversed"), &[]);
+    assert_eq!(by, "reverse", "{body}");
+    drop(local);
     let out = run({
         let mut c = sim.dev_cmd("curl");
         no_proxy(&mut c).args(["-sS", "--max-time", "10", "http://127.0.0.1:9000/"]);
