@@ -368,6 +368,23 @@ fn deployment_target_end_to_end(ephemeral: bool) {
     } else {
         let (pod, container) = targeted_pod(&sim);
         assert_eq!(container, "api");
+        // The Job as the API stored it: DESIGN.md's shape, on the target's node.
+        let job = &agent_jobs(&sim, "payments")[0];
+        assert_eq!(job["metadata"]["labels"]["app"], "mirrord", "{job}");
+        assert_eq!(job["spec"]["backoffLimit"], 0);
+        assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 1);
+        let tpl = &job["spec"]["template"];
+        assert_eq!(
+            tpl["metadata"]["annotations"]["sidecar.istio.io/inject"],
+            "false"
+        );
+        assert_eq!(tpl["spec"]["hostPID"], true);
+        assert_eq!(tpl["spec"]["restartPolicy"], "Never");
+        let node = sim.get("pods", "payments", &pod).unwrap()["spec"]["nodeName"].clone();
+        assert!(node.is_string(), "the target pod has a node");
+        assert_eq!(tpl["spec"]["nodeName"], node);
+        let agent_pod = &sim.agent_pods()[0];
+        assert_eq!(agent_pod["spec"]["nodeName"], node);
         pod
     };
     assert!(pod.starts_with("payment-api-"), "{pod}");
