@@ -691,6 +691,7 @@ fn the_agent_goes_after_normal_end_ctrl_c_and_sigkill() {
 
     for (sig, within) in [
         (libc::SIGINT, Duration::from_secs(1 + 5)),
+        (libc::SIGTERM, Duration::from_secs(1 + 5)),
         (libc::SIGKILL, Duration::from_secs(8 + 1 + 5)),
     ] {
         let mut app = local_app(&sim, &cfg, "deployment/payment-api");
@@ -701,6 +702,10 @@ fn the_agent_goes_after_normal_end_ctrl_c_and_sigkill() {
         if sig == libc::SIGKILL {
             // SIGKILL of mirrord itself (the program is its child and lives on).
             app.signal(sig);
+        } else if sig == libc::SIGTERM {
+            // SIGTERM to mirrord alone (a supervisor): it passes it on and ends the session.
+            app.signal(sig);
+            let _ = app.wait_exit();
         } else {
             // A terminal's Ctrl-C reaches the whole foreground group.
             // SAFETY: the group we created for the child.
