@@ -281,3 +281,28 @@ async fn wait_stdin_eof() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Listen;
+
+    #[test]
+    fn listen_takes_a_unix_path_or_a_loopback_port_only() {
+        assert!(
+            matches!(Listen::parse("unix:/run/a.sock"), Ok(Listen::Unix(p)) if p.ends_with("a.sock"))
+        );
+        assert!(
+            matches!(Listen::parse("tcp:127.0.0.1:23456"), Ok(Listen::Tcp(a)) if a.port() == 23456)
+        );
+        assert!(matches!(Listen::parse("tcp:[::1]:9"), Ok(Listen::Tcp(_))));
+        for bad in [
+            "tcp:0.0.0.0:1",
+            "tcp:10.244.0.5:1",
+            "tcp:localhost:1",
+            "udp:127.0.0.1:1",
+            "/x",
+        ] {
+            assert!(Listen::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

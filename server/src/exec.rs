@@ -59,10 +59,22 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
             }
         }
     });
+    // SIGTERM (a supervisor, an IDE stopping a run) is passed on to the command; mirrord ends
+    // its session after the command, so a cluster agent is removed at once rather than after
+    // its communication timeout.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("handling SIGTERM")?;
     let status = tokio::select! {
         s = child.wait() => s.context("waiting for the command")?,
         why = session.agent.wait_exit(&session.control) => {
             eprintln!("mirrord: {why}; the command can no longer reach the target");
+            child.wait().await.context("waiting for the command")?
+        }
+        _ = sigterm.recv() => {
+            if let Some(pid) = child.id() {
+                // SAFETY: a signal to our own child, which has not been reaped (id() is Some).
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
             child.wait().await.context("waiting for the command")?
         }
     };

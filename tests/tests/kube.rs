@@ -368,6 +368,23 @@ fn deployment_target_end_to_end(ephemeral: bool) {
     } else {
         let (pod, container) = targeted_pod(&sim);
         assert_eq!(container, "api");
+        // The Job as the API stored it: DESIGN.md's shape, on the target's node.
+        let job = &agent_jobs(&sim, "payments")[0];
+        assert_eq!(job["metadata"]["labels"]["app"], "mirrord", "{job}");
+        assert_eq!(job["spec"]["backoffLimit"], 0);
+        assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 1);
+        let tpl = &job["spec"]["template"];
+        assert_eq!(
+            tpl["metadata"]["annotations"]["sidecar.istio.io/inject"],
+            "false"
+        );
+        assert_eq!(tpl["spec"]["hostPID"], true);
+        assert_eq!(tpl["spec"]["restartPolicy"], "Never");
+        let node = sim.get("pods", "payments", &pod).unwrap()["spec"]["nodeName"].clone();
+        assert!(node.is_string(), "the target pod has a node");
+        assert_eq!(tpl["spec"]["nodeName"], node);
+        let agent_pod = &sim.agent_pods()[0];
+        assert_eq!(agent_pod["spec"]["nodeName"], node);
         pod
     };
     assert!(pod.starts_with("payment-api-"), "{pod}");
@@ -438,9 +455,30 @@ fn deployment_target_end_to_end(ephemeral: bool) {
             base_arg,
             "-L",
             "9000:payment-service:8080",
+            "-R",
+            "80:8081",
         ],
     ));
     pf.wait_stdout("port-forward ready");
+    // -R: the pod's port 80 goes to a plain local server on 8081 (no mirrord in it).
+    let script = service("local_http.py").display().to_string();
+    let mut local = Bg::spawn({
+        let mut c = sim.dev_cmd(PY);
+        c.args([
+            "-B",
+            &script,
+            "8081",
+            "--bind",
+            "127.0.0.1",
+            "--name",
+            "reverse",
+        ]);
+        c
+    });
+    local.wait_stdout("listening");
+    let (by, body) = curl(&sim, &format!("http://{ip}/reversed"), &[]);
+    assert_eq!(by, "reverse", "{body}");
+    drop(local);
     let out = run({
         let mut c = sim.dev_cmd("curl");
         no_proxy(&mut c).args(["-sS", "--max-time", "10", "http://127.0.0.1:9000/"]);
@@ -653,6 +691,7 @@ fn the_agent_goes_after_normal_end_ctrl_c_and_sigkill() {
 
     for (sig, within) in [
         (libc::SIGINT, Duration::from_secs(1 + 5)),
+        (libc::SIGTERM, Duration::from_secs(1 + 5)),
         (libc::SIGKILL, Duration::from_secs(8 + 1 + 5)),
     ] {
         let mut app = local_app(&sim, &cfg, "deployment/payment-api");
@@ -663,6 +702,10 @@ fn the_agent_goes_after_normal_end_ctrl_c_and_sigkill() {
         if sig == libc::SIGKILL {
             // SIGKILL of mirrord itself (the program is its child and lives on).
             app.signal(sig);
+        } else if sig == libc::SIGTERM {
+            // SIGTERM to mirrord alone (a supervisor): it passes it on and ends the session.
+            app.signal(sig);
+            let _ = app.wait_exit();
         } else {
             // A terminal's Ctrl-C reaches the whole foreground group.
             // SAFETY: the group we created for the child.
