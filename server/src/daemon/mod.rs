@@ -178,11 +178,20 @@ impl Daemon {
 
     pub fn verify_config(&self, params: VerifyConfigParams) -> VerifyConfigResult {
         let path = PathBuf::from(&params.path);
-        match config_file::load(&path) {
-            Ok(cfg) => VerifyConfigResult {
+        match config_file::load_with_warnings(&path) {
+            Ok(loaded) => VerifyConfigResult {
                 ok: true,
-                target: cfg.target.and_then(|t| t.path),
-                diagnostics: Vec::new(),
+                target: loaded.config.target.and_then(|t| t.path),
+                diagnostics: loaded
+                    .warnings
+                    .iter()
+                    .map(|w| ConfigDiagnostic {
+                        message: w.message(),
+                        line: w.line as u32,
+                        column: w.column as u32,
+                        severity: "warning".into(),
+                    })
+                    .collect(),
             },
             Err(e) => VerifyConfigResult {
                 ok: false,
