@@ -36,6 +36,8 @@ pub struct AgentState {
     pub targetless: bool,
     /// How many control channels are open now; the communication timeout watches it.
     pub sessions: tokio::sync::watch::Sender<usize>,
+    /// The target's process, whose environment `AgentRequest::Env` returns.
+    pub target_pid: Option<u32>,
 }
 
 impl AgentState {
@@ -229,6 +231,7 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
                     AgentResponse::Unsubscribed
                 }
                 AgentRequest::Ping => AgentResponse::Pong,
+                AgentRequest::Env => crate::env::target_environment(state.target_pid),
             };
             let _ = message_tx
                 .send(AgentMessage::Response {

@@ -69,6 +69,8 @@ pub enum AgentRequest {
         port: u16,
     },
     Ping,
+    /// The target process's environment (`/proc/PID/environ`), for `feature.env`.
+    Env,
 }
 
 /// How a subscribed port's traffic reaches the client.
@@ -154,6 +156,9 @@ pub enum AgentResponse {
     Unsubscribed,
     Pong,
     Error(String),
+    /// The target process's environment variables, in its order (entries that are not UTF-8
+    /// are left out). Empty for a target without a process (targetless, `netns/NAME`).
+    Env(Vec<(String, String)>),
 }
 
 /// One UDP datagram on a UDP channel.
