@@ -131,7 +131,7 @@ fn warnings(path: &Path, text: &str, format: Format) -> Vec<ConfigWarning> {
         return Vec::new();
     };
     let json_keys = (format == Format::Json).then(|| json_key_positions(text));
-    compat::ignored_keys_in(&doc)
+    let mut found: Vec<ConfigWarning> = compat::ignored_keys_in(&doc)
         .into_iter()
         .map(|key_path| {
             let found = match &json_keys {
@@ -150,7 +150,10 @@ fn warnings(path: &Path, text: &str, format: Format) -> Vec<ConfigWarning> {
                 key: key_path.join("."),
             }
         })
-        .collect()
+        .collect();
+    // In the order the file has them (unlocated ones first).
+    found.sort_by_key(|w| (w.line, w.column));
+    found
 }
 
 /// A key of a JSON document and where it is written.

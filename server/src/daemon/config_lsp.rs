@@ -482,6 +482,45 @@ mod tests {
         assert!(fs.message.contains("ignored"), "{}", fs.message);
     }
 
+    /// Every key the schema documents as ignored, by dotted path.
+    fn ignored_in_schema(node: &Value, path: &mut Vec<String>, out: &mut Vec<String>) {
+        if path.len() > 6 {
+            return;
+        }
+        let mut objects = Vec::new();
+        objects_of(node, &mut objects);
+        for o in objects {
+            let Some(props) = o.get("properties").and_then(Value::as_object) else {
+                continue;
+            };
+            for (k, v) in props {
+                path.push(k.clone());
+                let joined = path.join(".");
+                if description(v).is_some_and(|d| d == mirrord_protocol::config::compat::IGNORED_DOC) {
+                    if !out.contains(&joined) {
+                        out.push(joined);
+                    }
+                } else {
+                    ignored_in_schema(v, path, out);
+                }
+                path.pop();
+            }
+        }
+    }
+
+    #[test]
+    fn the_ignored_key_list_and_the_types_agree() {
+        let mut in_schema = Vec::new();
+        ignored_in_schema(schema(), &mut Vec::new(), &mut in_schema);
+        in_schema.sort();
+        let mut listed: Vec<String> = mirrord_protocol::config::compat::IGNORED_KEYS
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        listed.sort();
+        assert_eq!(in_schema, listed);
+    }
+
     #[test]
     fn every_ignored_key_completes_and_hovers_as_ignored() {
         for key in mirrord_protocol::config::compat::IGNORED_KEYS {
