@@ -6,13 +6,17 @@ use mirrord_protocol::config::{EnvConfig, IncomingMode, MirrordConfig, OutgoingF
 #[test]
 fn every_ignored_key_is_accepted_with_any_shape_of_value() {
     for key in IGNORED_KEYS {
-        for value in [r#"true"#, r#""read""#, r#"{"mode": "write", "x": [1, {"y": null}]}"#] {
+        for value in [
+            r#"true"#,
+            r#""read""#,
+            r#"{"mode": "write", "x": [1, {"y": null}]}"#,
+        ] {
             let mut doc = value.to_owned();
             for part in key.rsplit('.') {
                 doc = format!("{{\"{part}\": {doc}}}");
             }
-            let cfg = MirrordConfig::from_json(&doc)
-                .unwrap_or_else(|e| panic!("{key} = {value}: {e}"));
+            let cfg =
+                MirrordConfig::from_json(&doc).unwrap_or_else(|e| panic!("{key} = {value}: {e}"));
             let parsed: serde_json::Value = serde_json::from_str(&doc).unwrap();
             assert_eq!(
                 ignored_keys_in(&parsed),
@@ -31,7 +35,10 @@ fn every_ignored_key_is_accepted_with_any_shape_of_value() {
 fn env_forms() {
     let on = MirrordConfig::from_json(r#"{"feature": {"env": true}}"#).unwrap();
     assert!(on.feature.env.enabled);
-    assert!(!MirrordConfig::default().feature.env.enabled, "off by default");
+    assert!(
+        !MirrordConfig::default().feature.env.enabled,
+        "off by default"
+    );
     let cfg = MirrordConfig::from_json(
         r#"{"feature": {"env": {"include": "A;B_*; ", "exclude": ["C"], "override": {"D": "1"},
             "env_file": ".env", "unset": "AWS_PROFILE", "load_from_process": true, "mapping": {".+": "x"}}}}"#,
@@ -70,14 +77,22 @@ fn mirrord_shorthands_of_implemented_keys() {
             "agent": {"image": {"registry": "internal.repo/mirrord", "tag": "3.1"}}}"#,
     )
     .unwrap();
-    assert_eq!(cfg.feature.network.incoming.http_filter.ports, Some(vec![8080]));
+    assert_eq!(
+        cfg.feature.network.incoming.http_filter.ports,
+        Some(vec![8080])
+    );
     assert!(
         matches!(&cfg.feature.network.outgoing.filter, Some(OutgoingFilter::Local(r)) if r.len() == 1)
     );
-    assert_eq!(cfg.agent.image.as_deref(), Some("internal.repo/mirrord:3.1"));
+    assert_eq!(
+        cfg.agent.image.as_deref(),
+        Some("internal.repo/mirrord:3.1")
+    );
     let json = serde_json::to_string(&cfg).unwrap();
     assert_eq!(MirrordConfig::from_json(&json).unwrap(), cfg);
-    let e = MirrordConfig::from_json(r#"{"feature": {"network": {"outgoing": {"filter": {"local": "a..b"}}}}}"#)
-        .unwrap_err();
+    let e = MirrordConfig::from_json(
+        r#"{"feature": {"network": {"outgoing": {"filter": {"local": "a..b"}}}}}"#,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("a..b"), "{e}");
 }

@@ -285,7 +285,7 @@ fn find_key_token(text: &str, key: &str, from: usize) -> Option<usize> {
         let before = text[..at].chars().next_back();
         let after = text[at + key.len()..].trim_start_matches(['"', '\'']);
         let after = after.trim_start_matches([' ', '\t']);
-        let starts_ok = before.map_or(true, |c| !is_word(c));
+        let starts_ok = before.is_none_or(|c| !is_word(c));
         let ends_ok = after
             .chars()
             .next()
@@ -383,6 +383,29 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.line, 3, "{e}");
         assert!(e.message.contains("incomin"), "{e}");
+    }
+
+    #[test]
+    fn warnings_locate_keys_in_every_format() {
+        let yaml =
+            "target: pid/3\nfeature:\n  network:\n    dns: true\n  fs: read\noperator: false\n";
+        let l = parse_with_warnings(Path::new("m.yaml"), yaml).unwrap();
+        let at: Vec<(String, usize, usize)> = l
+            .warnings
+            .iter()
+            .map(|w| (w.key.clone(), w.line, w.column))
+            .collect();
+        assert_eq!(
+            at,
+            vec![("feature.fs".into(), 5, 3), ("operator".into(), 6, 1)]
+        );
+        // JSON: a key of the same name elsewhere (a value, a deeper object) is not confused
+        // with the ignored one.
+        let json = "{\"agent\": {\"labels\": {\"fs\": \"x\"}}, \"kube_context\": \"fs\",\n \"feature\": {\"fs\": \"read\"}}";
+        let l = parse_with_warnings(Path::new("m.json"), json).unwrap();
+        assert_eq!(l.warnings.len(), 1);
+        assert_eq!((l.warnings[0].line, l.warnings[0].column), (2, 14));
+        assert_eq!(l.warnings[0].len, 4);
     }
 
     #[test]

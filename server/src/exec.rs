@@ -45,12 +45,7 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
         }
     }
     // The session's variables last: they win over anything `feature.env` brought.
-    let mut child = match command
-        .args(args)
-        .envs(program_env.set)
-        .envs(env)
-        .spawn()
-    {
+    let mut child = match command.args(args).envs(program_env.set).envs(env).spawn() {
         Ok(c) => c,
         Err(e) => {
             session.stop().await;

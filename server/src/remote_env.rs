@@ -205,7 +205,11 @@ mod tests {
     fn include_exclude_file_and_override() {
         let cfg = EnvConfig {
             enabled: true,
-            include: Some(vec!["*_SERVICE_*".into(), "DATABASE_URL".into(), "PATH".into()]),
+            include: Some(vec![
+                "*_SERVICE_*".into(),
+                "DATABASE_URL".into(),
+                "PATH".into(),
+            ]),
             exclude: vec!["*_PORT".into()],
             overrides: [("DATABASE_URL".to_string(), "db://localhost".to_string())].into(),
             env_file: None,

@@ -7,7 +7,7 @@
 
 use mirrord_tests::lsp_client::{Framing, RpcClient};
 use mirrord_tests::{no_proxy, output_within, target_dir_bin, Cluster, ManagedChild};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -105,7 +105,9 @@ fn text(b: &[u8]) -> String {
 /// 1-based line and column of the first `needle` in `text` (the test's own count, independent
 /// of the product's).
 fn position_of(text: &str, needle: &str) -> (usize, usize) {
-    let at = text.find(needle).unwrap_or_else(|| panic!("{needle} not in the file"));
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} not in the file"));
     let line = text[..at].matches('\n').count() + 1;
     let column = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
     (line, column)
@@ -164,7 +166,11 @@ fn mirrord_files_verify_with_warnings_only_and_start_a_session() {
     let c = Cluster::start().unwrap();
     let pod = format!("pid/{}", c.pod_pid());
     let files = [
-        ("issue.mirrord.json", ISSUE_FILE, vec!["feature.fs", "operator"]),
+        (
+            "issue.mirrord.json",
+            ISSUE_FILE,
+            vec!["feature.fs", "operator"],
+        ),
         (
             "team.mirrord.json",
             OUTGOING_FILTER_FILE,
@@ -233,12 +239,20 @@ fn mirrord_files_verify_with_warnings_only_and_start_a_session() {
     let out = run(mirrord(&c, &["verify-config", issue.to_str().unwrap()]));
     let (line, column) = position_of(ISSUE_FILE, "\"fs\"");
     let expected = format!("{}:{line}:{column}: warning: `feature.fs`", issue.display());
-    assert!(text(&out.stderr).contains(&expected), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&expected),
+        "{}",
+        text(&out.stderr)
+    );
     let toml = c.workdir().join("mirrord.toml");
     let out = run(mirrord(&c, &["verify-config", toml.to_str().unwrap()]));
     let (line, column) = position_of(TOML_FILE, "fs = ");
     let expected = format!("{}:{line}:{column}: warning: `feature.fs`", toml.display());
-    assert!(text(&out.stderr).contains(&expected), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&expected),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -369,7 +383,11 @@ fn env_include_exclude_override_env_file_and_unset() {
     let target = env_target(&c);
     let pid = target.pid();
     let pod_env = proc_environ(pid);
-    write(&c, "dev.env", "# local overrides\nPAYMENT_SERVICE_PORT=9090\nFROM_FILE='yes'\n");
+    write(
+        &c,
+        "dev.env",
+        "# local overrides\nPAYMENT_SERVICE_PORT=9090\nFROM_FILE='yes'\n",
+    );
     let cfg = write(
         &c,
         "rules.mirrord.json",
@@ -402,9 +420,15 @@ fn env_include_exclude_override_env_file_and_unset() {
     let env = program_env(&run(cmd));
     assert_eq!(env["DATABASE_URL"], "postgres://localhost:5432/dev");
     assert_eq!(env["PAYMENT_SERVICE_HOST"], pod_env["PAYMENT_SERVICE_HOST"]);
-    assert_eq!(env["PAYMENT_SERVICE_PORT"], "9090", "the env file beats the pod");
+    assert_eq!(
+        env["PAYMENT_SERVICE_PORT"], "9090",
+        "the env file beats the pod"
+    );
     assert_eq!(env["FROM_FILE"], "yes");
-    assert_eq!(env["REGION"], "local-region", "excluded: keeps its local value");
+    assert_eq!(
+        env["REGION"], "local-region",
+        "excluded: keeps its local value"
+    );
     assert!(!env.contains_key("SECRET_TOKEN"), "not included: {env:?}");
     assert!(!env.contains_key("LOCAL_ONLY"), "unset (any case): {env:?}");
 }
@@ -466,6 +490,9 @@ fn ide_launch_gets_the_pod_environment_but_keeps_its_own_variables() {
         .as_str()
         .unwrap()
         .contains("libmirrord_layer.so"));
-    d.call("mirrord/stopSession", json!({"sessionId": session["sessionId"]}));
+    d.call(
+        "mirrord/stopSession",
+        json!({"sessionId": session["sessionId"]}),
+    );
     drop(target);
 }

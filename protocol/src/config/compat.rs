@@ -182,6 +182,9 @@ mod tests {
         );
         assert!(m.contains("did you mean `incoming`?"), "{m}");
         let m = explain_unknown_field("unknown field `zzz`, expected `network`");
-        assert!(m.contains("expected `network`") && !m.contains("did you mean"), "{m}");
+        assert!(
+            m.contains("expected `network`") && !m.contains("did you mean"),
+            "{m}"
+        );
     }
 }

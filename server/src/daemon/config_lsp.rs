@@ -463,17 +463,25 @@ mod tests {
             "\"netwrk\""
         );
         assert!(d[0].message.contains("unknown field `netwrk`"));
-        assert!(d[0].message.contains("did you mean `network`?"), "{}", d[0].message);
+        assert!(
+            d[0].message.contains("did you mean `network`?"),
+            "{}",
+            d[0].message
+        );
         assert_eq!(d[0].severity, Severity::Error);
     }
 
     #[test]
     fn ignored_keys_are_warnings_on_the_key() {
-        let text = "{\n  \"operator\": false,\n  \"feature\": {\"env\": true, \"fs\": \"read\"}\n}\n";
+        let text =
+            "{\n  \"operator\": false,\n  \"feature\": {\"env\": true, \"fs\": \"read\"}\n}\n";
         let d = diagnostics(Path::new("/x/.mirrord/mirrord.json"), text);
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(d.iter().all(|p| p.severity == Severity::Warning));
-        let fs = d.iter().find(|p| p.message.contains("`feature.fs`")).unwrap();
+        let fs = d
+            .iter()
+            .find(|p| p.message.contains("`feature.fs`"))
+            .unwrap();
         assert_eq!(fs.line, 2);
         assert_eq!(
             &text.lines().nth(2).unwrap()[fs.start as usize..fs.end as usize],
@@ -496,7 +504,9 @@ mod tests {
             for (k, v) in props {
                 path.push(k.clone());
                 let joined = path.join(".");
-                if description(v).is_some_and(|d| d == mirrord_protocol::config::compat::IGNORED_DOC) {
+                if description(v)
+                    .is_some_and(|d| d == mirrord_protocol::config::compat::IGNORED_DOC)
+                {
                     if !out.contains(&joined) {
                         out.push(joined);
                     }
@@ -539,7 +549,10 @@ mod tests {
         }
         let t = r#"{"feature": {"fs": "read"}}"#;
         let h = hover(t, t.find("fs").unwrap() + 1).unwrap();
-        assert!(h.contains("feature.fs") && h.contains("ignored by this product"), "{h}");
+        assert!(
+            h.contains("feature.fs") && h.contains("ignored by this product"),
+            "{h}"
+        );
         let t = r#"{"feature": {"env": {"include": "A;B"}}}"#;
         let h = hover(t, t.find("include").unwrap() + 1).unwrap();
         assert!(h.contains("feature.env.include"), "{h}");
