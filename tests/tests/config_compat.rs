@@ -496,3 +496,74 @@ fn ide_launch_gets_the_pod_environment_but_keeps_its_own_variables() {
     );
     drop(target);
 }
+
+/// The process of a simulated pod: the one whose environment names the pod (`POD_NAME`).
+fn sim_pod_process(pod: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|raw| {
+                    raw.split(|b| *b == 0)
+                        .any(|e| e == format!("POD_NAME={pod}").as_bytes())
+                })
+                .unwrap_or(false)
+        })
+}
+
+/// A Kubernetes target: the agent reads the environment of the container's process it found,
+/// which is what the pod spec and the kubelet gave it.
+#[test]
+fn env_of_a_kubernetes_target_is_its_container_process_environment() {
+    use mirrord_tests::k8s::{SimCluster, SimOptions};
+    let sim = SimCluster::start(SimOptions {
+        agent_bin: Some(target_dir_bin("mirrord-agent")),
+        ..SimOptions::default()
+    })
+    .unwrap();
+    let cfg = sim.workdir().join("env.mirrord.json");
+    std::fs::write(&cfg, r#"{"feature": {"env": true}}"#).unwrap();
+    let mut cmd = sim.dev_cmd(target_dir_bin("mirrord"));
+    cmd.args([
+        "exec",
+        "-t",
+        "deployment/payment-api",
+        "-n",
+        "payments",
+        "-f",
+    ])
+    .arg(&cfg)
+    .args(["--", PY, "-c", PRINT_ENV])
+    .env("KUBECONFIG", sim.kubeconfig())
+    .env("MIRRORD_RUNTIME_DIR", sim.workdir().join("run"))
+    .env("PATH", "/usr/bin:/bin");
+    for var in [
+        "MIRRORD_TARGET_NAMESPACE",
+        "MIRRORD_KUBECONFIG",
+        "MIRRORD_KUBE_CONTEXT",
+    ] {
+        cmd.env_remove(var);
+    }
+    no_proxy(&mut cmd);
+    let env = program_env(&run(cmd));
+    let pod = env
+        .get("POD_NAME")
+        .unwrap_or_else(|| panic!("no POD_NAME: {env:?}"))
+        .clone();
+    assert!(
+        sim.pods_of("payments", "app=payment-api").contains(&pod),
+        "{pod}"
+    );
+    let pid = sim_pod_process(&pod).expect("the pod's process");
+    let pod_env = proc_environ(pid);
+    for name in [
+        "POD_NAME",
+        "HOSTNAME",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
+    ] {
+        assert_eq!(env.get(name), pod_env.get(name), "{name}");
+    }
+    assert_eq!(env["PATH"], "/usr/bin:/bin", "PATH stays local");
+}
