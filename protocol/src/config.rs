@@ -471,6 +471,10 @@ struct EnvConfigMap {
         deserialize_with = "name_list",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<schema::OneOrMany<String>>")
+    )]
     include: Option<Vec<String>>,
     /// Variables of the target the program does not get; they keep their local values
     /// (`"A;B"` or a list, with `*` and `?`).
@@ -478,6 +482,10 @@ struct EnvConfigMap {
         default,
         deserialize_with = "name_list",
         skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<schema::OneOrMany<String>>")
     )]
     exclude: Option<Vec<String>>,
     /// Values the program gets whatever the target has: `{"NAME": "value"}`.
@@ -492,6 +500,10 @@ struct EnvConfigMap {
         default,
         deserialize_with = "name_list",
         skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<schema::OneOrMany<String>>")
     )]
     unset: Option<Vec<String>>,
     /// Accepted for compatibility with mirrord; ignored by this product.
@@ -825,6 +837,7 @@ pub struct HttpFilterConfig {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "one_or_many_ports"
     )]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::OneOrMany<u16>>"))]
     pub ports: Option<Vec<u16>>,
     /// Accepted for compatibility with mirrord; ignored by this product.
     #[serde(default, skip_serializing)]
@@ -947,9 +960,15 @@ impl<'de> Deserialize<'de> for OutgoingConfig {
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 pub enum OutgoingFilter {
     #[serde(deserialize_with = "one_or_many_rules")]
-    Remote(Vec<AddressRule>),
+    Remote(
+        #[cfg_attr(feature = "schema", schemars(with = "schema::OneOrMany<AddressRule>"))]
+        Vec<AddressRule>,
+    ),
     #[serde(deserialize_with = "one_or_many_rules")]
-    Local(Vec<AddressRule>),
+    Local(
+        #[cfg_attr(feature = "schema", schemars(with = "schema::OneOrMany<AddressRule>"))]
+        Vec<AddressRule>,
+    ),
 }
 
 /// Where a connection or a lookup is carried out.
@@ -1060,9 +1079,15 @@ impl<'de> Deserialize<'de> for DnsConfig {
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 pub enum DnsFilter {
     #[serde(deserialize_with = "one_or_many_rules")]
-    Remote(Vec<AddressRule>),
+    Remote(
+        #[cfg_attr(feature = "schema", schemars(with = "schema::OneOrMany<AddressRule>"))]
+        Vec<AddressRule>,
+    ),
     #[serde(deserialize_with = "one_or_many_rules")]
-    Local(Vec<AddressRule>),
+    Local(
+        #[cfg_attr(feature = "schema", schemars(with = "schema::OneOrMany<AddressRule>"))]
+        Vec<AddressRule>,
+    ),
 }
 
 impl DnsFilter {
@@ -1284,6 +1309,7 @@ pub struct AgentConfig {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "agent_image"
     )]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::AgentImage>"))]
     pub image: Option<String>,
     /// `imagePullPolicy` of the agent container (`IfNotPresent` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1539,6 +1565,51 @@ mod schema {
             })),
             ..Default::default()
         })
+    }
+
+    /// mirrord's "one value or a list of them".
+    pub struct OneOrMany<T>(std::marker::PhantomData<T>);
+
+    impl<T: JsonSchema> JsonSchema for OneOrMany<T> {
+        fn schema_name() -> String {
+            format!("OneOrMany_{}", T::schema_name())
+        }
+        fn json_schema(gen: &mut SchemaGenerator) -> Schema {
+            let one = gen.subschema_for::<T>();
+            let many = gen.subschema_for::<Vec<T>>();
+            Schema::Object(SchemaObject {
+                subschemas: Some(Box::new(SubschemaValidation {
+                    any_of: Some(vec![one, many]),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+        }
+    }
+
+    /// `agent.image`: a string, or `{registry, tag}`.
+    pub struct AgentImage;
+
+    impl JsonSchema for AgentImage {
+        fn schema_name() -> String {
+            "AgentImage".into()
+        }
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            let expanded: Schema = serde_json::from_value(serde_json::json!({
+                "type": "object",
+                "properties": {"registry": {"type": "string"}, "tag": {"type": "string"}},
+                "additionalProperties": false
+            }))
+            // A literal schema: it always deserializes.
+            .expect("a valid schema literal");
+            Schema::Object(SchemaObject {
+                subschemas: Some(Box::new(SubschemaValidation {
+                    any_of: Some(vec![simple(InstanceType::String), expanded]),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+        }
     }
 
     fn simple(t: InstanceType) -> Schema {

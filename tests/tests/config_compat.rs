@@ -567,3 +567,41 @@ fn env_of_a_kubernetes_target_is_its_container_process_environment() {
     }
     assert_eq!(env["PATH"], "/usr/bin:/bin", "PATH stays local");
 }
+
+/// `mirrord schema` knows every key of the three files (an independent validator, Python's
+/// `jsonschema`), and still rejects a key in no mirrord schema.
+#[test]
+fn schema_accepts_the_mirrord_files() {
+    let c = Cluster::start().unwrap();
+    let out = run(mirrord(&c, &["schema"]));
+    assert!(out.status.success());
+    let schema = write(&c, "schema.json", &text(&out.stdout));
+    let files = [
+        write(&c, "a.mirrord.json", ISSUE_FILE),
+        write(&c, "b.mirrord.json", OUTGOING_FILTER_FILE),
+        write(&c, "c.mirrord.toml", TOML_FILE),
+        write(
+            &c,
+            "d.mirrord.json",
+            &ISSUE_FILE.replace("\"incoming\"", "\"incomming\""),
+        ),
+    ];
+    let validate = r#"
+import json, sys, tomllib, jsonschema
+schema = json.load(open(sys.argv[1]))
+for path in sys.argv[2:]:
+    doc = tomllib.load(open(path, 'rb')) if path.endswith('.toml') else json.load(open(path))
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(doc))
+    print('valid' if not errors else 'invalid: ' + errors[0].message)
+"#;
+    let out = run({
+        let mut cmd = Command::new(PY);
+        cmd.args(["-c", validate]).arg(&schema).args(&files);
+        cmd
+    });
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report} {}", text(&out.stderr));
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines[..3], ["valid", "valid", "valid"], "{report}");
+    assert!(lines[3].starts_with("invalid"), "{report}");
+}
