@@ -741,6 +741,17 @@ impl<'de> Deserialize<'de> for IncomingConfigFull {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("\"mirror\", \"steal\", \"off\" or {mode, port_mapping, ignore_localhost, ignore_ports, ports, listen_ports, http_filter}")
             }
+            /// mirrord's toggle: `true` is the default mode, `false` is off.
+            fn visit_bool<E: de::Error>(self, on: bool) -> Result<IncomingConfigFull, E> {
+                Ok(IncomingConfigFull {
+                    mode: if on {
+                        IncomingMode::Mirror
+                    } else {
+                        IncomingMode::Off
+                    },
+                    ..IncomingConfigFull::default()
+                })
+            }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<IncomingConfigFull, E> {
                 let mode = IncomingMode::deserialize(de::value::StrDeserializer::<E>::new(v))?;
                 Ok(IncomingConfigFull {
@@ -1634,7 +1645,14 @@ mod schema {
             "IncomingConfig".into()
         }
         fn json_schema(gen: &mut SchemaGenerator) -> Schema {
-            let short = gen.subschema_for::<IncomingMode>();
+            let mode = gen.subschema_for::<IncomingMode>();
+            let short = Schema::Object(SchemaObject {
+                subschemas: Some(Box::new(SubschemaValidation {
+                    any_of: Some(vec![mode, simple(InstanceType::Boolean)]),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            });
             let full = gen.subschema_for::<IncomingConfigMap>();
             either(gen, short, full, "Incoming traffic of the target's ports: \"mirror\", \"steal\", \"off\" or an object.")
         }

@@ -69,6 +69,9 @@ fn mirrord_shorthands_of_implemented_keys() {
     let off = MirrordConfig::from_json(r#"{"feature": {"network": false}}"#).unwrap();
     assert_eq!(off.feature.network.incoming.mode, IncomingMode::Off);
     assert!(!off.feature.network.outgoing.tcp && !off.feature.network.dns.enabled);
+    let no_incoming =
+        MirrordConfig::from_json(r#"{"feature": {"network": {"incoming": false}}}"#).unwrap();
+    assert_eq!(no_incoming.feature.network.incoming.mode, IncomingMode::Off);
     let on = MirrordConfig::from_json(r#"{"feature": {"network": true}}"#).unwrap();
     assert_eq!(on.feature.network, MirrordConfig::default().feature.network);
     let cfg = MirrordConfig::from_json(
