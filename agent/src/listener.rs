@@ -38,6 +38,8 @@ pub struct AgentState {
     pub sessions: tokio::sync::watch::Sender<usize>,
     /// control channel --"the session ended"--> main (exits)
     pub shutdown: tokio::sync::Notify,
+    /// The target's process, whose environment `AgentRequest::Env` returns.
+    pub target_pid: Option<u32>,
 }
 
 impl AgentState {
@@ -238,6 +240,7 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
                     state.shutdown.notify_one();
                     AgentResponse::ShuttingDown
                 }
+                AgentRequest::Env => crate::env::target_environment(state.target_pid),
             };
             let _ = message_tx
                 .send(AgentMessage::Response {

@@ -7,6 +7,7 @@
 //! and every socket the agent opens lives in the target's namespace.
 
 mod dns;
+mod env;
 mod incoming;
 mod listener;
 mod mesh;
@@ -140,6 +141,7 @@ fn run() -> Result<()> {
             targetless: target.is_targetless(),
             sessions: tokio::sync::watch::Sender::new(0),
             shutdown: tokio::sync::Notify::new(),
+            target_pid: target.process_pid(),
         });
         let mut data_addrs = Vec::new();
         for l in data_listeners {

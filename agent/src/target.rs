@@ -118,6 +118,15 @@ impl Target {
         self.targetless
     }
 
+    /// The target's process, whose environment the program may get (`feature.env`); `None` for
+    /// a named namespace, targetless, or an ephemeral agent whose container was not found.
+    pub fn process_pid(&self) -> Option<u32> {
+        match self.resolver {
+            ResolverSource::Process(pid) => Some(pid),
+            ResolverSource::Netns(_) | ResolverSource::Own => None,
+        }
+    }
+
     /// Files of the target's own view of `/etc`: through `/proc/PID/root` for a process, and
     /// `/etc/netns/NAME/` (what `ip netns exec` bind-mounts) for a named namespace.
     pub fn resolver_files(&self) -> Result<ResolverFiles> {

@@ -72,6 +72,8 @@ pub enum AgentRequest {
     /// The session ends: the agent removes its rules and exits now rather than after its
     /// communication timeout (an ephemeral container cannot be deleted from outside).
     Shutdown,
+    /// The target process's environment (`/proc/PID/environ`), for `feature.env`.
+    Env,
 }
 
 /// How a subscribed port's traffic reaches the client.
@@ -159,6 +161,9 @@ pub enum AgentResponse {
     /// Answer to `Shutdown`: the agent is on its way out.
     ShuttingDown,
     Error(String),
+    /// The target process's environment variables, in its order (entries that are not UTF-8
+    /// are left out). Empty for a target without a process (targetless, `netns/NAME`).
+    Env(Vec<(String, String)>),
 }
 
 /// One UDP datagram on a UDP channel.

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
 
+pub mod compat;
+pub use compat::Ignored;
+
 /// A whole configuration file.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -40,6 +43,69 @@ pub struct MirrordConfig {
     pub feature: FeatureConfig,
     #[serde(default)]
     pub agent: AgentConfig,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub api: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub baggage: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub ci: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub connect_tcp: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub container: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub experimental: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub external_proxy: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub internal_proxy: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub key: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub operator: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub pause: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub profile: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub sip_binaries: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub skip_build_tools: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub skip_extra_build_tools: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub skip_processes: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub skip_sip: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub startup_retry: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub telemetry: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub traceparent: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub use_proxy: Option<Ignored>,
 }
 
 impl MirrordConfig {
@@ -259,18 +325,369 @@ impl fmt::Display for TargetPath {
 pub struct FeatureConfig {
     #[serde(default)]
     pub network: NetworkConfig,
+    /// The target process's environment for the program: `true`, `false` (the default) or
+    /// `{include, exclude, override, env_file, unset}`.
+    #[serde(default)]
+    pub env: EnvConfig,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub capture_error_trace: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub copy_target: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub db_branches: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub fs: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub hostname: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub magic: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub preview: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub split_queues: Option<Ignored>,
+}
+
+/// `feature.network`: `true` (every default), `false` (incoming off, no outgoing traffic or
+/// DNS through the target) or the object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct NetworkConfig {
+    pub incoming: IncomingConfig,
+    pub outgoing: OutgoingConfig,
+    pub dns: DnsConfig,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NetworkConfig {
+struct NetworkConfigMap {
     #[serde(default)]
-    pub incoming: IncomingConfig,
+    incoming: IncomingConfig,
     #[serde(default)]
-    pub outgoing: OutgoingConfig,
+    outgoing: OutgoingConfig,
     #[serde(default)]
-    pub dns: DnsConfig,
+    dns: DnsConfig,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default)]
+    // Only accepted: `compat::ignored_keys_in` finds it in the document for the warning.
+    #[allow(dead_code)]
+    ipv6: Option<Ignored>,
+}
+
+impl<'de> Deserialize<'de> for NetworkConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NetworkConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or {incoming, outgoing, dns}")
+            }
+            fn visit_bool<E: de::Error>(self, on: bool) -> Result<NetworkConfig, E> {
+                if on {
+                    return Ok(NetworkConfig::default());
+                }
+                Ok(NetworkConfig {
+                    incoming: IncomingConfigFull {
+                        mode: IncomingMode::Off,
+                        ..IncomingConfigFull::default()
+                    },
+                    outgoing: OutgoingConfig {
+                        tcp: false,
+                        udp: false,
+                        ..OutgoingConfig::default()
+                    },
+                    dns: DnsConfig {
+                        enabled: false,
+                        filter: None,
+                    },
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<NetworkConfig, A::Error> {
+                let m = NetworkConfigMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(NetworkConfig {
+                    incoming: m.incoming,
+                    outgoing: m.outgoing,
+                    dns: m.dns,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `feature.env` resolved: whether the program gets the target process's environment, and
+/// mirrord's rules for which of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnvConfig {
+    /// Off unless the file says `true` or gives the object (see the README: this product's
+    /// launches have always kept the local environment).
+    pub enabled: bool,
+    /// Only these names (patterns with `*` and `?`); `None`: every name except the defaults
+    /// that describe the developer's machine ([`EnvConfig::DEFAULT_EXCLUDED`]).
+    pub include: Option<Vec<String>>,
+    /// Names never taken from the target (they keep their local values).
+    pub exclude: Vec<String>,
+    /// Values set for the program whatever the target has.
+    pub overrides: std::collections::BTreeMap<String, String>,
+    /// A dotenv file on the developer's machine whose variables beat the target's.
+    pub env_file: Option<String>,
+    /// Names removed from the program's environment (case-insensitive).
+    pub unset: Vec<String>,
+}
+
+impl EnvConfig {
+    /// Names not taken from the target unless `include` names them: they describe the
+    /// developer's machine (mirrord's defaults, plus the shell's own bookkeeping).
+    pub const DEFAULT_EXCLUDED: &'static [&'static str] = &[
+        "PATH",
+        "HOME",
+        "HOMEPATH",
+        "CLASSPATH",
+        "JAVA_EXE",
+        "JAVA_HOME",
+        "PYTHONPATH",
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "_",
+    ];
+}
+
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvConfigMap {
+    /// Only these variables of the target (`"A;B;APP_*"` or a list; `*` and `?` match any
+    /// characters / one character).
+    #[serde(
+        default,
+        deserialize_with = "name_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<schema::OneOrMany<String>>")
+    )]
+    include: Option<Vec<String>>,
+    /// Variables of the target the program does not get; they keep their local values
+    /// (`"A;B"` or a list, with `*` and `?`).
+    #[serde(
+        default,
+        deserialize_with = "name_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<schema::OneOrMany<String>>")
+    )]
+    exclude: Option<Vec<String>>,
+    /// Values the program gets whatever the target has: `{"NAME": "value"}`.
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    overrides: Option<std::collections::BTreeMap<String, String>>,
+    /// A dotenv file (`NAME=value` lines) whose variables beat the target's; `override` beats
+    /// both. Relative to the program's working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    env_file: Option<String>,
+    /// Variables removed from the program's environment (case-insensitive; `"A;B"` or a list).
+    #[serde(
+        default,
+        deserialize_with = "name_list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<schema::OneOrMany<String>>")
+    )]
+    unset: Option<Vec<String>>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    // Only accepted: `compat::ignored_keys_in` finds it in the document for the warning.
+    #[allow(dead_code)]
+    load_from_process: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    // Only accepted: `compat::ignored_keys_in` finds it in the document for the warning.
+    #[allow(dead_code)]
+    mapping: Option<Ignored>,
+}
+
+impl Serialize for EnvConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !self.enabled {
+            return s.serialize_bool(false);
+        }
+        EnvConfigMap {
+            include: self.include.clone(),
+            exclude: Some(self.exclude.clone()).filter(|e| !e.is_empty()),
+            overrides: Some(self.overrides.clone()).filter(|o| !o.is_empty()),
+            env_file: self.env_file.clone(),
+            unset: Some(self.unset.clone()).filter(|u| !u.is_empty()),
+            load_from_process: None,
+            mapping: None,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EnvConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or {include, exclude, override, env_file, unset}")
+            }
+            fn visit_bool<E: de::Error>(self, enabled: bool) -> Result<EnvConfig, E> {
+                Ok(EnvConfig {
+                    enabled,
+                    ..EnvConfig::default()
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EnvConfig, A::Error> {
+                let m = EnvConfigMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(EnvConfig {
+                    enabled: true,
+                    include: m.include,
+                    exclude: m.exclude.unwrap_or_default(),
+                    overrides: m.overrides.unwrap_or_default(),
+                    env_file: m.env_file,
+                    unset: m.unset.unwrap_or_default(),
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// mirrord's "VecOrSingle" of names: `"A;B"` or `["A", "B"]`.
+fn name_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Vec<String>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("names separated by ';' or a list of names")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(
+                v.split(';')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ))
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(n) = seq.next_element::<String>()? {
+                out.push(n);
+            }
+            Ok(Some(out))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// One port or a list of ports.
+fn one_or_many_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u16>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Vec<u16>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a port or a list of ports")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            u16::try_from(v)
+                .map(|p| Some(vec![p]))
+                .map_err(|_| E::custom(format!("{v} is not a port (0-65535)")))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            u16::try_from(v)
+                .map(|p| Some(vec![p]))
+                .map_err(|_| E::custom(format!("{v} is not a port (0-65535)")))
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(p) = seq.next_element::<u16>()? {
+                out.push(p);
+            }
+            Ok(Some(out))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// One address rule or a list of them.
+fn one_or_many_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<AddressRule>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<AddressRule>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an address rule or a list of them")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            AddressRule::parse(v).map(|r| vec![r]).map_err(E::custom)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(r) = seq.next_element::<AddressRule>()? {
+                out.push(r);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// `agent.image`: `"repo/image:tag"`, or mirrord's `{"registry", "tag"}` (either may be left
+/// out: the default image's part is used).
+fn agent_image<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Expanded {
+        #[serde(default)]
+        registry: Option<String>,
+        #[serde(default)]
+        tag: Option<String>,
+    }
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an image such as \"repo/mirrord-agent:1.0\" or {registry, tag}")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            let e = Expanded::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            // DEFAULT_AGENT_IMAGE is "name:version", so the split always succeeds.
+            let (default_registry, default_tag) = DEFAULT_AGENT_IMAGE
+                .split_once(':')
+                .expect("the default image has a tag");
+            Ok(Some(format!(
+                "{}:{}",
+                e.registry.as_deref().unwrap_or(default_registry),
+                e.tag.as_deref().unwrap_or(default_tag)
+            )))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// `feature.network.incoming`: `"mirror" | "steal" | "off"` or the full object.
@@ -302,6 +719,18 @@ struct IncomingConfigMap {
     /// Steal only the HTTP requests that match (header, path, method, all_of, any_of).
     #[serde(default)]
     http_filter: HttpFilterConfig,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    https_delivery: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    http_header_filter: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    on_concurrent_steal: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    tls_delivery: Option<Ignored>,
 }
 
 impl<'de> Deserialize<'de> for IncomingConfigFull {
@@ -311,6 +740,17 @@ impl<'de> Deserialize<'de> for IncomingConfigFull {
             type Value = IncomingConfigFull;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("\"mirror\", \"steal\", \"off\" or {mode, port_mapping, ignore_localhost, ignore_ports, ports, listen_ports, http_filter}")
+            }
+            /// mirrord's toggle: `true` is the default mode, `false` is off.
+            fn visit_bool<E: de::Error>(self, on: bool) -> Result<IncomingConfigFull, E> {
+                Ok(IncomingConfigFull {
+                    mode: if on {
+                        IncomingMode::Mirror
+                    } else {
+                        IncomingMode::Off
+                    },
+                    ..IncomingConfigFull::default()
+                })
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<IncomingConfigFull, E> {
                 let mode = IncomingMode::deserialize(de::value::StrDeserializer::<E>::new(v))?;
@@ -402,9 +842,20 @@ pub struct HttpFilterConfig {
     pub all_of: Option<Vec<InnerFilter>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub any_of: Option<Vec<InnerFilter>>,
-    /// Ports the filter applies to; other ports are stolen whole.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Ports the filter applies to (one port or a list); other ports are stolen whole.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "one_or_many_ports"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::OneOrMany<u16>>"))]
     pub ports: Option<Vec<u16>>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub body_filter: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub header_filter_jq: Option<Ignored>,
 }
 
 /// One entry of `all_of` / `any_of`.
@@ -473,6 +924,11 @@ struct OutgoingConfigMap {
     /// Rule: `[tcp://|udp://]name|ip|subnet[:port]`.
     #[serde(default)]
     filter: Option<OutgoingFilter>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    // Only accepted: `compat::ignored_keys_in` finds it in the document for the warning.
+    #[allow(dead_code)]
+    unix_streams: Option<Ignored>,
 }
 
 fn yes() -> bool {
@@ -514,8 +970,16 @@ impl<'de> Deserialize<'de> for OutgoingConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 pub enum OutgoingFilter {
-    Remote(Vec<AddressRule>),
-    Local(Vec<AddressRule>),
+    #[serde(deserialize_with = "one_or_many_rules")]
+    Remote(
+        #[cfg_attr(feature = "schema", schemars(with = "schema::OneOrMany<AddressRule>"))]
+        Vec<AddressRule>,
+    ),
+    #[serde(deserialize_with = "one_or_many_rules")]
+    Local(
+        #[cfg_attr(feature = "schema", schemars(with = "schema::OneOrMany<AddressRule>"))]
+        Vec<AddressRule>,
+    ),
 }
 
 /// Where a connection or a lookup is carried out.
@@ -625,8 +1089,16 @@ impl<'de> Deserialize<'de> for DnsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 pub enum DnsFilter {
-    Remote(Vec<AddressRule>),
-    Local(Vec<AddressRule>),
+    #[serde(deserialize_with = "one_or_many_rules")]
+    Remote(
+        #[cfg_attr(feature = "schema", schemars(with = "schema::OneOrMany<AddressRule>"))]
+        Vec<AddressRule>,
+    ),
+    #[serde(deserialize_with = "one_or_many_rules")]
+    Local(
+        #[cfg_attr(feature = "schema", schemars(with = "schema::OneOrMany<AddressRule>"))]
+        Vec<AddressRule>,
+    ),
 }
 
 impl DnsFilter {
@@ -842,7 +1314,13 @@ pub struct AgentConfig {
     pub namespace: Option<String>,
     /// Agent container image (default: `mirrord-agent:<version>`, see the README: build it
     /// from `agent/Dockerfile` and push it where the cluster can pull it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// mirrord's expanded form `{"registry", "tag"}` is accepted too.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "agent_image"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::AgentImage>"))]
     pub image: Option<String>,
     /// `imagePullPolicy` of the agent container (`IfNotPresent` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -891,6 +1369,54 @@ pub struct AgentConfig {
     /// Agent log level (a tracing filter such as `info` or `mirrord_agent=debug`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub check_out_of_pods: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub clean_iptables_on_start: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub disable_mesh_sidecar_injection: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub dns: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub exclude_from_mesh: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub flush_connections: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub inject_headers: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub jaq_time_limit: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub json_log: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub max_body_buffer_size: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub max_body_buffer_timeout: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub metrics: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub network_interface: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub nftables: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub priority_class: Option<Ignored>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub security_context: Option<Ignored>,
 }
 
 /// Defaults of the `agent` keys.
@@ -945,6 +1471,9 @@ pub struct AgentResources {
     pub requests: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<std::collections::BTreeMap<String, String>>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub claims: Option<Ignored>,
 }
 
 impl HttpFilterConfig {
@@ -1049,6 +1578,51 @@ mod schema {
         })
     }
 
+    /// mirrord's "one value or a list of them".
+    pub struct OneOrMany<T>(std::marker::PhantomData<T>);
+
+    impl<T: JsonSchema> JsonSchema for OneOrMany<T> {
+        fn schema_name() -> String {
+            format!("OneOrMany_{}", T::schema_name())
+        }
+        fn json_schema(gen: &mut SchemaGenerator) -> Schema {
+            let one = gen.subschema_for::<T>();
+            let many = gen.subschema_for::<Vec<T>>();
+            Schema::Object(SchemaObject {
+                subschemas: Some(Box::new(SubschemaValidation {
+                    any_of: Some(vec![one, many]),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+        }
+    }
+
+    /// `agent.image`: a string, or `{registry, tag}`.
+    pub struct AgentImage;
+
+    impl JsonSchema for AgentImage {
+        fn schema_name() -> String {
+            "AgentImage".into()
+        }
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            let expanded: Schema = serde_json::from_value(serde_json::json!({
+                "type": "object",
+                "properties": {"registry": {"type": "string"}, "tag": {"type": "string"}},
+                "additionalProperties": false
+            }))
+            // A literal schema: it always deserializes.
+            .expect("a valid schema literal");
+            Schema::Object(SchemaObject {
+                subschemas: Some(Box::new(SubschemaValidation {
+                    any_of: Some(vec![simple(InstanceType::String), expanded]),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+        }
+    }
+
     fn simple(t: InstanceType) -> Schema {
         Schema::Object(SchemaObject {
             instance_type: Some(t.into()),
@@ -1071,7 +1645,14 @@ mod schema {
             "IncomingConfig".into()
         }
         fn json_schema(gen: &mut SchemaGenerator) -> Schema {
-            let short = gen.subschema_for::<IncomingMode>();
+            let mode = gen.subschema_for::<IncomingMode>();
+            let short = Schema::Object(SchemaObject {
+                subschemas: Some(Box::new(SubschemaValidation {
+                    any_of: Some(vec![mode, simple(InstanceType::Boolean)]),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            });
             let full = gen.subschema_for::<IncomingConfigMap>();
             either(gen, short, full, "Incoming traffic of the target's ports: \"mirror\", \"steal\", \"off\" or an object.")
         }
@@ -1103,6 +1684,36 @@ mod schema {
                 simple(InstanceType::Boolean),
                 full,
                 "Name resolution with the target's DNS configuration: true, false or an object.",
+            )
+        }
+    }
+
+    impl JsonSchema for NetworkConfig {
+        fn schema_name() -> String {
+            "NetworkConfig".into()
+        }
+        fn json_schema(gen: &mut SchemaGenerator) -> Schema {
+            let full = gen.subschema_for::<NetworkConfigMap>();
+            either(
+                gen,
+                simple(InstanceType::Boolean),
+                full,
+                "Network features: true (the defaults), false (none of them) or {incoming, outgoing, dns}.",
+            )
+        }
+    }
+
+    impl JsonSchema for EnvConfig {
+        fn schema_name() -> String {
+            "EnvConfig".into()
+        }
+        fn json_schema(gen: &mut SchemaGenerator) -> Schema {
+            let full = gen.subschema_for::<EnvConfigMap>();
+            either(
+                gen,
+                simple(InstanceType::Boolean),
+                full,
+                "The target process's environment for the program: true, false (the default) or {include, exclude, override, env_file, unset}. MIRRORD_*, LD_PRELOAD and the launch configuration's own variables are never replaced.",
             )
         }
     }

@@ -27,12 +27,29 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
     if let Some(setup) = &browser {
         eprintln!("{}", crate::browser::offer_line(setup));
     }
+    // The command's own environment is this process's: nothing of it is a launch
+    // configuration's, so only MIRRORD_* and LD_PRELOAD are kept from `feature.env`.
+    let program_env = match session.program_env(&|_| false, None) {
+        Ok(e) => e,
+        Err(e) => {
+            session.stop().await;
+            return Err(e);
+        }
+    };
     let env = session.launch_env(std::env::var("LD_PRELOAD").ok().as_deref());
-    let mut child = match tokio::process::Command::new(program)
-        .args(args)
-        .envs(env)
-        .spawn()
-    {
+    let mut command = tokio::process::Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if program_env
+            .unset
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(&name))
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    // The session's variables last: they win over anything `feature.env` brought.
+    let mut child = match command.args(args).envs(program_env.set).envs(env).spawn() {
         Ok(c) => c,
         Err(e) => {
             session.stop().await;

@@ -16,5 +16,6 @@ pub mod incoming;
 pub mod kube;
 pub mod paths;
 pub mod proxy;
+pub mod remote_env;
 pub mod session;
 pub mod traffic;

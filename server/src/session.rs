@@ -41,6 +41,9 @@ pub struct Session {
     pub shared: Arc<ProxyShared>,
     config_json: String,
     layer_path: PathBuf,
+    /// The target process's environment (empty unless `feature.env` is on).
+    target_env: Vec<(String, String)>,
+    env_config: mirrord_protocol::config::EnvConfig,
 }
 
 /// `LD_PRELOAD` for a launch: the launch's own preloads, then the layer (once).
@@ -49,6 +52,27 @@ pub fn merge_preload(existing: Option<&str>, layer: &str) -> String {
         Some(p) if p.split([' ', ':']).any(|e| e == layer) => p.to_owned(),
         Some(p) => format!("{p}:{layer}"),
         None => layer.to_owned(),
+    }
+}
+
+/// The target process's environment from the agent, when `feature.env` asks for it. A
+/// targetless session has no process: nothing.
+async fn fetch_target_env(
+    opts: &SessionOptions,
+    control: &AgentControl,
+) -> Result<Vec<(String, String)>> {
+    if !opts.config.feature.env.enabled || opts.target == TargetPath::Targetless {
+        return Ok(Vec::new());
+    }
+    use mirrord_protocol::agent::{AgentRequest, AgentResponse};
+    match control
+        .request(AgentRequest::Env)
+        .await
+        .context("asking the agent for the target's environment (feature.env)")?
+    {
+        AgentResponse::Env(vars) => Ok(vars),
+        AgentResponse::Error(e) => anyhow::bail!("feature.env: {e}"),
+        other => anyhow::bail!("feature.env: the agent answered {other:?}"),
     }
 }
 
@@ -110,6 +134,13 @@ impl Session {
         if let AgentHandle::Kube(_) = &agent {
             control.keep_alive(KEEP_ALIVE_EVERY);
         }
+        let target_env = match fetch_target_env(&opts, &control).await {
+            Ok(env) => env,
+            Err(e) => {
+                agent.stop(Some(&control)).await;
+                return Err(e);
+            }
+        };
         let traffic = Arc::new(TrafficLog::default());
         let incoming = IncomingRouter::new(
             opts.config.feature.network.incoming.clone(),
@@ -163,7 +194,26 @@ impl Session {
             shared,
             config_json,
             layer_path: opts.layer_path,
+            target_env,
+            env_config: opts.config.feature.env.clone(),
         })
+    }
+
+    /// The variables `feature.env` gives a program launched into this session (see
+    /// [`crate::remote_env`]); `launch_keeps` names the launch configuration's own variables,
+    /// `cwd` is where a relative `env_file` is looked for.
+    pub fn program_env(
+        &self,
+        launch_keeps: &dyn Fn(&str) -> bool,
+        cwd: Option<&std::path::Path>,
+    ) -> Result<crate::remote_env::ProgramEnv> {
+        let file = crate::remote_env::read_env_file(&self.env_config, cwd)?;
+        Ok(crate::remote_env::program_env(
+            &self.env_config,
+            &self.target_env,
+            file.as_deref(),
+            launch_keeps,
+        ))
     }
 
     /// Environment that makes a program join this session. `LD_PRELOAD` keeps whatever the

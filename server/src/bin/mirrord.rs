@@ -137,7 +137,24 @@ fn session_options(
         .clone()
         .or_else(|| std::env::var_os("MIRRORD_CONFIG_FILE").map(PathBuf::from));
     let mut config = match &config_path {
-        Some(p) => config_file::load(p)?,
+        Some(p) => {
+            let loaded = config_file::load_with_warnings(p)?;
+            // One line for all of them: the command's own output follows.
+            if let Some(first) = loaded.warnings.first() {
+                let keys: Vec<String> = loaded
+                    .warnings
+                    .iter()
+                    .map(|w| format!("{} ({}:{})", w.key, w.line, w.column))
+                    .collect();
+                eprintln!(
+                    "mirrord: warning: {}: ignored, accepted for compatibility with mirrord \
+                     (this product does not have these features): {}",
+                    first.path.display(),
+                    keys.join(", ")
+                );
+            }
+            loaded.config
+        }
         None => MirrordConfig::default(),
     };
     tweak(&mut config);
@@ -283,8 +300,14 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::VerifyConfig { file } => match config_file::load(&file) {
-            Ok(cfg) => {
+        Command::VerifyConfig { file } => match config_file::load_with_warnings(&file) {
+            Ok(config_file::Loaded {
+                config: cfg,
+                warnings,
+            }) => {
+                for w in &warnings {
+                    eprintln!("{w}");
+                }
                 let target = cfg
                     .target
                     .and_then(|t| t.path)

@@ -17,6 +17,15 @@ pub fn is_config_document(path: &Path) -> bool {
     (in_dot_mirrord && name.ends_with(".json")) || name.ends_with("mirrord.json")
 }
 
+/// How serious a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The file is rejected: no session starts with it.
+    Error,
+    /// A key of mirrord's schema this product accepts and ignores.
+    Warning,
+}
+
 /// A problem with a 0-based position range on one line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
@@ -24,12 +33,28 @@ pub struct Problem {
     pub start: u32,
     pub end: u32,
     pub message: String,
+    pub severity: Severity,
 }
 
-/// The configuration's problems (serde stops at the first one).
+/// The configuration's problems: its first error (serde stops there), or a warning for each key
+/// that is accepted for compatibility with mirrord and ignored.
 pub fn diagnostics(path: &Path, text: &str) -> Vec<Problem> {
-    match config_file::parse(path, text) {
-        Ok(_) => Vec::new(),
+    match config_file::parse_with_warnings(path, text) {
+        Ok(loaded) => loaded
+            .warnings
+            .into_iter()
+            .map(|w| {
+                let line = w.line.saturating_sub(1) as u32;
+                let start = w.column.saturating_sub(1) as u32;
+                Problem {
+                    line,
+                    start,
+                    end: start + w.len.max(1) as u32,
+                    message: w.message(),
+                    severity: Severity::Warning,
+                }
+            })
+            .collect(),
         Err(e) => {
             let line = e.line.saturating_sub(1) as u32;
             // serde_json points just past the offending token; underline that token.
@@ -41,6 +66,7 @@ pub fn diagnostics(path: &Path, text: &str) -> Vec<Problem> {
                 start: start as u32,
                 end: end as u32,
                 message: e.message,
+                severity: Severity::Error,
             }]
         }
     }
@@ -391,8 +417,8 @@ mod tests {
             .into_iter()
             .map(|c| c.label)
             .collect();
-        assert_eq!(labels.len(), 3, "{labels:?}");
-        for k in ["incoming", "outgoing", "dns"] {
+        assert_eq!(labels.len(), 4, "{labels:?}");
+        for k in ["incoming", "outgoing", "dns", "ipv6"] {
             assert!(labels.contains(&k.to_string()), "{labels:?}");
         }
         let t = r#"{"feature": {"network": {"incoming": {"#;
@@ -437,6 +463,99 @@ mod tests {
             "\"netwrk\""
         );
         assert!(d[0].message.contains("unknown field `netwrk`"));
+        assert!(
+            d[0].message.contains("did you mean `network`?"),
+            "{}",
+            d[0].message
+        );
+        assert_eq!(d[0].severity, Severity::Error);
+    }
+
+    #[test]
+    fn ignored_keys_are_warnings_on_the_key() {
+        let text =
+            "{\n  \"operator\": false,\n  \"feature\": {\"env\": true, \"fs\": \"read\"}\n}\n";
+        let d = diagnostics(Path::new("/x/.mirrord/mirrord.json"), text);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(d.iter().all(|p| p.severity == Severity::Warning));
+        let fs = d
+            .iter()
+            .find(|p| p.message.contains("`feature.fs`"))
+            .unwrap();
+        assert_eq!(fs.line, 2);
+        assert_eq!(
+            &text.lines().nth(2).unwrap()[fs.start as usize..fs.end as usize],
+            "\"fs\""
+        );
+        assert!(fs.message.contains("ignored"), "{}", fs.message);
+    }
+
+    /// Every key the schema documents as ignored, by dotted path.
+    fn ignored_in_schema(node: &Value, path: &mut Vec<String>, out: &mut Vec<String>) {
+        if path.len() > 6 {
+            return;
+        }
+        let mut objects = Vec::new();
+        objects_of(node, &mut objects);
+        for o in objects {
+            let Some(props) = o.get("properties").and_then(Value::as_object) else {
+                continue;
+            };
+            for (k, v) in props {
+                path.push(k.clone());
+                let joined = path.join(".");
+                if description(v)
+                    .is_some_and(|d| d == mirrord_protocol::config::compat::IGNORED_DOC)
+                {
+                    if !out.contains(&joined) {
+                        out.push(joined);
+                    }
+                } else {
+                    ignored_in_schema(v, path, out);
+                }
+                path.pop();
+            }
+        }
+    }
+
+    #[test]
+    fn the_ignored_key_list_and_the_types_agree() {
+        let mut in_schema = Vec::new();
+        ignored_in_schema(schema(), &mut Vec::new(), &mut in_schema);
+        in_schema.sort();
+        let mut listed: Vec<String> = mirrord_protocol::config::compat::IGNORED_KEYS
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        listed.sort();
+        assert_eq!(in_schema, listed);
+    }
+
+    #[test]
+    fn every_ignored_key_completes_and_hovers_as_ignored() {
+        for key in mirrord_protocol::config::compat::IGNORED_KEYS {
+            let parts: Vec<String> = key.split('.').map(str::to_owned).collect();
+            let node = node_at(&parts).unwrap_or_else(|| panic!("{key} not in the schema"));
+            let doc = description(node).unwrap_or_default();
+            assert!(doc.contains("ignored by this product"), "{key}: {doc}");
+        }
+        let t = r#"{"feature": {"#;
+        let labels: Vec<String> = completions(t, t.len())
+            .into_iter()
+            .map(|c| c.label)
+            .collect();
+        for k in ["network", "env", "fs", "copy_target", "hostname"] {
+            assert!(labels.contains(&k.to_string()), "{labels:?}");
+        }
+        let t = r#"{"feature": {"fs": "read"}}"#;
+        let h = hover(t, t.find("fs").unwrap() + 1).unwrap();
+        assert!(
+            h.contains("feature.fs") && h.contains("ignored by this product"),
+            "{h}"
+        );
+        let t = r#"{"feature": {"env": {"include": "A;B"}}}"#;
+        let h = hover(t, t.find("include").unwrap() + 1).unwrap();
+        assert!(h.contains("feature.env.include"), "{h}");
     }
 
     #[test]

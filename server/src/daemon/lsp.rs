@@ -163,7 +163,10 @@ impl Backend {
             .into_iter()
             .map(|p| Diagnostic {
                 range: Range::new(Position::new(p.line, p.start), Position::new(p.line, p.end)),
-                severity: Some(DiagnosticSeverity::ERROR),
+                severity: Some(match p.severity {
+                    config_lsp::Severity::Error => DiagnosticSeverity::ERROR,
+                    config_lsp::Severity::Warning => DiagnosticSeverity::WARNING,
+                }),
                 source: Some("mirrord".into()),
                 message: p.message,
                 ..Default::default()

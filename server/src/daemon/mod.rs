@@ -204,11 +204,20 @@ impl Daemon {
 
     pub fn verify_config(&self, params: VerifyConfigParams) -> VerifyConfigResult {
         let path = PathBuf::from(&params.path);
-        match config_file::load(&path) {
-            Ok(cfg) => VerifyConfigResult {
+        match config_file::load_with_warnings(&path) {
+            Ok(loaded) => VerifyConfigResult {
                 ok: true,
-                target: cfg.target.and_then(|t| t.path),
-                diagnostics: Vec::new(),
+                target: loaded.config.target.and_then(|t| t.path),
+                diagnostics: loaded
+                    .warnings
+                    .iter()
+                    .map(|w| ConfigDiagnostic {
+                        message: w.message(),
+                        line: w.line as u32,
+                        column: w.column as u32,
+                        severity: "warning".into(),
+                    })
+                    .collect(),
             },
             Err(e) => VerifyConfigResult {
                 ok: false,
@@ -273,7 +282,7 @@ impl Daemon {
             .cloned();
         if let Some(s) = reusable {
             tracing::info!(session = %s.id, "launch reuses the running session");
-            // The same session, but this launch's own preloads.
+            // The same session, but this launch's own preloads and variables.
             let mut env = s.env.clone();
             let launch_preload = params.launch.as_ref().and_then(|l| l.env.get("LD_PRELOAD"));
             env.insert(
@@ -283,10 +292,22 @@ impl Daemon {
                     &self.opts.layer_path.display().to_string(),
                 ),
             );
+            // The first launch's `feature.env` variables may include names this launch sets
+            // itself: those stay the launch's.
+            if let Some(launch) = &params.launch {
+                env.retain(|name, _| {
+                    crate::remote_env::is_protected(name) || !launch.env.contains_key(name)
+                });
+            }
+            let program_env = match s.session.lock().await.as_ref() {
+                Some(session) => program_env_for(session, &params)?,
+                None => Default::default(),
+            };
+            let env_to_unset = merge_program_env(&mut env, program_env, &params);
             return Ok(StartSessionResult {
                 session_id: s.id.clone(),
                 env,
-                env_to_unset: ENV_TO_UNSET.iter().map(|s| s.to_string()).collect(),
+                env_to_unset,
             });
         }
         let token = format!(
@@ -329,7 +350,14 @@ impl Daemon {
                 started.elapsed().as_millis()
             )),
         );
-        let env: BTreeMap<String, String> = session
+        let program_env = match program_env_for(&session, &params) {
+            Ok(e) => e,
+            Err(e) => {
+                session.stop().await;
+                return Err(e);
+            }
+        };
+        let mut env: BTreeMap<String, String> = session
             .launch_env(
                 params
                     .launch
@@ -339,6 +367,7 @@ impl Daemon {
             )
             .into_iter()
             .collect();
+        let env_to_unset = merge_program_env(&mut env, program_env, &params);
         let managed = Arc::new(ManagedSession {
             id: session.id.clone(),
             owner: client,
@@ -368,7 +397,7 @@ impl Daemon {
         Ok(StartSessionResult {
             session_id: managed.id.clone(),
             env,
-            env_to_unset: ENV_TO_UNSET.iter().map(|s| s.to_string()).collect(),
+            env_to_unset,
         })
     }
 
@@ -573,6 +602,46 @@ impl Daemon {
             s.set_state(s.state(), Some(message.clone()), Some(reason));
         }
     }
+}
+
+/// `feature.env` for one launch: the launch configuration's own variables are never replaced,
+/// and a relative `env_file` is found from the launch's working directory (else the workspace).
+fn program_env_for(
+    session: &Session,
+    params: &StartSessionParams,
+) -> Result<crate::remote_env::ProgramEnv, ApiError> {
+    let launch = params.launch.as_ref();
+    let keeps = |name: &str| launch.is_some_and(|l| l.env.contains_key(name));
+    let cwd = launch
+        .and_then(|l| l.cwd.clone())
+        .or_else(|| params.workspace_folder.clone())
+        .map(PathBuf::from);
+    Ok(session.program_env(&keeps, cwd.as_deref())?)
+}
+
+/// Adds `feature.env`'s variables under the session's own (which win) and returns the names the
+/// IDE must remove: the fixed ones, and `unset` (with the spelling the launch uses, since the
+/// match is case-insensitive).
+fn merge_program_env(
+    env: &mut BTreeMap<String, String>,
+    program_env: crate::remote_env::ProgramEnv,
+    params: &StartSessionParams,
+) -> Vec<String> {
+    for (name, value) in program_env.set {
+        env.entry(name).or_insert(value);
+    }
+    let mut unset: Vec<String> = ENV_TO_UNSET.iter().map(|s| s.to_string()).collect();
+    let launch_names = params.launch.iter().flat_map(|l| l.env.keys());
+    for name in program_env.unset.iter().chain(launch_names) {
+        let wanted = program_env
+            .unset
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(name));
+        if wanted && !unset.contains(name) && !env.contains_key(name) {
+            unset.push(name.clone());
+        }
+    }
+    unset
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
