@@ -5,22 +5,30 @@ import com.google.gson.JsonObject;
 import java.util.Locale;
 
 /**
- * What a failed request means for the IDE. The daemon's error {@code data} may carry
- * {@code {"kind": "..."}} (the values below in snake_case); a daemon that does not send it is
- * understood by the JSON-RPC code and the start of its message, as the VS Code extension does.
+ * What a failed request means for the IDE: the daemon's {@code ErrorKind}
+ * (protocol/src/api.rs), sent as {@code {"kind": "..."}} in the JSON-RPC error's {@code data}
+ * (the values below in snake_case). The plugin matches the kind, never the message, which is
+ * for people. The plugin ships with its daemon, so a kind it does not know is a bug, shown as
+ * {@link #OTHER}.
  */
 public enum ErrorKind {
     /** No target in the request or the configuration: ask the user for one. */
     NO_TARGET,
-    /** The session does not exist (any more). */
-    NO_SESSION,
+    /** A target that does not parse, or that this build cannot reach. */
+    BAD_TARGET,
     /** The configuration file is wrong (file, line and column are in the message). */
     CONFIG,
-    /** The agent could not be started on the target. */
-    AGENT,
-    /** The request itself was malformed (a bug in the plugin, or a daemon of another version). */
+    /** The session could not start (the agent failed or did not become ready). */
+    SESSION_START,
+    /** The session does not exist (any more). */
+    NO_SESSION,
+    /** The Kubernetes cluster could not be reached or refused a request. */
+    CLUSTER,
+    /** The daemon failed in a way it has no kind for. */
+    INTERNAL,
+    /** The request itself was malformed (a JSON-RPC protocol error: a plugin bug). */
     PROTOCOL,
-    /** Anything else. */
+    /** An error without a known kind. */
     OTHER;
 
     public static ErrorKind of(RpcException e) {
@@ -31,27 +39,13 @@ public enum ErrorKind {
                 try {
                     return valueOf(kind.trim().toUpperCase(Locale.ROOT));
                 } catch (IllegalArgumentException unknown) {
-                    // A kind this plugin does not know yet: fall back to the message.
+                    return OTHER;
                 }
             }
         }
         long code = e.code();
         if (code == -32700 || code == -32600 || code == -32601 || code == -32602) {
             return PROTOCOL;
-        }
-        String m = e.getMessage() == null ? "" : e.getMessage().trim().toLowerCase(Locale.ROOT);
-        if (m.startsWith("no target")) {
-            return NO_TARGET;
-        }
-        if (m.startsWith("no session")) {
-            return NO_SESSION;
-        }
-        if (m.contains("could not start a session")) {
-            return AGENT;
-        }
-        // The daemon's configuration errors read "<file>:<line>:<column>: <message>".
-        if (m.matches("(?s)^.+\\.(json|toml|yaml|yml):\\d+:\\d+: .*")) {
-            return CONFIG;
         }
         return OTHER;
     }

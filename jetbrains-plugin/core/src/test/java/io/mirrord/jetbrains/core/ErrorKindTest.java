@@ -11,19 +11,20 @@ class ErrorKindTest {
     }
 
     @Test
-    void theKindInDataWins() {
+    void theKindInDataDecidesNotTheMessage() {
         assertEquals(ErrorKind.CONFIG, kind(1, "no target: whatever", "{\"kind\":\"config\"}"));
         assertEquals(ErrorKind.NO_SESSION, kind(1, "x", "{\"kind\":\"no_session\"}"));
-        // An unknown kind falls back to the message.
-        assertEquals(ErrorKind.NO_TARGET, kind(1, "no target: choose one", "{\"kind\":\"brand_new\"}"));
+        assertEquals(ErrorKind.SESSION_START, kind(1, "x", "{\"kind\":\"session_start\"}"));
+        assertEquals(ErrorKind.BAD_TARGET, kind(1, "x", "{\"kind\":\"bad_target\"}"));
+        assertEquals(ErrorKind.CLUSTER, kind(1, "x", "{\"kind\":\"cluster\"}"));
+        assertEquals(ErrorKind.INTERNAL, kind(1, "x", "{\"kind\":\"internal\"}"));
+        // Words never count: the same message without its kind is no "no target".
+        assertEquals(ErrorKind.OTHER, kind(1, "no target: choose one", null));
+        assertEquals(ErrorKind.OTHER, kind(1, "no target: choose one", "{\"kind\":\"brand_new\"}"));
     }
 
     @Test
-    void withoutDataTheDaemonsMessagesAreRecognised() {
-        assertEquals(ErrorKind.NO_TARGET, kind(1, "no target: choose one (mirrord/listTargets) or set \"target\"", null));
-        assertEquals(ErrorKind.NO_SESSION, kind(1, "no session 1234", null));
-        assertEquals(ErrorKind.AGENT, kind(1, "mirrord could not start a session on pid/9: no such process", null));
-        assertEquals(ErrorKind.CONFIG, kind(1, "/ws/.mirrord/mirrord.json:3:7: unknown field `foo`", null));
+    void jsonRpcProtocolErrorsAreTheirOwnKind() {
         assertEquals(ErrorKind.PROTOCOL, kind(-32602, "Invalid params", null));
         assertEquals(ErrorKind.OTHER, kind(1, "something else", "[1]"));
     }

@@ -86,6 +86,7 @@ public final class FakeDaemon {
                         JsonObject error = new JsonObject();
                         error.addProperty("code", 1);
                         error.addProperty("message", "no target: choose one (mirrord/listTargets) or set \"target\" in the configuration");
+                        error.add("data", kind("no_target"));
                         JsonObject r = new JsonObject();
                         r.add("id", id);
                         r.add("error", error);
@@ -96,6 +97,7 @@ public final class FakeDaemon {
                         JsonObject error = new JsonObject();
                         error.addProperty("code", 1);
                         error.addProperty("message", "mirrord could not start a session on pid/once: no process 4242");
+                        error.add("data", kind("session_start"));
                         JsonObject r = new JsonObject();
                         r.add("id", id);
                         r.add("error", error);
@@ -158,6 +160,13 @@ public final class FakeDaemon {
                 }
             }
         }
+    }
+
+    /** The daemon's error {@code data}: {@code {"kind": ...}}. */
+    private static JsonObject kind(String kind) {
+        JsonObject data = new JsonObject();
+        data.addProperty("kind", kind);
+        return data;
     }
 
     private static JsonObject progress(String token, String kind, String key, String text) {
