@@ -113,6 +113,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A variable in the pod process's environment (and nowhere else).
+    pub const POD_ENV_NAME: &'static str = "POD_GREETING";
+    pub const POD_ENV_VALUE: &'static str = "hello from the pod";
     /// The target pod's address.
     pub const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
     /// The client namespace's address (sends traffic to the pod).
@@ -498,7 +501,10 @@ impl Cluster {
             .arg("--port")
             .arg(Self::POD_HTTP_PORT.to_string())
             .arg("--log")
-            .arg(self.workdir.join("pod_requests.log"));
+            .arg(self.workdir.join("pod_requests.log"))
+            // A variable only the pod's process has, as a container's environment would: tests
+            // of `feature.env` look for it in a program launched with mirrord.
+            .env(Self::POD_ENV_NAME, Self::POD_ENV_VALUE);
         let mut pod = self.spawn_named("pod-http", pod_cmd)?;
 
         let mut svc_cmd = self.cmd(&self.ns_svc, PYTHON);

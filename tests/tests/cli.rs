@@ -344,10 +344,17 @@ fn dump_json_lines_are_traffic_events() {
 /// cdylib) says which command builds the missing file, and starts nothing.
 #[test]
 fn a_missing_layer_or_agent_names_the_command_that_builds_it() {
-    let dir = std::env::temp_dir().join(format!("mirrord-missing-{}", std::process::id()));
+    let built = target_dir_bin("mirrord");
+    let dir = built
+        .parent()
+        .unwrap()
+        .join(format!("missing-helpers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let lone = dir.join("mirrord");
-    std::fs::copy(target_dir_bin("mirrord"), &lone).unwrap();
+    // A hard link, not a copy: a copy is open for writing while other tests fork, and a child
+    // that inherited that descriptor makes executing the copy fail with ETXTBSY.
+    std::fs::hard_link(&built, &lone).unwrap();
     let exec = |envs: &[(&str, &str)]| {
         let mut cmd = Command::new(&lone);
         // Never reaches a session: the helpers are located before anything starts.

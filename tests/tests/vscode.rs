@@ -27,6 +27,8 @@ const server = http.createServer((req, res) => {
   }
   res.setHeader('x-served-by', 'local');
   res.setHeader('x-pid', String(process.pid));
+  // feature.env: the pod's variable, as this launch received it.
+  res.setHeader('x-pod-greeting', process.env.POD_GREETING || '(unset)');
   res.end(`local: ${req.method} ${req.url}\n`);
 });
 server.listen(80, () => console.log(`app listening on 80 (pid ${process.pid})`));
@@ -120,7 +122,7 @@ fn vscode_extension_runs_with_mirrord_and_shows_traffic() {
 "#,
     );
     let mirrord_json = format!(
-        "{{\n  \"target\": \"pid/{}\",\n  \"feature\": {{\"network\": {{\"incoming\": \"steal\"}}}}\n}}\n",
+        "{{\n  \"target\": \"pid/{}\",\n  \"feature\": {{\"env\": true, \"network\": {{\"incoming\": \"steal\"}}}}\n}}\n",
         c.pod_pid()
     );
     write(&ws.join(".mirrord/mirrord.json"), &mirrord_json);
@@ -227,6 +229,18 @@ fn vscode_extension_runs_with_mirrord_and_shows_traffic() {
         std::thread::sleep(Duration::from_secs(secs.min(3600)));
     }
 
+    // What the launch must see with `feature.env`: the variable as the pod's process has it,
+    // read from its /proc/PID/environ (not from the constant the harness set).
+    let environ = std::fs::read(format!("/proc/{}/environ", c.pod_pid())).unwrap();
+    let pod_greeting = environ
+        .split(|b| *b == 0)
+        .find_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.strip_prefix(&format!("{}=", Cluster::POD_ENV_NAME))
+                .map(str::to_owned)
+        })
+        .expect("the pod's process has its variable");
+
     // The driver: Chromium in dev, curl in client.
     let mut drive = c.dev("node");
     drive
@@ -239,7 +253,8 @@ fn vscode_extension_runs_with_mirrord_and_shows_traffic() {
         .env("E2E_BROWSER_PROFILE", root.join("chromium"))
         .env("E2E_TARGET", format!("pid/{}", c.pod_pid()))
         .env("E2E_SERVER_BIN", &server_bin)
-        .env("E2E_POD_NS", c.ns_pod());
+        .env("E2E_POD_NS", c.ns_pod())
+        .env("E2E_POD_GREETING", pod_greeting);
     xdg(&mut drive);
     let out = output_within(&mut drive, DRIVER_TIMEOUT).unwrap_or_else(|e| {
         panic!(

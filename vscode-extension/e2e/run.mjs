@@ -25,6 +25,7 @@ const PROFILE = env('E2E_BROWSER_PROFILE');
 const SERVER_BIN = env('E2E_SERVER_BIN');
 const TARGET = env('E2E_TARGET');
 const POD_NS = env('E2E_POD_NS');
+const POD_GREETING = env('E2E_POD_GREETING');
 
 const t0 = Date.now();
 const log = (...a) => console.log(`[e2e +${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
@@ -211,6 +212,10 @@ async function main() {
         throw new Error(`expected 200 from the local app, got ${r.status} ${JSON.stringify(r.headers)} ${r.body}`);
       }
       if (!r.body.includes('local: GET /e2e-1?from=client')) throw new Error(`unexpected body ${r.body}`);
+      // feature.env: the launch got the pod process's environment through startSession's env.
+      if (r.headers['x-pod-greeting'] !== POD_GREETING) {
+        throw new Error(`the launch lacks the pod's POD_GREETING: got ${JSON.stringify(r.headers['x-pod-greeting'])}, the pod has ${JSON.stringify(POD_GREETING)}`);
+      }
       firstPid = r.headers['x-pid'];
       log(`served by the local app, pid ${firstPid}`);
     });
