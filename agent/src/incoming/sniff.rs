@@ -133,3 +133,75 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Cases per property: `MIRRORD_FUZZ_CASES` (`scripts/fuzz`), else what CI can afford.
+    fn cases() -> u32 {
+        std::env::var("MIRRORD_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500)
+    }
+
+    /// What the sniffer must decide for a connection whose bytes are all of `input`.
+    fn expected_http(input: &[u8]) -> bool {
+        HTTP_METHODS.iter().any(|m| input.starts_with(m)) || input.starts_with(H2_PREFACE)
+    }
+
+    /// Sends `input` in pieces cut at `cuts`, then closes; returns the decision and every byte
+    /// the sniffed stream yields afterwards.
+    fn sniff_all(input: &[u8], cuts: &[usize]) -> (bool, Vec<u8>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime");
+        rt.block_on(async {
+            let (mut peer, ours) = tokio::io::duplex(64);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            points.sort_unstable();
+            let input_owned = input.to_vec();
+            let writer = tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut from = 0;
+                for p in points.into_iter().chain([input_owned.len()]) {
+                    if peer.write_all(&input_owned[from..p]).await.is_err() {
+                        return;
+                    }
+                    from = p;
+                    tokio::task::yield_now().await;
+                }
+            });
+            let (protocol, mut stream) = sniff(Box::new(ours)).await;
+            let mut all = Vec::new();
+            stream
+                .read_to_end(&mut all)
+                .await
+                .expect("reading the sniffed stream");
+            writer.await.expect("the writer task");
+            (matches!(protocol, Protocol::Http), all)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever arrives, in whatever pieces: the decision follows the first bytes, and
+        /// not one byte is lost or repeated for whoever reads the connection next.
+        #[test]
+        fn sniffing_loses_no_byte_and_decides_by_the_first_bytes(
+            method in prop::sample::select(vec![&b""[..], b"GET ", b"POST ", b"PRI * HTTP/2.0\r\n", b"GE", b"PRI * HTTP/2"]),
+            tail in prop::collection::vec(any::<u8>(), 0..200),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut input = method.to_vec();
+            input.extend_from_slice(&tail);
+            let (http, bytes) = sniff_all(&input, &cuts);
+            prop_assert_eq!(http, expected_http(&input));
+            prop_assert_eq!(bytes, input);
+        }
+    }
+}

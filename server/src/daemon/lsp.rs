@@ -600,3 +600,172 @@ pub async fn serve_stdio(daemon: Arc<Daemon>) {
     tracing::info!("the client closed stdio; ending its sessions");
     daemon.client_gone(STDIO_CLIENT).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Cases per property: `MIRRORD_FUZZ_CASES` (`scripts/fuzz`), else what CI can afford.
+    fn cases() -> u32 {
+        std::env::var("MIRRORD_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000)
+    }
+
+    /// A reader that hands out its bytes in the pieces the cuts make (short reads).
+    struct Pieces {
+        data: Vec<u8>,
+        cuts: Vec<usize>,
+        pos: usize,
+    }
+
+    impl std::io::Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let next_cut = self
+                .cuts
+                .iter()
+                .copied()
+                .find(|c| *c > self.pos)
+                .unwrap_or(self.data.len());
+            let n = (next_cut - self.pos).min(buf.len());
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    /// Runs the frame reader over `bytes`; returns the frames it forwards to tower-lsp and the
+    /// error frames it answers with itself.
+    fn read_all(bytes: &[u8], cuts: &[usize]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        // Room for every frame the input could hold: the reader never waits on a full queue.
+        let room = bytes.len() + 16;
+        let (forward_tx, mut forward_rx) = mpsc::channel(room);
+        let (out_tx, mut out_rx) = mpsc::channel(room);
+        read_client(
+            Pieces {
+                data: bytes.to_vec(),
+                cuts,
+                pos: 0,
+            },
+            forward_tx,
+            out_tx,
+        );
+        let mut forwarded = Vec::new();
+        while let Ok(f) = forward_rx.try_recv() {
+            forwarded.push(f);
+        }
+        let mut answered = Vec::new();
+        while let Ok(Out::Frame(f)) = out_rx.try_recv() {
+            answered.push(f);
+        }
+        (forwarded, answered)
+    }
+
+    /// The JSON body of one LSP frame the reader produced (it must be well-formed).
+    fn body_of(frame: &[u8]) -> serde_json::Value {
+        let text = std::str::from_utf8(frame).expect("frames are UTF-8 headers");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a header and a body");
+        let len: usize = head
+            .strip_prefix("Content-Length: ")
+            .expect("a Content-Length header")
+            .parse()
+            .expect("a number");
+        assert_eq!(len, body.len(), "Content-Length matches the body");
+        serde_json::from_str(body).expect("a JSON body")
+    }
+
+    fn request(id: u64, method: &str) -> Vec<u8> {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{{}}}}"#);
+        lsp_frame(body.as_bytes())
+    }
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Flip(usize, u8),
+        Insert(usize, u8),
+        Remove(usize),
+        Truncate(usize),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Edit::Flip(i, b)),
+            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Edit::Insert(i, b)),
+            any::<usize>().prop_map(Edit::Remove),
+            any::<usize>().prop_map(Edit::Truncate),
+        ]
+    }
+
+    fn apply(mut v: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+        // Header bytes and digits are where a reader goes wrong.
+        const SPECIAL: &[u8] = b"\r\n:{}\"0123456789 ";
+        for e in edits {
+            let n = v.len().max(1);
+            match *e {
+                Edit::Flip(i, b) if !v.is_empty() => v[i % n] = SPECIAL[b as usize % SPECIAL.len()],
+                Edit::Insert(i, b) => {
+                    v.insert(i % (v.len() + 1), SPECIAL[b as usize % SPECIAL.len()])
+                }
+                Edit::Remove(i) if !v.is_empty() => {
+                    v.remove(i % n);
+                }
+                Edit::Truncate(i) => v.truncate(i % (v.len() + 1)),
+                _ => {}
+            }
+        }
+        v
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Well-formed requests arrive whole and in order however the stream is cut.
+        #[test]
+        fn valid_frames_pass_whole_however_they_are_cut(
+            count in 1..6usize,
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let mut stream = Vec::new();
+            for i in 0..count {
+                stream.extend(request(i as u64, "mirrord/listSessions"));
+            }
+            let (forwarded, answered) = read_all(&stream, &cuts);
+            prop_assert!(answered.is_empty());
+            prop_assert_eq!(forwarded.len(), count);
+            for (i, f) in forwarded.iter().enumerate() {
+                prop_assert_eq!(&body_of(f)["id"], &serde_json::json!(i));
+            }
+        }
+
+        /// Edited streams never panic the reader, and everything it emits is a well-formed
+        /// frame: a request for tower-lsp, or a JSON-RPC error answer.
+        #[test]
+        fn edited_streams_only_yield_well_formed_frames(
+            count in 1..4usize,
+            edits in prop::collection::vec(edit(), 1..10),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut stream = Vec::new();
+            for i in 0..count {
+                stream.extend(request(i as u64, "mirrord/listSessions"));
+            }
+            let (forwarded, answered) = read_all(&apply(stream, &edits), &cuts);
+            for f in &forwarded {
+                prop_assert_eq!(&body_of(f)["jsonrpc"], "2.0");
+            }
+            for a in &answered {
+                let b = body_of(a);
+                prop_assert!(b["error"]["code"].is_i64(), "{b}");
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic_the_reader(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = read_all(&bytes, &[bytes.len() / 3]);
+        }
+    }
+}
