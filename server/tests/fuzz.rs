@@ -104,7 +104,8 @@ fn check_config(path: &str, bytes: &[u8]) {
     if let Err(e) = config_file::parse(Path::new(path), &text) {
         assert!(!e.message.is_empty(), "{path}: an error without a message");
         if e.line > 0 {
-            let lines = text.split('\n').count();
+            // Lines as editors and YAML count them: CRLF, LF or a lone CR ends a line.
+            let lines = text.replace("\r\n", "\n").split(['\n', '\r']).count();
             assert!(
                 e.line <= lines + 1,
                 "{path}: line {} of a {lines}-line text: {e}",
