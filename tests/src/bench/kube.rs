@@ -340,10 +340,9 @@ impl KubeBench {
         ] {
             for &v in &order {
                 check_interrupted()?;
-                let r = run_json(self.client(
-                    v,
-                    &["http", SVC, "/", &n.to_string(), &w.to_string(), mode],
-                )?);
+                let r = run_json(
+                    self.client(v, &["http", SVC, "/", &n.to_string(), &w.to_string(), mode])?,
+                );
                 latency(figs, key, v.name(), run, r)?;
             }
         }
@@ -367,7 +366,13 @@ impl KubeBench {
 }
 
 /// Records `k8s.{key}.p50` (and `.p99` for keep-alive) of a latency summary.
-fn latency(figs: &mut Figures, key: &str, variant: &str, run: usize, r: Result<Value>) -> Result<()> {
+fn latency(
+    figs: &mut Figures,
+    key: &str,
+    variant: &str,
+    run: usize,
+    r: Result<Value>,
+) -> Result<()> {
     let p50 = format!("k8s.{key}.p50");
     let p99 = (key == "ka").then(|| format!("k8s.{key}.p99"));
     match r {
@@ -420,7 +425,10 @@ fn head_of_line(figs: &mut Figures, variant: &str, run: usize, r: Result<Value>)
 pub fn head_of_line_values(r: &Value) -> Result<[f64; 5]> {
     let want = (BULK_GETS * BULK_MIB * 1024 * 1024) as u64;
     if r["bulk_bytes"].as_u64() != Some(want) {
-        bail!("download incomplete ({} of {want} bytes): {r}", r["bulk_bytes"]);
+        bail!(
+            "download incomplete ({} of {want} bytes): {r}",
+            r["bulk_bytes"]
+        );
     }
     if let Some(e) = client_errors(r) {
         bail!("{e}");
@@ -484,8 +492,14 @@ mod tests {
         assert_eq!(ratio.judge("mirrord").unwrap().1, Status::Missed);
         assert!(ratio.judge("direct").is_none());
         let md = markdown_tables(&figs.0);
-        assert!(md.contains("### Kubernetes (port-forward transport)"), "{md}");
-        assert!(md.contains("| mirrord | 4.00 × | 3.00–5.00 | – | ≤ 3.00 × | **missed** |"), "{md}");
+        assert!(
+            md.contains("### Kubernetes (port-forward transport)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| mirrord | 4.00 × | 3.00–5.00 | – | ≤ 3.00 × | **missed** |"),
+            "{md}"
+        );
         // A failed run shows as failed, not as a value.
         head_of_line(&mut figs, "mirrord pid/", 0, Err(anyhow::anyhow!("boom"))).unwrap();
         assert!(figs.get("k8s.hol.ratio").summary("mirrord pid/").is_none());

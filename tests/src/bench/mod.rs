@@ -81,7 +81,8 @@ pub fn replace_between(doc: &str, begin: &str, end: &str, with: &str) -> Option<
 }
 
 /// The markers of BENCHMARKS.md's main results.
-pub const RESULTS_MARKERS: (&str, &str) = ("<!-- bench:results:begin -->", "<!-- bench:results:end -->");
+pub const RESULTS_MARKERS: (&str, &str) =
+    ("<!-- bench:results:begin -->", "<!-- bench:results:end -->");
 /// The markers of the Kubernetes section's results (a run of that section alone).
 pub const KUBE_MARKERS: (&str, &str) = (
     "<!-- bench:kubernetes:begin -->",

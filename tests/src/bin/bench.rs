@@ -34,7 +34,6 @@ use mirrord_tests::bench::{
 use mirrord_tests::Cluster;
 use serde_json::json;
 
-
 struct Args {
     quick: bool,
     runs: Option<usize>,
@@ -260,8 +259,7 @@ fn real_main() -> Result<()> {
     let measured_from = Instant::now();
     // The sections of the network-namespace cluster first, all runs; then the Kubernetes
     // section on a simulated Kubernetes API of its own (one cluster at a time on 2 cores).
-    let (kube, plain): (Vec<&str>, Vec<&str>) =
-        sections.iter().partition(|s| **s == "kubernetes");
+    let (kube, plain): (Vec<&str>, Vec<&str>) = sections.iter().partition(|s| **s == "kubernetes");
     if !plain.is_empty() {
         eprintln!("bench: starting the simulated cluster");
         let cluster = Cluster::start()?;

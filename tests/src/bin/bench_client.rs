@@ -386,9 +386,7 @@ fn loaded(addr: &str, bulk_path: &str, gets: usize, n: usize, warmup: usize) -> 
             }
             k += 1;
             match timed_request(&mut conn, target, &req) {
-                Ok(dt) if phase.load(Ordering::SeqCst) == 1 => {
-                    during.push(dt.as_secs_f64() * 1e6)
-                }
+                Ok(dt) if phase.load(Ordering::SeqCst) == 1 => during.push(dt.as_secs_f64() * 1e6),
                 Ok(_) => {}
                 Err(e) => errors.push(e.to_string()),
             }
