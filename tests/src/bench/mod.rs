@@ -1,10 +1,12 @@
 //! The benchmark suite (`cargo run --release -p mirrord-tests --bin bench`, or `./scripts/bench`):
 //! side-by-side figures of mirrord and the direct path (and socat / proxychains as the usual
-//! alternatives) on the simulated cluster. See `run` for what runs where, `report` for the
-//! statistics, and BENCHMARKS.md for the latest table.
+//! alternatives) on the simulated cluster. See `run` for what runs where, `kube` for the
+//! Kubernetes section (port-forward transport, on the simulated Kubernetes API), `report` for
+//! the statistics, and BENCHMARKS.md for the latest table.
 //!
 //! This is a benchmark, not a test: nothing here asserts a timing.
 
+pub mod kube;
 pub mod report;
 pub mod run;
 
@@ -78,9 +80,61 @@ pub fn replace_between(doc: &str, begin: &str, end: &str, with: &str) -> Option<
     Some(format!("{}\n{}\n{}", &doc[..b], with.trim_end(), &doc[e..]))
 }
 
+/// The markers of BENCHMARKS.md's main results.
+pub const RESULTS_MARKERS: (&str, &str) =
+    ("<!-- bench:results:begin -->", "<!-- bench:results:end -->");
+/// The markers of the Kubernetes section's results (a run of that section alone).
+pub const KUBE_MARKERS: (&str, &str) = (
+    "<!-- bench:kubernetes:begin -->",
+    "<!-- bench:kubernetes:end -->",
+);
+
+/// BENCHMARKS.md with a run's Markdown put in its place: a run of the `kubernetes` section
+/// alone replaces the Kubernetes results only (so the other sections' latest full run stays);
+/// any other run replaces the main results, and when it measured Kubernetes too, the
+/// Kubernetes markers then point at it. `None` when the markers are missing.
+pub fn update_benchmarks_md(doc: &str, sections: &[&str], md: &str) -> Option<String> {
+    if sections == ["kubernetes"] {
+        return replace_between(doc, KUBE_MARKERS.0, KUBE_MARKERS.1, md);
+    }
+    let doc = replace_between(doc, RESULTS_MARKERS.0, RESULTS_MARKERS.1, md)?;
+    if sections.contains(&"kubernetes") {
+        if let Some(d) = replace_between(
+            &doc,
+            KUBE_MARKERS.0,
+            KUBE_MARKERS.1,
+            "The Kubernetes figures of the latest run are in the results above.",
+        ) {
+            return Some(d);
+        }
+    }
+    Some(doc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kubernetes_only_run_keeps_the_other_results() {
+        let (rb, re) = RESULTS_MARKERS;
+        let (kb, ke) = KUBE_MARKERS;
+        let doc = format!("a\n{rb}\nfull\n{re}\nb\n{kb}\nold k8s\n{ke}\n");
+        let out = update_benchmarks_md(&doc, &["kubernetes"], "new k8s").unwrap();
+        assert!(out.contains(&format!("{rb}\nfull\n{re}")), "{out}");
+        assert!(out.contains(&format!("{kb}\nnew k8s\n{ke}")), "{out}");
+        let out = update_benchmarks_md(&doc, &["outgoing"], "new full").unwrap();
+        assert!(out.contains(&format!("{rb}\nnew full\n{re}")), "{out}");
+        assert!(out.contains("old k8s"), "{out}");
+        let out = update_benchmarks_md(&doc, &["outgoing", "kubernetes"], "all").unwrap();
+        assert!(out.contains(&format!("{rb}\nall\n{re}")), "{out}");
+        assert!(!out.contains("old k8s"), "{out}");
+        // No Kubernetes markers: a full run still writes its results; a Kubernetes-only one
+        // has nowhere to go.
+        let plain = format!("{rb}\nx\n{re}\n");
+        assert!(update_benchmarks_md(&plain, &["outgoing", "kubernetes"], "y").is_some());
+        assert!(update_benchmarks_md(&plain, &["kubernetes"], "y").is_none());
+    }
 
     #[test]
     fn replaces_between_markers() {

@@ -46,7 +46,9 @@ const MEASURE_TIMEOUT: Duration = Duration::from_secs(150);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The sections of the benchmark, in the order they run within a run.
-pub const SECTIONS: [&str; 4] = ["outgoing", "incoming", "session", "layer"];
+/// `kubernetes` runs on a simulated Kubernetes API of its own (see `super::kube`), after the
+/// others.
+pub const SECTIONS: [&str; 5] = ["outgoing", "incoming", "session", "layer", "kubernetes"];
 
 /// Set by SIGINT/SIGTERM: the bench stops after the current measurement and cleans up.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -70,7 +72,7 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-fn check_interrupted() -> Result<()> {
+pub(super) fn check_interrupted() -> Result<()> {
     if interrupted() {
         bail!("interrupted");
     }
@@ -173,7 +175,7 @@ impl Variant {
 }
 
 /// `items` rotated left by `run` (so each variant goes first in turn).
-fn rotated<T: Copy>(items: &[T], run: usize) -> Vec<T> {
+pub(super) fn rotated<T: Copy>(items: &[T], run: usize) -> Vec<T> {
     let mut v = items.to_vec();
     if !v.is_empty() {
         let k = run % v.len();
@@ -186,7 +188,7 @@ fn rotated<T: Copy>(items: &[T], run: usize) -> Vec<T> {
 pub struct Figures(pub Vec<Figure>);
 
 impl Figures {
-    fn get(&mut self, id: &str) -> &mut Figure {
+    pub(super) fn get(&mut self, id: &str) -> &mut Figure {
         let at = self
             .0
             .iter()
@@ -195,12 +197,12 @@ impl Figures {
         &mut self.0[at]
     }
 
-    fn put(&mut self, id: &str, variant: &str, run: usize, v: f64) {
+    pub(super) fn put(&mut self, id: &str, variant: &str, run: usize, v: f64) {
         eprintln!("    {id} {variant}: {}", super::report::fmt_num(v));
         self.get(id).put(variant, run, v);
     }
 
-    fn fail(&mut self, id: &str, variant: &str, run: usize, why: &str) {
+    pub(super) fn fail(&mut self, id: &str, variant: &str, run: usize, why: &str) {
         eprintln!("    {id} {variant}: FAILED: {why}");
         self.get(id).fail(variant, run, why);
     }
@@ -491,6 +493,9 @@ pub fn figures(p: &Params, sections: &[&str]) -> Figures {
             .baseline("without layer"),
         );
     }
+    if sections.contains(&"kubernetes") {
+        super::kube::figures(p, &mut f);
+    }
     Figures(f)
 }
 
@@ -639,7 +644,7 @@ impl Drop for Proc {
 }
 
 /// The last stdout line of a finished command, parsed as JSON (a failing exit is an error).
-fn run_json(mut cmd: Command) -> Result<Value> {
+pub(super) fn run_json(mut cmd: Command) -> Result<Value> {
     let out = output_within(&mut cmd, MEASURE_TIMEOUT)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -663,19 +668,19 @@ fn tail_lines(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
-fn f64_of(v: &Value, key: &str) -> Result<f64> {
+pub(super) fn f64_of(v: &Value, key: &str) -> Result<f64> {
     v[key]
         .as_f64()
         .ok_or_else(|| anyhow!("no number {key:?} in {v}"))
 }
 
 /// Errors a client reported (as a failure note), if any.
-fn client_errors(v: &Value) -> Option<String> {
+pub(super) fn client_errors(v: &Value) -> Option<String> {
     let n = v["errors"].as_u64().unwrap_or(0);
     (n > 0).then(|| format!("{n} errors, first: {}", v["first_error"]))
 }
 
-fn no_proxy(cmd: &mut Command) {
+pub(super) fn no_proxy(cmd: &mut Command) {
     for var in [
         "http_proxy",
         "https_proxy",
@@ -743,7 +748,7 @@ fn listening(pid: u32, port: u16) -> bool {
         .unwrap_or(false)
 }
 
-fn poll(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+pub(super) fn poll(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !cond() {
         if Instant::now() >= deadline {

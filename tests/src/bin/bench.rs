@@ -8,9 +8,12 @@
 //! Options:
 //!   --quick                  small counts and 2 runs (to try the bench out)
 //!   --runs N                 number of runs (default 5, quick 2)
-//!   --only S[,S...]          sections: outgoing, incoming, session, layer (default all)
+//!   --only S[,S...]          sections: outgoing, incoming, session, layer, kubernetes
+//!                            (default all; kubernetes runs last, on the simulated
+//!                            Kubernetes API)
 //!   --shared                 say in the output that the machine ran other work meanwhile
 //!   --write-benchmarks-md    replace the results section of BENCHMARKS.md with this run's
+//!                            (`--only kubernetes`: the Kubernetes section's results only)
 //!   --no-build               do not run `cargo build` for the programs under test first
 //!   --out DIR                where latest.json / latest.md go (default bench-results/)
 //!   --hold-cluster SECS      (for profiling) set everything up, print the namespaces, pod pid
@@ -22,14 +25,14 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use mirrord_tests::bench::kube::KubeBench;
 use mirrord_tests::bench::report::{self, Status};
 use mirrord_tests::bench::run::{self, Bench, Bins, Params, SECTIONS};
-use mirrord_tests::bench::{command_output, loadavg, replace_between, Machine};
+use mirrord_tests::bench::{
+    command_output, loadavg, update_benchmarks_md, Machine, KUBE_MARKERS, RESULTS_MARKERS,
+};
 use mirrord_tests::Cluster;
 use serde_json::json;
-
-const BEGIN: &str = "<!-- bench:results:begin -->";
-const END: &str = "<!-- bench:results:end -->";
 
 struct Args {
     quick: bool,
@@ -162,6 +165,14 @@ fn build(target_dir: &Path, release: bool) -> Result<()> {
     Ok(())
 }
 
+/// Keeps what was set up for `secs` seconds or until Ctrl-C.
+fn hold(secs: u64) {
+    let until = Instant::now() + std::time::Duration::from_secs(secs);
+    while Instant::now() < until && !run::interrupted() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn main() {
     if let Err(e) = real_main() {
         eprintln!("bench: {e:#}");
@@ -246,11 +257,14 @@ fn real_main() -> Result<()> {
 
     let mut figs = run::figures(&params, &sections);
     let measured_from = Instant::now();
-    {
+    // The sections of the network-namespace cluster first, all runs; then the Kubernetes
+    // section on a simulated Kubernetes API of its own (one cluster at a time on 2 cores).
+    let (kube, plain): (Vec<&str>, Vec<&str>) = sections.iter().partition(|s| **s == "kubernetes");
+    if !plain.is_empty() {
         eprintln!("bench: starting the simulated cluster");
         let cluster = Cluster::start()?;
         cluster.ensure_bulk()?;
-        let mut bench = Bench::new(&cluster, bins, params.clone())?;
+        let mut bench = Bench::new(&cluster, bins.clone(), params.clone())?;
         if let Some(secs) = args.hold {
             println!(
                 "cluster {}: pod ns {} (pod pid {}), dev ns {}, client ns {}, workdir {}; \
@@ -263,17 +277,27 @@ fn real_main() -> Result<()> {
                 cluster.ns_client(),
                 cluster.workdir().display()
             );
-            let until = Instant::now() + std::time::Duration::from_secs(secs);
-            while Instant::now() < until && !run::interrupted() {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
+            hold(secs);
             return Ok(());
         }
         for r in 0..runs {
-            for s in &sections {
+            for s in &plain {
                 eprintln!("bench: run {}/{runs}: {s}", r + 1);
                 bench.run_section(s, r, &mut figs)?;
             }
+        }
+    }
+    if !kube.is_empty() {
+        eprintln!("bench: starting the simulated Kubernetes API");
+        let mut kb = KubeBench::new(bins.clone(), bin_dir.join("mirrord-agent"), params.clone())?;
+        if let Some(secs) = args.hold {
+            println!("{}; holding {secs} s (Ctrl-C ends it)", kb.describe());
+            hold(secs);
+            return Ok(());
+        }
+        for r in 0..runs {
+            eprintln!("bench: run {}/{runs}: kubernetes", r + 1);
+            kb.run(r, &mut figs)?;
         }
     }
     let measured = measured_from.elapsed();
@@ -379,8 +403,12 @@ fn real_main() -> Result<()> {
     if args.write_doc {
         let path = workspace().join("BENCHMARKS.md");
         let doc = std::fs::read_to_string(&path).context("reading BENCHMARKS.md")?;
-        let doc = replace_between(&doc, BEGIN, END, &md)
-            .with_context(|| format!("BENCHMARKS.md has no {BEGIN} ... {END} section"))?;
+        let doc = update_benchmarks_md(&doc, &sections, &md).with_context(|| {
+            format!(
+                "BENCHMARKS.md lacks the markers for these results ({} ... {} or {} ... {})",
+                RESULTS_MARKERS.0, RESULTS_MARKERS.1, KUBE_MARKERS.0, KUBE_MARKERS.1
+            )
+        })?;
         std::fs::write(&path, doc)?;
         eprintln!("bench: updated {}", path.display());
     }

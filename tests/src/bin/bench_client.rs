@@ -12,6 +12,9 @@
 //! bench_client conns ADDR N [HOLD_FILE]                    N concurrent echo connections
 //! bench_client rps ADDR N CONNS HEADER                     keep-alive req/s, every other request
 //!                                                          carrying HEADER
+//! bench_client loaded ADDR BULK_PATH GETS N WARMUP         keep-alive latency alone (N requests),
+//!                                                          then while a second connection GETs
+//!                                                          BULK_PATH GETS times in a row
 //! bench_client first-byte ADDR PATH                        prints `first-byte` on the first byte
 //! bench_client loopback N WARMUP                           loopback connect/accept/close loop
 //! bench_client serve PORT NAME                             HTTP/1.1 keep-alive server
@@ -57,6 +60,9 @@ fn main() {
         ["conns", addr, n] => conns(addr, num(n), None),
         ["conns", addr, n, hold] => conns(addr, num(n), Some(PathBuf::from(hold))),
         ["rps", addr, n, conns, header] => rps(addr, num(n), num(conns), header),
+        ["loaded", addr, bulk_path, gets, n, warmup] => {
+            loaded(addr, bulk_path, num(gets), num(n), num(warmup))
+        }
         ["first-byte", addr, path] => first_byte(addr, path),
         ["loopback", n, warmup] => loopback(num(n), num(warmup)),
         ["serve", port, name] => serve(num(port) as u16, name),
@@ -280,6 +286,139 @@ fn bulk(addr: &str, path: &str, streams: usize) -> Result<Value> {
         "bytes": bytes,
         "secs": secs,
         "mib_s": bytes as f64 / (1024.0 * 1024.0) / secs,
+        "errors": errors.len(),
+        "first_error": errors.first(),
+    }))
+}
+
+/// One keep-alive request on `c` (reconnecting to `target` when `c` is empty), timed from the
+/// request's write to the answer's last byte.
+fn timed_request(
+    c: &mut Option<BufReader<TcpStream>>,
+    target: SocketAddr,
+    req: &[u8],
+) -> Result<Duration> {
+    let t = Instant::now();
+    let r = (|| -> Result<()> {
+        let conn = match c.as_mut() {
+            Some(conn) => conn,
+            None => c.insert(BufReader::new(connect(target)?)),
+        };
+        conn.get_mut().write_all(req)?;
+        let resp = read_response(conn)?;
+        if resp.status != 200 {
+            return Err(format!("status {}", resp.status).into());
+        }
+        Ok(())
+    })();
+    match r {
+        Ok(()) => Ok(t.elapsed()),
+        Err(e) => {
+            *c = None;
+            Err(e)
+        }
+    }
+}
+
+/// Head-of-line blocking between flows: the p99 of small keep-alive requests alone, then while
+/// another connection of the same process downloads `gets` × `bulk_path` back to back (one
+/// keep-alive connection). Only requests that finished while the download was in flight (after
+/// its first request was written, before its last byte) count as "during".
+fn loaded(addr: &str, bulk_path: &str, gets: usize, n: usize, warmup: usize) -> Result<Value> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
+    let target = resolve(addr)?;
+    let req = request(&host, "/", false, None);
+    let start = Instant::now();
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    let mut alone = Vec::with_capacity(n);
+    let mut errors = Vec::<String>::new();
+    for i in 0..warmup + n {
+        if start.elapsed() > DEADLINE / 4 {
+            return Err(format!("deadline passed after {i} requests alone").into());
+        }
+        match timed_request(&mut conn, target, &req) {
+            Ok(dt) if i >= warmup => alone.push(dt.as_secs_f64() * 1e6),
+            Ok(_) => {}
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    // 0: not started, 1: first headers read (in flight), 2: finished (or failed).
+    let phase = AtomicU64::new(0);
+    let mut during = Vec::new();
+    let bulk_req = request(&host, bulk_path, false, None);
+    let (bulk, bulk_secs) = std::thread::scope(|s| {
+        let bulk = s.spawn(|| {
+            let r = (|| -> Result<(u64, f64)> {
+                let mut c = BufReader::with_capacity(256 * 1024, connect(target)?);
+                let mut bytes = 0;
+                let mut t0 = None;
+                for _ in 0..gets {
+                    c.get_mut().write_all(&bulk_req)?;
+                    let t = Instant::now();
+                    let _ = phase.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
+                    let resp = read_response(&mut c)?;
+                    if resp.status != 200 {
+                        return Err(format!("status {}", resp.status).into());
+                    }
+                    t0.get_or_insert(t);
+                    bytes += resp.body_len;
+                }
+                let secs = t0.map_or(0.0, |t0| t0.elapsed().as_secs_f64());
+                Ok((bytes, secs))
+            })();
+            phase.store(2, Ordering::SeqCst);
+            r
+        });
+        // Invariant: "during" samples start once the download's first request is out (the
+        // first ones may precede its first byte by a round trip: a request or two of hundreds)
+        // and stop at its last byte.
+        while phase.load(Ordering::SeqCst) == 0 {
+            if start.elapsed() > DEADLINE {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        let mut k = 0;
+        while phase.load(Ordering::SeqCst) == 1 && k < 1_000_000 {
+            if start.elapsed() > DEADLINE {
+                errors.push("deadline passed during the download".into());
+                break;
+            }
+            k += 1;
+            match timed_request(&mut conn, target, &req) {
+                Ok(dt) if phase.load(Ordering::SeqCst) == 1 => during.push(dt.as_secs_f64() * 1e6),
+                Ok(_) => {}
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        match bulk.join() {
+            Ok(Ok((b, secs))) => (b, secs),
+            Ok(Err(e)) => {
+                errors.push(format!("download: {e}"));
+                (0, 0.0)
+            }
+            Err(_) => {
+                errors.push("download thread panicked".into());
+                (0, 0.0)
+            }
+        }
+    });
+    alone.sort_by(f64::total_cmp);
+    during.sort_by(f64::total_cmp);
+    let p99_alone = percentile(&alone, 99.0);
+    let p99_during = percentile(&during, 99.0);
+    Ok(json!({
+        "n_alone": alone.len(),
+        "n_during": during.len(),
+        "p50_alone_us": percentile(&alone, 50.0),
+        "p99_alone_us": p99_alone,
+        "p50_during_us": percentile(&during, 50.0),
+        "p99_during_us": p99_during,
+        "max_during_us": during.last().copied().unwrap_or(f64::NAN),
+        "p99_ratio": p99_during / p99_alone,
+        "bulk_bytes": bulk,
+        "bulk_secs": bulk_secs,
+        "bulk_mib_s": bulk as f64 / (1024.0 * 1024.0) / bulk_secs,
         "errors": errors.len(),
         "first_error": errors.first(),
     }))
