@@ -1658,65 +1658,44 @@ mod schema {
         }
     }
 
-    impl JsonSchema for OutgoingConfig {
-        fn schema_name() -> String {
-            "OutgoingConfig".into()
-        }
-        fn json_schema(gen: &mut SchemaGenerator) -> Schema {
-            let full = gen.subschema_for::<OutgoingConfigMap>();
-            either(
-                gen,
-                simple(InstanceType::Boolean),
-                full,
-                "Outgoing connections made from the target: true, false or an object.",
-            )
-        }
+    /// A section that is `true`, `false` or its full object form (mirrord's shorthand).
+    macro_rules! bool_or_object_schema {
+        ($ty:ty, $map:ty, $doc:expr) => {
+            impl JsonSchema for $ty {
+                fn schema_name() -> String {
+                    stringify!($ty).into()
+                }
+                fn json_schema(gen: &mut SchemaGenerator) -> Schema {
+                    let full = gen.subschema_for::<$map>();
+                    either(gen, simple(InstanceType::Boolean), full, $doc)
+                }
+            }
+        };
     }
 
-    impl JsonSchema for DnsConfig {
-        fn schema_name() -> String {
-            "DnsConfig".into()
-        }
-        fn json_schema(gen: &mut SchemaGenerator) -> Schema {
-            let full = gen.subschema_for::<DnsConfigMap>();
-            either(
-                gen,
-                simple(InstanceType::Boolean),
-                full,
-                "Name resolution with the target's DNS configuration: true, false or an object.",
-            )
-        }
-    }
+    bool_or_object_schema!(
+        OutgoingConfig,
+        OutgoingConfigMap,
+        "Outgoing connections made from the target: true, false or an object."
+    );
 
-    impl JsonSchema for NetworkConfig {
-        fn schema_name() -> String {
-            "NetworkConfig".into()
-        }
-        fn json_schema(gen: &mut SchemaGenerator) -> Schema {
-            let full = gen.subschema_for::<NetworkConfigMap>();
-            either(
-                gen,
-                simple(InstanceType::Boolean),
-                full,
-                "Network features: true (the defaults), false (none of them) or {incoming, outgoing, dns}.",
-            )
-        }
-    }
+    bool_or_object_schema!(
+        DnsConfig,
+        DnsConfigMap,
+        "Name resolution with the target's DNS configuration: true, false or an object."
+    );
 
-    impl JsonSchema for EnvConfig {
-        fn schema_name() -> String {
-            "EnvConfig".into()
-        }
-        fn json_schema(gen: &mut SchemaGenerator) -> Schema {
-            let full = gen.subschema_for::<EnvConfigMap>();
-            either(
-                gen,
-                simple(InstanceType::Boolean),
-                full,
-                "The target process's environment for the program: true, false (the default) or {include, exclude, override, env_file, unset}. MIRRORD_*, LD_PRELOAD and the launch configuration's own variables are never replaced.",
-            )
-        }
-    }
+    bool_or_object_schema!(
+        NetworkConfig,
+        NetworkConfigMap,
+        "Network features: true (the defaults), false (none of them) or {incoming, outgoing, dns}."
+    );
+
+    bool_or_object_schema!(
+        EnvConfig,
+        EnvConfigMap,
+        "The target process's environment for the program: true, false (the default) or {include, exclude, override, env_file, unset}. MIRRORD_*, LD_PRELOAD and the launch configuration's own variables are never replaced."
+    );
 
     impl JsonSchema for AddressRule {
         fn schema_name() -> String {
