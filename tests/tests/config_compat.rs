@@ -158,7 +158,22 @@ fn env_target(c: &Cluster) -> ManagedChild {
         .env("PATH", "/pod/bin:/usr/bin:/bin")
         .env("MIRRORD_SESSION", "pod-session")
         .env("MIRRORD_CONFIG", "{}");
-    c.spawn(cmd).unwrap()
+    let child = c.spawn(cmd).unwrap();
+    // `ip netns exec` execs `sleep` under the same pid; while that exec is under way the
+    // kernel shows an empty environment (the new image's is set up after its name).
+    // Ready = the process is `sleep` and its environment is in place.
+    let comm = format!("/proc/{}/comm", child.pid());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&comm).map_or(true, |c| c.trim() != "sleep")
+        || !proc_environ(child.pid()).contains_key("PAYMENT_SERVICE_HOST")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the target never became sleep"
+        );
+        std::thread::yield_now();
+    }
+    child
 }
 
 #[test]
