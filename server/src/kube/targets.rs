@@ -48,94 +48,80 @@ pub async fn list(client: &Client, namespace: &str) -> Result<Vec<TargetInfo>> {
     };
     // The other kinds are optional: a user may be allowed to list pods only, and a cluster
     // without Argo has no rollouts. What cannot be listed is left out.
-    match Api::<Deployment>::namespaced(client.clone(), namespace)
-        .list(&lp)
-        .await
+    let mut push = |kind: &str, name: Option<&String>, available: bool| {
+        if let Some(name) = name {
+            targets.push(TargetInfo {
+                path: format!("{kind}/{name}"),
+                available,
+            });
+        }
+    };
+    for d in list_optional(
+        Api::<Deployment>::namespaced(client.clone(), namespace),
+        "deployment",
+        &lp,
+    )
+    .await
     {
-        Ok(list) => {
-            for d in list.items {
-                let Some(name) = d.metadata.name.clone() else {
-                    continue;
-                };
-                let sel = d.spec.selector.match_labels.as_ref();
-                targets.push(TargetInfo {
-                    path: format!("deployment/{name}"),
-                    available: any_ready(sel),
-                });
-            }
-        }
-        Err(e) => tracing::debug!("listing deployments: {}", describe_kube_error(&e)),
+        let sel = d.spec.selector.match_labels.as_ref();
+        push("deployment", d.metadata.name.as_ref(), any_ready(sel));
     }
-    match Api::<StatefulSet>::namespaced(client.clone(), namespace)
-        .list(&lp)
-        .await
+    for s in list_optional(
+        Api::<StatefulSet>::namespaced(client.clone(), namespace),
+        "statefulset",
+        &lp,
+    )
+    .await
     {
-        Ok(list) => {
-            for s in list.items {
-                let Some(name) = s.metadata.name.clone() else {
-                    continue;
-                };
-                let sel = s.spec.selector.match_labels.as_ref();
-                targets.push(TargetInfo {
-                    path: format!("statefulset/{name}"),
-                    available: any_ready(sel),
-                });
-            }
-        }
-        Err(e) => tracing::debug!("listing statefulsets: {}", describe_kube_error(&e)),
+        let sel = s.spec.selector.match_labels.as_ref();
+        push("statefulset", s.metadata.name.as_ref(), any_ready(sel));
     }
-    let rollouts: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), namespace, &rollout_resource());
-    match rollouts.list(&lp).await {
-        Ok(list) => {
-            for r in list.items {
-                let Some(name) = r.metadata.name.clone() else {
-                    continue;
-                };
-                let sel: Option<BTreeMap<String, String>> = r
-                    .data
-                    .pointer("/spec/selector/matchLabels")
-                    .and_then(|v| serde_json::from_value(v.clone()).ok());
-                let ready_replicas = r
-                    .data
-                    .pointer("/status/readyReplicas")
-                    .and_then(|v| v.as_i64())
-                    .unwrap_or(0);
-                targets.push(TargetInfo {
-                    path: format!("rollout/{name}"),
-                    available: any_ready(sel.as_ref()) || ready_replicas > 0,
-                });
-            }
-        }
-        Err(e) => tracing::debug!("listing rollouts: {}", describe_kube_error(&e)),
+    let rollouts = Api::namespaced_with(client.clone(), namespace, &rollout_resource());
+    for r in list_optional::<DynamicObject>(rollouts, "rollout", &lp).await {
+        let sel: Option<BTreeMap<String, String>> = r
+            .data
+            .pointer("/spec/selector/matchLabels")
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        let ready_replicas = r
+            .data
+            .pointer("/status/readyReplicas")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0);
+        let available = any_ready(sel.as_ref()) || ready_replicas > 0;
+        push("rollout", r.metadata.name.as_ref(), available);
     }
-    match Api::<Service>::namespaced(client.clone(), namespace)
-        .list(&lp)
-        .await
+    for s in list_optional(
+        Api::<Service>::namespaced(client.clone(), namespace),
+        "service",
+        &lp,
+    )
+    .await
     {
-        Ok(list) => {
-            for s in list.items {
-                let Some(name) = s.metadata.name.clone() else {
-                    continue;
-                };
-                let sel = s.spec.as_ref().and_then(|s| s.selector.as_ref());
-                // A service without a selector has no pods to target.
-                if sel.is_none_or(|s| s.is_empty()) {
-                    continue;
-                }
-                targets.push(TargetInfo {
-                    path: format!("service/{name}"),
-                    available: any_ready(sel),
-                });
-            }
+        let sel = s.spec.as_ref().and_then(|s| s.selector.as_ref());
+        // A service without a selector has no pods to target.
+        if sel.is_some_and(|s| !s.is_empty()) {
+            push("service", s.metadata.name.as_ref(), any_ready(sel));
         }
-        Err(e) => tracing::debug!("listing services: {}", describe_kube_error(&e)),
     }
     targets.push(TargetInfo {
         path: "targetless".into(),
         available: true,
     });
     Ok(targets)
+}
+
+/// The objects of one kind, or none when they cannot be listed (said at debug level).
+async fn list_optional<K>(api: Api<K>, kind: &str, lp: &ListParams) -> Vec<K>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.list(lp).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::debug!("listing {kind}s: {}", describe_kube_error(&e));
+            Vec::new()
+        }
+    }
 }
 
 /// The namespaces the user may list; `None` when listing them is not allowed.
