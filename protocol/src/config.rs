@@ -767,6 +767,13 @@ impl<'de> Deserialize<'de> for IncomingConfigFull {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<IncomingConfigFull, A::Error> {
                 let m = IncomingConfigMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let mut seen = std::collections::HashSet::new();
+                if let Some(dup) = m.tls_ports.iter().find(|t| !seen.insert(t.port)) {
+                    return Err(de::Error::custom(format!(
+                        "tls_ports: port {} is listed more than once",
+                        dup.port
+                    )));
+                }
                 Ok(IncomingConfigFull {
                     mode: m.mode,
                     port_mapping: m.port_mapping,
@@ -853,8 +860,7 @@ pub struct HttpsDelivery {
     /// listener).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trust_roots: Vec<String>,
-    /// The name sent as SNI and checked in the program's certificate; default: the name the
-    /// cluster client asked for (its SNI), else `localhost`.
+    /// The name sent as SNI and checked in the program's certificate (default `localhost`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
     /// Accepted for compatibility with mirrord; ignored by this product.
@@ -863,8 +869,11 @@ pub struct HttpsDelivery {
 }
 
 impl HttpsDelivery {
+    /// Nothing the layer's copy needs (`server_cert` is never serialised).
     fn is_default(&self) -> bool {
-        *self == HttpsDelivery::default()
+        self.protocol == DeliveryProtocol::Tcp
+            && self.trust_roots.is_empty()
+            && self.server_name.is_none()
     }
 }
 
