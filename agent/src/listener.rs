@@ -229,7 +229,11 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
                     filter,
                     tls,
                 } => {
-                    match state.incoming.subscribe(&client, port, mode, filter, tls).await {
+                    match state
+                        .incoming
+                        .subscribe(&client, port, mode, filter, tls)
+                        .await
+                    {
                         Ok(()) => AgentResponse::Subscribed,
                         Err(e) => AgentResponse::Error(format!("{e:#}")),
                     }

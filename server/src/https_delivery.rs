@@ -15,7 +15,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
-use tokio_rustls::rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use tokio_rustls::rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider,
+};
 use tokio_rustls::rustls::{
     ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme,
 };
@@ -59,8 +61,9 @@ impl TlsDelivery {
             Some(Arc::new(store))
         };
         let name = config.server_name.as_deref().unwrap_or("localhost");
-        let server_name = ServerName::try_from(name.to_owned())
-            .with_context(|| format!("https_delivery.server_name: {name:?} is not a DNS name or an IP address"))?;
+        let server_name = ServerName::try_from(name.to_owned()).with_context(|| {
+            format!("https_delivery.server_name: {name:?} is not a DNS name or an IP address")
+        })?;
         Ok(Some(TlsDelivery {
             provider,
             roots,

@@ -50,7 +50,13 @@ fn openssl(dir: &Path, args: &[&str]) {
 fn make_certs(c: &Cluster) -> Certs {
     let dir = c.workdir().join("tls");
     std::fs::create_dir_all(&dir).unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let mut ca_args = vec!["req", "-x509"];
     ca_args.extend(ec);
     ca_args.extend([
@@ -88,8 +94,21 @@ fn make_certs(c: &Cluster) -> Certs {
         openssl(
             &dir,
             &[
-                "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-out", &pem, "-extfile", &ext,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &pem,
+                "-extfile",
+                &ext,
             ],
         );
         (dir.join(pem), dir.join(key))
@@ -158,8 +177,7 @@ fn steal_config(c: &Cluster, certs: &Certs, mode: &str, extra: &str) -> PathBuf 
     path
 }
 
-/// `mirrord exec -t pid/<pod> -f config -- program args` in the dev namespace, with the
-/// agent's and the session's logs at their most verbose (they must still hold no key).
+/// `mirrord exec -t pid/<pod> -f config -- program args` in the dev namespace.
 fn mirrord(c: &Cluster, config: &Path, program: &str, args: &[&str]) -> Command {
     let mut cmd = c.dev(target_dir_bin("mirrord"));
     cmd.args(["exec", "-t", &format!("pid/{}", c.pod_pid()), "-f"])
@@ -167,15 +185,15 @@ fn mirrord(c: &Cluster, config: &Path, program: &str, args: &[&str]) -> Command 
         .arg("--")
         .arg(program)
         .args(args)
-        .env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"))
-        .env("MIRRORD_LOG", "debug")
-        .env("MIRRORD_AGENT_LOG", "trace");
+        .env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
     no_proxy(&mut cmd);
     cmd
 }
 
 /// The program: `tls_http.js` named `local` on [`TLS_PORT`], plain, or HTTPS with `tls`.
-fn local_program(c: &Cluster, cfg: &Path, tls: Option<&Certs>) -> ManagedChild {
+/// With `verbose`, the session logs at debug level and the agent's own code at trace level
+/// (everything that could ever print a key), all in the program's stderr.
+fn local_program(c: &Cluster, cfg: &Path, tls: Option<&Certs>, verbose: bool) -> ManagedChild {
     let script = service("tls_http.js");
     let port = TLS_PORT.to_string();
     let mut args = vec![script.clone(), port, "local".to_owned()];
@@ -184,7 +202,12 @@ fn local_program(c: &Cluster, cfg: &Path, tls: Option<&Certs>) -> ManagedChild {
         args.push(certs.local_key.display().to_string());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut app = c.spawn(mirrord(c, cfg, "node", &args)).unwrap();
+    let mut cmd = mirrord(c, cfg, "node", &args);
+    if verbose {
+        cmd.env("MIRRORD_LOG", "debug")
+            .env("MIRRORD_AGENT_LOG", "mirrord_agent=trace");
+    }
+    let mut app = c.spawn(cmd).unwrap();
     app.wait_line("listening", WAIT).unwrap();
     app
 }
@@ -220,7 +243,8 @@ fn curl(c: &Cluster, certs: &Certs, url: &str, args: &[&str]) -> (String, String
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("x-served-by").then(|| v.trim().to_owned())
+            k.eq_ignore_ascii_case("x-served-by")
+                .then(|| v.trim().to_owned())
         })
         .unwrap_or_default();
     let (_, version) = text.rsplit_once("version=").unwrap();
@@ -338,7 +362,7 @@ fn https_requests_with_the_header_go_to_the_program_and_the_others_to_the_pod() 
     let certs = make_certs(&c);
     let mut pod = pod_https(&c, &certs);
     let cfg = steal_config(&c, &certs, "steal", "");
-    let mut app = local_program(&c, &cfg, None);
+    let mut app = local_program(&c, &cfg, None, true);
 
     let alice = ["-H", "x-user: alice"];
     let bob = ["-H", "x-user: bob"];
@@ -362,21 +386,35 @@ fn https_requests_with_the_header_go_to_the_program_and_the_others_to_the_pod() 
     assert_eq!((by.as_str(), version.as_str()), ("pod", "1.1"));
 
     let r = python_requests(&c, &certs, "/py", Some("x-user: alice"));
-    assert_eq!((r["by"].as_str(), r["body"].as_str()), (Some("local"), Some("local: GET /py\n")), "{r}");
+    assert_eq!(
+        (r["by"].as_str(), r["body"].as_str()),
+        (Some("local"), Some("local: GET /py\n")),
+        "{r}"
+    );
     let r = python_requests(&c, &certs, "/py", Some("x-user: bob"));
     assert_eq!(r["by"], "pod", "{r}");
     let r = node_https(&c, &certs, "/node", Some("x-user: alice"));
-    assert_eq!((r["by"].as_str(), r["body"].as_str()), (Some("local"), Some("local: GET /node\n")), "{r}");
+    assert_eq!(
+        (r["by"].as_str(), r["body"].as_str()),
+        (Some("local"), Some("local: GET /node\n")),
+        "{r}"
+    );
     let r = node_https(&c, &certs, "/node", None);
     assert_eq!(r["by"], "pod", "{r}");
 
     // Exactly the requests with the header reached the program, the others the pod.
     let stolen = wait_requests(&mut app, 4);
     assert_eq!(stolen.len(), 4, "{stolen:?}");
-    assert!(stolen.iter().all(|r| r["headers"]["x-user"] == "alice"), "{stolen:?}");
+    assert!(
+        stolen.iter().all(|r| r["headers"]["x-user"] == "alice"),
+        "{stolen:?}"
+    );
     let served = wait_requests(&mut pod, 5);
     assert_eq!(served.len(), 5, "{served:?}");
-    assert!(served.iter().all(|r| r["headers"]["x-user"] != "alice"), "{served:?}");
+    assert!(
+        served.iter().all(|r| r["headers"]["x-user"] != "alice"),
+        "{served:?}"
+    );
 
     // The agent did terminate TLS (its trace is in the session's log), and the key is nowhere.
     app.wait_stderr_line("TLS terminated", WAIT).unwrap();
@@ -395,7 +433,7 @@ fn https_http2_trailers_and_websockets_are_routed_by_the_header() {
     let certs = make_certs(&c);
     let _pod = pod_https(&c, &certs);
     let cfg = steal_config(&c, &certs, "steal", "");
-    let _app = local_program(&c, &cfg, None);
+    let _app = local_program(&c, &cfg, None, false);
 
     let kinds = r#"[
         {"method":"POST","path":"/grpc.Svc/Alice","headers":{"x-user":"alice","content-type":"application/grpc"},"body":"a","expect":"local"},
@@ -415,7 +453,11 @@ fn https_http2_trailers_and_websockets_are_routed_by_the_header() {
             kinds,
         ]);
     let s = json_out(cmd);
-    assert_eq!((s["sent"].as_u64(), s["ok"].as_u64()), (Some(200), Some(200)), "{s}");
+    assert_eq!(
+        (s["sent"].as_u64(), s["ok"].as_u64()),
+        (Some(200), Some(200)),
+        "{s}"
+    );
     let local = s["by"]["local"].as_u64().unwrap_or(0);
     let pod = s["by"]["pod"].as_u64().unwrap_or(0);
     assert!(local > 50 && pod > 50, "{s}");
@@ -426,7 +468,12 @@ fn https_http2_trailers_and_websockets_are_routed_by_the_header() {
             .env("WS_TLS_CA", &certs.ca)
             .arg("-B")
             .arg(service("ws_client.py"))
-            .args([Cluster::POD_FQDN, &TLS_PORT.to_string(), "hello over wss", header]);
+            .args([
+                Cluster::POD_FQDN,
+                &TLS_PORT.to_string(),
+                "hello over wss",
+                header,
+            ]);
         json_out(cmd)
     };
     let r = ws("x-user: alice");
@@ -459,7 +506,13 @@ fn peer_cert(c: &Cluster, certs: &Certs, name: &str) -> Value {
         print(json.dumps({'sha256': hashlib.sha256(der).hexdigest(), 'by': by[0] if by else None}))";
     let mut cmd = c.client(PY);
     no_proxy(&mut cmd)
-        .args(["-c", script, name, &Cluster::POD_IP.to_string(), &TLS_PORT.to_string()])
+        .args([
+            "-c",
+            script,
+            name,
+            &Cluster::POD_IP.to_string(),
+            &TLS_PORT.to_string(),
+        ])
         .arg(&certs.ca);
     json_out(cmd)
 }
@@ -487,7 +540,7 @@ fn other_names_and_plain_bytes_reach_the_pod_and_the_port_is_the_pods_after_the_
     let certs = make_certs(&c);
     let mut pod = pod_https(&c, &certs);
     let cfg = steal_config(&c, &certs, "steal", "");
-    let mut app = local_program(&c, &cfg, None);
+    let mut app = local_program(&c, &cfg, None, false);
 
     // The covered name: the agent answers with the pod's own certificate and steals.
     let r = peer_cert(&c, &certs, Cluster::POD_FQDN);
@@ -508,7 +561,11 @@ fn other_names_and_plain_bytes_reach_the_pod_and_the_port_is_the_pods_after_the_
         &TLS_PORT.to_string(),
     ]);
     let out = output_within(&mut cmd, WAIT).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     pod.wait_line("tls_error", WAIT).unwrap();
     let stolen = requests_seen(&mut app);
     assert!(
@@ -533,8 +590,13 @@ fn mirror_and_dump_see_decrypted_requests() {
     let certs = make_certs(&c);
     let _pod = pod_https(&c, &certs);
     let cfg = steal_config(&c, &certs, "mirror", "");
-    let mut app = local_program(&c, &cfg, None);
-    let (by, _, _) = curl(&c, &certs, &pod_url("/mirrored"), &["--http1.1", "-H", "x-user: carol"]);
+    let mut app = local_program(&c, &cfg, None, false);
+    let (by, _, _) = curl(
+        &c,
+        &certs,
+        &pod_url("/mirrored"),
+        &["--http1.1", "-H", "x-user: carol"],
+    );
     assert_eq!(by, "pod");
     let seen = wait_requests(&mut app, 1);
     assert_eq!(seen.len(), 1, "{seen:?}");
@@ -544,12 +606,24 @@ fn mirror_and_dump_see_decrypted_requests() {
     wait_no_agent_rules(&c);
 
     let mut dump = c.dev(target_dir_bin("mirrord"));
-    dump.args(["dump", "-t", &format!("pid/{}", c.pod_pid()), "-p", &TLS_PORT.to_string(), "-f"])
-        .arg(&cfg)
-        .env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
+    dump.args([
+        "dump",
+        "-t",
+        &format!("pid/{}", c.pod_pid()),
+        "-p",
+        &TLS_PORT.to_string(),
+        "-f",
+    ])
+    .arg(&cfg)
+    .env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
     let mut dump = c.spawn(dump).unwrap();
     dump.wait_stderr_line("watching port(s)", WAIT).unwrap();
-    let (by, _, _) = curl(&c, &certs, &pod_url("/dumped"), &["--http1.1", "-H", "x-test: dump-me"]);
+    let (by, _, _) = curl(
+        &c,
+        &certs,
+        &pod_url("/dumped"),
+        &["--http1.1", "-H", "x-test: dump-me"],
+    );
     assert_eq!(by, "pod");
     dump.wait_line("> GET /dumped HTTP/1.1", WAIT).unwrap();
     dump.wait_line("x-test: dump-me", WAIT).unwrap();
@@ -569,11 +643,18 @@ fn https_delivery_tls_reencrypts_for_the_program() {
         "server_name": "localhost",
     }});
     let cfg = steal_config(&c, &certs, "steal", &delivery.to_string());
-    let mut app = local_program(&c, &cfg, Some(&certs));
+    let mut app = local_program(&c, &cfg, Some(&certs), false);
     let (by, body, version) = curl(&c, &certs, &pod_url("/re-h2"), &["-H", "x-user: alice"]);
-    assert_eq!((by.as_str(), body.as_str(), version.as_str()), ("local", "local: GET /re-h2\n", "2"));
-    let (by, _, version) =
-        curl(&c, &certs, &pod_url("/re-h1"), &["--http1.1", "-H", "x-user: alice"]);
+    assert_eq!(
+        (by.as_str(), body.as_str(), version.as_str()),
+        ("local", "local: GET /re-h2\n", "2")
+    );
+    let (by, _, version) = curl(
+        &c,
+        &certs,
+        &pod_url("/re-h1"),
+        &["--http1.1", "-H", "x-user: alice"],
+    );
     assert_eq!((by.as_str(), version.as_str()), ("local", "1.1"));
     let (by, _, _) = curl(&c, &certs, &pod_url("/re-none"), &[]);
     assert_eq!(by, "pod");
@@ -594,7 +675,12 @@ fn a_missing_key_is_a_clear_error() {
     }}}});
     let path = c.workdir().join("missing-key.json");
     std::fs::write(&path, cfg.to_string()).unwrap();
-    let mut cmd = mirrord(&c, &path, "node", &[&service("tls_http.js"), &TLS_PORT.to_string(), "local"]);
+    let mut cmd = mirrord(
+        &c,
+        &path,
+        "node",
+        &[&service("tls_http.js"), &TLS_PORT.to_string(), "local"],
+    );
     let out = output_within(&mut cmd, Duration::from_secs(60)).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");

@@ -33,7 +33,8 @@ use tokio_rustls::rustls::crypto::{
 use tokio_rustls::rustls::server::Acceptor;
 use tokio_rustls::rustls::sign::{CertifiedKey, SingleCertAndKey};
 use tokio_rustls::rustls::{
-    ClientConfig, DigitallySignedStruct, Error as TlsError, InconsistentKeys, ServerConfig, SignatureScheme,
+    ClientConfig, DigitallySignedStruct, Error as TlsError, InconsistentKeys, ServerConfig,
+    SignatureScheme,
 };
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
@@ -75,16 +76,15 @@ impl TlsTermination {
     /// (`/proc/PID/root`, or `/` for a `netns/` target).
     pub(crate) fn load(root: &Path, port: u16, spec: &TlsPort) -> Result<TlsTermination> {
         let in_target = |p: &str| root.join(p.trim_start_matches('/'));
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(in_target(
-            &spec.cert_pem,
-        ))
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            anyhow!(
-                "port {port}: reading the certificate chain {} in the target: {e}",
-                spec.cert_pem
-            )
-        })?;
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(in_target(&spec.cert_pem))
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    anyhow!(
+                        "port {port}: reading the certificate chain {} in the target: {e}",
+                        spec.cert_pem
+                    )
+                })?;
         if chain.is_empty() {
             bail!(
                 "port {port}: no certificate in {} in the target",
@@ -227,8 +227,7 @@ pub(super) async fn read_client_hello(
             Ok(Some(accepted)) => {
                 let hello = accepted.client_hello();
                 let suites_ok = hello.cipher_suites().iter().any(|s| {
-                    tls
-                        .provider
+                    tls.provider
                         .cipher_suites
                         .iter()
                         .any(|ours| ours.suite() == *s)
