@@ -5,6 +5,7 @@
 //   SNI is OTHER_NAME gets OTHER_CERT instead (a name the first certificate does not cover);
 // - without: plain HTTP/1.1 and HTTP/2 prior knowledge (h2c), told apart by the first bytes
 //   (the program that gets decrypted requests).
+// With CLIENT_CA set (a CA file), the TLS server requires client certificates from that CA.
 // Every answer carries `x-served-by: NAME` and the body `NAME: METHOD PATH\n`, then trailers
 // `grpc-status: 0` and `x-trailer-by: NAME` (gRPC's shape). A websocket upgrade is answered
 // and every text frame echoed back as `NAME echo: TEXT`. Each request is printed as one JSON
@@ -90,6 +91,9 @@ if (cert) {
     key: fs.readFileSync(key),
     ALPNProtocols: ["h2", "http/1.1"],
     SNICallback: (servername, cb) => cb(null, contexts[servername]),
+    ...(process.env.CLIENT_CA
+      ? { requestCert: true, rejectUnauthorized: true, ca: fs.readFileSync(process.env.CLIENT_CA) }
+      : {}),
   });
   server.on("secureConnection", (socket) => {
     socket.on("error", () => {});

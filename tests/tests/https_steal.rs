@@ -40,6 +40,9 @@ struct Certs {
     other_key: PathBuf,
     local_cert: PathBuf,
     local_key: PathBuf,
+    /// A client certificate, for a pod that requires one.
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -86,7 +89,7 @@ fn make_certs(c: &Cluster) -> Certs {
         std::fs::write(
             dir.join(&ext),
             format!(
-                "subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                "subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n"
             ),
         )
         .unwrap();
@@ -119,6 +122,7 @@ fn make_certs(c: &Cluster) -> Certs {
     );
     let (other_cert, other_key) = leaf("other", &format!("DNS:{OTHER_NAME}"));
     let (local_cert, local_key) = leaf("local", "DNS:localhost");
+    let (client_cert, client_key) = leaf("client", "DNS:client.test");
     Certs {
         ca: dir.join("ca.pem"),
         pod_cert,
@@ -127,27 +131,33 @@ fn make_certs(c: &Cluster) -> Certs {
         other_key,
         local_cert,
         local_key,
+        client_cert,
+        client_key,
     }
 }
 
 /// The pod's HTTPS server on [`TLS_PORT`] (beside the target process, in the pod's namespace).
 fn pod_https(c: &Cluster, certs: &Certs) -> ManagedChild {
-    let mut pod = c
-        .spawn_in(
-            c.ns_pod(),
-            "node",
-            [
-                service("tls_http.js").as_str(),
-                &TLS_PORT.to_string(),
-                "pod",
-                &certs.pod_cert.display().to_string(),
-                &certs.pod_key.display().to_string(),
-                OTHER_NAME,
-                &certs.other_cert.display().to_string(),
-                &certs.other_key.display().to_string(),
-            ],
-        )
-        .unwrap();
+    pod_https_with(c, certs, false)
+}
+
+/// [`pod_https`], requiring client certificates (from the test CA) with `mtls`.
+fn pod_https_with(c: &Cluster, certs: &Certs, mtls: bool) -> ManagedChild {
+    let mut cmd = c.pod("node");
+    if mtls {
+        cmd.env("CLIENT_CA", &certs.ca);
+    }
+    cmd.args([
+        service("tls_http.js").as_str(),
+        &TLS_PORT.to_string(),
+        "pod",
+        &certs.pod_cert.display().to_string(),
+        &certs.pod_key.display().to_string(),
+        OTHER_NAME,
+        &certs.other_cert.display().to_string(),
+        &certs.other_key.display().to_string(),
+    ]);
+    let mut pod = c.spawn(cmd).unwrap();
     pod.wait_line("listening", WAIT).unwrap();
     pod
 }
@@ -689,4 +699,33 @@ fn a_missing_key_is_a_clear_error() {
         "{stderr}"
     );
     wait_no_agent_rules(&c);
+}
+
+/// A pod that requires client certificates cannot be reached by the agent as a TLS client: its
+/// clients still get through, untouched (the agent falls back to passing the connection on),
+/// even with the header the filter wants.
+#[test]
+fn a_pod_that_requires_client_certificates_keeps_its_clients() {
+    let c = Cluster::start().unwrap();
+    let certs = make_certs(&c);
+    let _pod = pod_https_with(&c, &certs, true);
+    let cfg = steal_config(&c, &certs, "steal", "");
+    let mut app = local_program(&c, &cfg, None, false);
+    let client_cert = certs.client_cert.display().to_string();
+    let client_key = certs.client_key.display().to_string();
+    let (by, body, _) = curl(
+        &c,
+        &certs,
+        &pod_url("/mtls"),
+        &[
+            "--cert",
+            &client_cert,
+            "--key",
+            &client_key,
+            "-H",
+            "x-user: alice",
+        ],
+    );
+    assert_eq!((by.as_str(), body.as_str()), ("pod", "pod: GET /mtls\n"));
+    assert!(requests_seen(&mut app).is_empty());
 }

@@ -22,11 +22,13 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
+use tokio_rustls::rustls::client::ResolvesClientCert;
 use tokio_rustls::rustls::crypto::{
     verify_tls12_signature, verify_tls13_signature, CryptoProvider,
 };
@@ -179,14 +181,16 @@ impl TlsTermination {
         Ok(Arc::new(config))
     }
 
-    fn connector(&self, alpn: Vec<Vec<u8>>) -> Result<TlsConnector> {
+    /// A TLS client of the target offering `alpn`; `asked` records whether the target asked
+    /// for a client certificate (which the agent does not have).
+    fn connector(&self, alpn: Vec<Vec<u8>>, asked: Arc<CertificateAsked>) -> Result<TlsConnector> {
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(TargetVerifier {
                 provider: self.provider.clone(),
             }))
-            .with_no_client_auth();
+            .with_client_cert_resolver(asked);
         config.alpn_protocols = alpn;
         Ok(TlsConnector::from(Arc::new(config)))
     }
@@ -268,25 +272,41 @@ impl IncomingState {
     ) -> Result<()> {
         let (hello, seen) = read_client_hello(&mut stream, &tls).await;
         let stream = Prefixed::new(seen, stream);
+        // Invariant: a program on a TLS port only ever gets what the agent decrypted, so what
+        // passes through untouched gives mirrors no copy; observers (dump) see it as it is.
+        let observers: Vec<Subscriber> = mirrors
+            .iter()
+            .filter(|m| m.mode == TrafficMode::Observe)
+            .cloned()
+            .collect();
         let Some(terminate) = hello.as_ref().and_then(|h| tls.terminates(h)) else {
             tracing::debug!(port = hop.port, peer = %hop.peer, "not TLS for this certificate: passed through");
-            // Invariant: a program on a TLS port only ever gets what the agent decrypted, so
-            // mirrors get no copy of these bytes; observers (dump) see them as they are.
-            let observers: Vec<Subscriber> = mirrors
-                .into_iter()
-                .filter(|m| m.mode == TrafficMode::Observe)
-                .collect();
             return self.pass_through(Box::new(stream), hop, &observers).await;
         };
         let server_name = target_name(terminate.sni.as_deref(), hop.original);
         let upstream = self
             .next_hop(hop.port, hop.peer, hop.original, &hop.visited)
             .await?;
+        let asked = Arc::new(CertificateAsked::default());
         let pod = tls
-            .connector(terminate.alpn)?
+            .connector(terminate.alpn, asked.clone())?
             .connect(server_name.clone(), upstream)
-            .await
-            .context("TLS handshake with the target")?;
+            .await;
+        // The client has not been answered yet, so a target the agent cannot be a client of
+        // still gets its client, untouched: one that refuses the agent, or asks for a client
+        // certificate (only the client has one; with TLS 1.3 a refusal would only come after
+        // the handshake).
+        let pod = match pod {
+            Ok(pod) if !asked.0.load(Ordering::Relaxed) => pod,
+            Ok(_) => {
+                tracing::debug!(port = hop.port, peer = %hop.peer, "the target asks for client certificates: passed through");
+                return self.pass_through(Box::new(stream), hop, &observers).await;
+            }
+            Err(e) => {
+                tracing::debug!(port = hop.port, peer = %hop.peer, "TLS to the target failed ({e}): passed through");
+                return self.pass_through(Box::new(stream), hop, &observers).await;
+            }
+        };
         let alpn = pod.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         let start = LazyConfigAcceptor::new(Acceptor::default(), stream)
             .await
@@ -306,7 +326,7 @@ impl IncomingState {
         match protocol {
             Protocol::Http => {
                 let again = PodTls {
-                    connector: tls.connector(alpn.into_iter().collect())?,
+                    connector: tls.connector(alpn.into_iter().collect(), asked)?,
                     server_name,
                 };
                 self.route_http(client, hop, stealers, Some((again, pod)))
@@ -336,6 +356,25 @@ impl IncomingState {
                 }
             }
         }
+    }
+}
+
+/// Records that the target asked for a client certificate; the agent has none to give.
+#[derive(Debug, Default)]
+struct CertificateAsked(AtomicBool);
+
+impl ResolvesClientCert for CertificateAsked {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.store(true, Ordering::Relaxed);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
     }
 }
 
