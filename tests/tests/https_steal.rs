@@ -363,7 +363,8 @@ fn pem_body_lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// curl (HTTP/2 and HTTP/1.1), Python `requests` and Node `https`: with the header the program
+/// curl (HTTP/2 and HTTP/1.1, by name and by address), Python `requests` and Node `https`: with
+/// the header the program
 /// answers, without it the pod; the program sees exactly the requests with the header; the
 /// key appears in none of the logs (agent at trace level).
 #[test]
@@ -395,6 +396,12 @@ fn https_requests_with_the_header_go_to_the_program_and_the_others_to_the_pod() 
     let (by, _, version) = curl(&c, &certs, &pod_url("/curl-h1"), &["--http1.1"]);
     assert_eq!((by.as_str(), version.as_str()), ("pod", "1.1"));
 
+    // By address: curl sends no SNI, and the agent answers with the pod's certificate (which
+    // covers the address) as the pod would.
+    let by_ip = format!("https://{}:{TLS_PORT}/by-ip", Cluster::POD_IP);
+    let (by, _, _) = curl(&c, &certs, &by_ip, &alice);
+    assert_eq!(by, "local");
+
     let r = python_requests(&c, &certs, "/py", Some("x-user: alice"));
     assert_eq!(
         (r["by"].as_str(), r["body"].as_str()),
@@ -413,8 +420,8 @@ fn https_requests_with_the_header_go_to_the_program_and_the_others_to_the_pod() 
     assert_eq!(r["by"], "pod", "{r}");
 
     // Exactly the requests with the header reached the program, the others the pod.
-    let stolen = wait_requests(&mut app, 4);
-    assert_eq!(stolen.len(), 4, "{stolen:?}");
+    let stolen = wait_requests(&mut app, 5);
+    assert_eq!(stolen.len(), 5, "{stolen:?}");
     assert!(
         stolen.iter().all(|r| r["headers"]["x-user"] == "alice"),
         "{stolen:?}"
