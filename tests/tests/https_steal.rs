@@ -9,6 +9,7 @@
 //! curl, Python `requests` (Debian's `python3-requests`, for `/usr/bin/python3`), Node `https`,
 //! Node `http2` and a websocket client. The program runs under `mirrord exec` in `dev`.
 
+use mirrord_tests::lsp_client::{Framing, RpcClient};
 use mirrord_tests::{no_proxy, output_within, run_ok, target_dir_bin, Cluster, ManagedChild};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -645,6 +646,75 @@ fn mirror_and_dump_see_decrypted_requests() {
     dump.wait_line("> GET /dumped HTTP/1.1", WAIT).unwrap();
     dump.wait_line("x-test: dump-me", WAIT).unwrap();
     dump.wait_line("x-served-by: pod", WAIT).unwrap();
+}
+
+/// The IDE's traffic panel (the daemon's `mirrord/traffic` notifications) shows a request
+/// mirrored from a TLS port decrypted, with its path and headers.
+#[test]
+fn the_traffic_panel_shows_decrypted_mirrored_requests() {
+    let c = Cluster::start().unwrap();
+    let certs = make_certs(&c);
+    let _pod = pod_https(&c, &certs);
+    let cfg = steal_config(&c, &certs, "mirror", "");
+    let mut daemon = c.dev(target_dir_bin("mirrord-server"));
+    daemon
+        .args(["--stdio", "--log-file"])
+        .arg(c.workdir().join("daemon.log"))
+        .env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
+    let d = RpcClient::spawn(
+        "daemon",
+        daemon,
+        Framing::ContentLength,
+        &c.workdir().join("daemon.stderr"),
+    )
+    .unwrap();
+    d.call(
+        "initialize",
+        serde_json::json!({"processId": null, "rootUri": null, "capabilities": {}}),
+    );
+    d.notify("initialized", serde_json::json!({}));
+    let started = d.call(
+        "mirrord/startSession",
+        serde_json::json!({"target": format!("pid/{}", c.pod_pid()), "configPath": cfg}),
+    );
+    let sid = started["sessionId"].as_str().unwrap().to_owned();
+    // The program, launched with the session's environment as an IDE launches it.
+    let mut app = c.dev("/usr/bin/env");
+    for var in started["envToUnset"].as_array().unwrap() {
+        app.arg("-u").arg(var.as_str().unwrap());
+    }
+    for (k, v) in started["env"].as_object().unwrap() {
+        app.arg(format!("{k}={}", v.as_str().unwrap()));
+    }
+    app.args([
+        "node",
+        &service("tls_http.js"),
+        &TLS_PORT.to_string(),
+        "local",
+    ]);
+    let mut app = c.spawn(app).unwrap();
+    app.wait_line("listening", WAIT).unwrap();
+
+    let (by, _, _) = curl(
+        &c,
+        &certs,
+        &pod_url("/panel?q=1"),
+        &["--http1.1", "-H", "x-user: dave"],
+    );
+    assert_eq!(by, "pod");
+    let event = d
+        .wait_notification(WAIT, |n| {
+            n["method"] == "mirrord/traffic"
+                && n["params"]["sessionId"] == sid.as_str()
+                && n["params"]["event"]["type"] == "incoming_request"
+        })
+        .map(|n| n["params"]["event"].clone())
+        .unwrap_or_else(|| panic!("no incoming_request: {:#?}", d.notifications()));
+    assert_eq!(event["path"], "/panel?q=1", "{event}");
+    assert_eq!(event["mode"], "mirror", "{event}");
+    assert_eq!(event["port"], TLS_PORT, "{event}");
+    assert_eq!(event["headers"]["x-user"], "dave", "{event}");
+    assert_eq!(event["status"], 200, "{event}");
 }
 
 /// `https_delivery: {protocol: "tls"}`: the program serves HTTPS itself; stolen requests reach
