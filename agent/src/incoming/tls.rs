@@ -200,7 +200,7 @@ impl TlsTermination {
 /// (`None`: not TLS, or not within the bound) and every byte read, to be replayed.
 pub(super) async fn read_client_hello(
     stream: &mut BoxIo,
-    tls: &TlsTermination,
+    provider: &CryptoProvider,
 ) -> (Option<Hello>, Vec<u8>) {
     let mut seen = Vec::new();
     let mut acceptor = Acceptor::default();
@@ -230,12 +230,10 @@ pub(super) async fn read_client_hello(
             Ok(None) => continue,
             Ok(Some(accepted)) => {
                 let hello = accepted.client_hello();
-                let suites_ok = hello.cipher_suites().iter().any(|s| {
-                    tls.provider
-                        .cipher_suites
-                        .iter()
-                        .any(|ours| ours.suite() == *s)
-                });
+                let suites_ok = hello
+                    .cipher_suites()
+                    .iter()
+                    .any(|s| provider.cipher_suites.iter().any(|ours| ours.suite() == *s));
                 let alpn = hello
                     .alpn()
                     .map(|protocols| protocols.map(<[u8]>::to_vec).collect());
@@ -270,7 +268,7 @@ impl IncomingState {
         stealers: Vec<Subscriber>,
         mirrors: Vec<Subscriber>,
     ) -> Result<()> {
-        let (hello, seen) = read_client_hello(&mut stream, &tls).await;
+        let (hello, seen) = read_client_hello(&mut stream, &tls.provider).await;
         let stream = Prefixed::new(seen, stream);
         // Invariant: a program on a TLS port only ever gets what the agent decrypted, so what
         // passes through untouched gives mirrors no copy; observers (dump) see it as it is.
@@ -431,5 +429,235 @@ impl ServerCertVerifier for TargetVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+    use std::process::Command;
+    use tokio::io::AsyncWriteExt;
+
+    fn provider() -> CryptoProvider {
+        tokio_rustls::rustls::crypto::ring::default_provider()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime")
+    }
+
+    /// A real ClientHello for `name`, offering `alpn`, as a rustls client writes it.
+    fn client_hello(name: &str, alpn: &[&[u8]]) -> Vec<u8> {
+        let mut config = ClientConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .expect("default versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(TargetVerifier {
+                provider: Arc::new(provider()),
+            }))
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let mut conn = tokio_rustls::rustls::ClientConnection::new(
+            Arc::new(config),
+            ServerName::try_from(name.to_owned()).expect("a DNS name"),
+        )
+        .expect("a client connection");
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).expect("writing the hello");
+        out
+    }
+
+    /// Sends `input` in pieces cut at `cuts`, then closes; returns what `read_client_hello`
+    /// decided and every byte the connection yields afterwards (the replayed ones first).
+    fn read_all(input: &[u8], cuts: &[usize]) -> (Option<Hello>, Vec<u8>) {
+        runtime().block_on(async {
+            let (mut peer, ours) = tokio::io::duplex(256);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            points.sort_unstable();
+            let owned = input.to_vec();
+            let writer = tokio::spawn(async move {
+                let mut from = 0;
+                for p in points.into_iter().chain([owned.len()]) {
+                    if peer.write_all(&owned[from..p]).await.is_err() {
+                        return;
+                    }
+                    from = p;
+                    tokio::task::yield_now().await;
+                }
+            });
+            let mut stream: BoxIo = Box::new(ours);
+            let (hello, seen) = read_client_hello(&mut stream, &provider()).await;
+            let mut all = Prefixed::new(seen, stream);
+            let mut bytes = Vec::new();
+            all.read_to_end(&mut bytes).await.expect("reading the rest");
+            writer.await.expect("the writer task");
+            (hello, bytes)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever arrives, TLS-looking or not, in whatever pieces: no panic, and not one byte
+        /// is lost or repeated for whoever gets the connection next.
+        #[test]
+        fn hostile_bytes_lose_nothing(
+            head in prop::sample::select(vec![&b""[..], b"\x16", b"\x16\x03\x01", b"\x16\x03\x01\x02\x00\x01", b"GET "]),
+            tail in prop::collection::vec(any::<u8>(), 0..300),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let mut input = head.to_vec();
+            input.extend_from_slice(&tail);
+            let (hello, bytes) = read_all(&input, &cuts);
+            prop_assert_eq!(bytes, input.clone());
+            if input.first() != Some(&0x16) {
+                prop_assert!(hello.is_none());
+            }
+        }
+
+        /// A real ClientHello, in any pieces and followed by anything: its name and protocols
+        /// are read, and every byte is still there.
+        #[test]
+        fn a_client_hello_is_read_in_any_pieces(
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+            after in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut input = client_hello("pod.test", &[b"h2", b"http/1.1"]);
+            input.extend_from_slice(&after);
+            let (hello, bytes) = read_all(&input, &cuts);
+            prop_assert_eq!(bytes, input);
+            let hello = hello.expect("a ClientHello");
+            prop_assert_eq!(hello.sni.as_deref(), Some("pod.test"));
+            prop_assert_eq!(hello.alpn, Some(vec![b"h2".to_vec(), b"http/1.1".to_vec()]));
+            prop_assert!(hello.suites_ok);
+        }
+    }
+
+    /// A temporary directory with a CA-less self-signed certificate for `pod.test` and its key
+    /// (made by `openssl`), and another key.
+    struct Files(PathBuf);
+
+    impl Files {
+        fn new(tag: &str) -> Files {
+            let dir = std::env::temp_dir()
+                .join(format!("mirrord-agent-tls-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("a temporary directory");
+            let openssl = |args: &[&str]| {
+                let ok = Command::new("openssl")
+                    .current_dir(&dir)
+                    .args(args)
+                    .output()
+                    .expect("openssl runs")
+                    .status
+                    .success();
+                assert!(ok, "openssl {args:?}");
+            };
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "tls.key",
+                "-out",
+                "tls.crt",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=pod.test",
+                "-addext",
+                "subjectAltName=DNS:pod.test",
+            ]);
+            openssl(&[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-out",
+                "other.key",
+            ]);
+            Files(dir)
+        }
+    }
+
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn spec(cert: &str, key: &str) -> TlsPort {
+        TlsPort {
+            cert_pem: cert.into(),
+            key_pem: key.into(),
+        }
+    }
+
+    fn hello(sni: Option<&str>, alpn: Option<&[&[u8]]>) -> Hello {
+        Hello {
+            sni: sni.map(str::to_owned),
+            alpn: alpn.map(|a| a.iter().map(|p| p.to_vec()).collect()),
+            suites_ok: true,
+        }
+    }
+
+    #[test]
+    fn loads_the_targets_files_and_terminates_only_what_it_covers() {
+        let files = Files::new("ok");
+        // Paths are in the target's filesystem: absolute ones are taken under its root.
+        let tls = TlsTermination::load(&files.0, 443, &spec("/tls.crt", "tls.key")).unwrap();
+        assert!(tls.terminates(&hello(Some("pod.test"), None)).is_some());
+        assert!(tls.terminates(&hello(None, None)).is_some(), "no SNI");
+        assert!(tls.terminates(&hello(Some("other.test"), None)).is_none());
+        let t = tls
+            .terminates(&hello(Some("pod.test"), Some(&[b"spdy/3", b"h2"])))
+            .unwrap();
+        assert_eq!(t.alpn, vec![b"h2".to_vec()], "only what the agent speaks");
+        assert!(
+            tls.terminates(&hello(Some("pod.test"), Some(&[b"acme-tls/1"])))
+                .is_none(),
+            "a protocol the agent does not speak"
+        );
+        let mut no_suite = hello(Some("pod.test"), None);
+        no_suite.suites_ok = false;
+        assert!(tls.terminates(&no_suite).is_none());
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors_that_never_show_the_key() {
+        let files = Files::new("bad");
+        let err = |cert: &str, key: &str| {
+            TlsTermination::load(&files.0, 443, &spec(cert, key))
+                .err()
+                .expect("an error")
+                .to_string()
+        };
+        let e = err("tls.crt", "missing.key");
+        assert!(e.contains("port 443") && e.contains("missing.key"), "{e}");
+        let e = err("missing.crt", "tls.key");
+        assert!(e.contains("missing.crt"), "{e}");
+        let e = err("tls.crt", "other.key");
+        assert!(e.contains("does not belong"), "{e}");
+        // A key file whose body is broken: the error names it, and shows none of its bytes.
+        let key = std::fs::read_to_string(files.0.join("tls.key")).unwrap();
+        let body: Vec<&str> = key.lines().filter(|l| !l.starts_with("-----")).collect();
+        let broken = key.replace(body[0], &format!("{}!!", body[0]));
+        std::fs::write(files.0.join("broken.key"), &broken).unwrap();
+        let e = err("tls.crt", "broken.key");
+        assert!(e.contains("broken.key"), "{e}");
+        for line in &body {
+            assert!(!e.contains(line), "{e}");
+        }
+        let e = err("tls.key", "tls.key");
+        assert!(e.contains("no certificate"), "{e}");
     }
 }
