@@ -806,3 +806,43 @@ fn a_pod_that_requires_client_certificates_keeps_its_clients() {
     assert_eq!((by.as_str(), body.as_str()), ("pod", "pod: GET /mtls\n"));
     assert!(requests_seen(&mut app).is_empty());
 }
+
+/// Two sessions steal the pod's TLS port with different header filters: each gets its own
+/// requests (the first agent hands the others to the second over TLS, which terminates again),
+/// the rest reach the pod.
+#[test]
+fn two_sessions_steal_one_tls_port_with_different_filters() {
+    let c = Cluster::start().unwrap();
+    let certs = make_certs(&c);
+    let _pod = pod_https(&c, &certs);
+    let mut apps = Vec::new();
+    for name in ["alice", "bob"] {
+        let filter = serde_json::json!({"http_filter": {
+            "header_filter": format!("x-user: {name}"),
+            "ports": [TLS_PORT],
+        }});
+        let cfg = steal_config(&c, &certs, "steal", &filter.to_string());
+        let named = c.workdir().join(format!("{name}.json"));
+        std::fs::rename(&cfg, &named).unwrap();
+        let script = service("tls_http.js");
+        let port = TLS_PORT.to_string();
+        let mut app = c
+            .spawn(mirrord(&c, &named, "node", &[&script, &port, name]))
+            .unwrap();
+        app.wait_line("listening", WAIT).unwrap();
+        apps.push(app);
+    }
+    for (header, expect) in [
+        ("x-user: alice", "alice"),
+        ("x-user: bob", "bob"),
+        ("x-user: carol", "pod"),
+    ] {
+        for version in ["--http2", "--http1.1"] {
+            let (by, body, _) = curl(&c, &certs, &pod_url("/two"), &[version, "-H", header]);
+            assert_eq!(
+                (by.as_str(), body.as_str()),
+                (expect, &*format!("{expect}: GET /two\n"))
+            );
+        }
+    }
+}
