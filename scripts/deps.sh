@@ -16,8 +16,10 @@ have sha256sum || need_apt+=(coreutils)
 have node || need_apt+=(nodejs)
 have cc || need_apt+=(gcc)
 have pkill || need_apt+=(procps)
+have openssl || need_apt+=(openssl)
 have iptables-legacy || need_apt+=(iptables)
 /usr/bin/python3 -c 'import jsonschema' 2>/dev/null || need_apt+=(python3-jsonschema)
+/usr/bin/python3 -c 'import requests' 2>/dev/null || need_apt+=(python3-requests)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -223,8 +223,17 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
                      feature.network.incoming to \"off\""
                         .into(),
                 ),
-                AgentRequest::Subscribe { port, mode, filter } => {
-                    match state.incoming.subscribe(&client, port, mode, filter).await {
+                AgentRequest::Subscribe {
+                    port,
+                    mode,
+                    filter,
+                    tls,
+                } => {
+                    match state
+                        .incoming
+                        .subscribe(&client, port, mode, filter, tls)
+                        .await
+                    {
                         Ok(()) => AgentResponse::Subscribed,
                         Err(e) => AgentResponse::Error(format!("{e:#}")),
                     }

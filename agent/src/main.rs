@@ -129,7 +129,7 @@ fn run() -> Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let resolver = dns::PodResolver::new(&resolver_files)?;
-        let incoming = incoming::IncomingState::new(agent_id.clone());
+        let incoming = incoming::IncomingState::new(agent_id.clone(), target.process_pid());
         incoming.sweep_dead_agents().await;
         let state = std::sync::Arc::new(listener::AgentState {
             token,

@@ -426,6 +426,7 @@ impl Control {
             port,
             mode: TrafficMode::Mirror,
             filter: None,
+            tls: None,
         });
         assert_eq!(r, AgentResponse::Subscribed);
     }
@@ -542,6 +543,7 @@ fn rule_changes_waiting_for_the_xtables_lock_do_not_stall_the_data_path() {
                 port,
                 mode: TrafficMode::Mirror,
                 filter: None,
+                tls: None,
             })
         })
         .collect();
@@ -555,6 +557,7 @@ fn rule_changes_waiting_for_the_xtables_lock_do_not_stall_the_data_path() {
         port: 85,
         mode: TrafficMode::Mirror,
         filter: None,
+        tls: None,
     });
     drop(doomed);
 

@@ -64,6 +64,8 @@ pub enum AgentRequest {
         mode: TrafficMode,
         /// For steal: which HTTP requests to take (`None`: all of them).
         filter: Option<HttpFilter>,
+        /// The target terminates TLS on this port: where its certificate chain and key are.
+        tls: Option<TlsPort>,
     },
     Unsubscribe {
         port: u16,
@@ -86,6 +88,15 @@ pub enum TrafficMode {
     /// A copy of both directions (for `mirrord dump`): the channel carries [`Observed`] frames;
     /// the target keeps serving.
     Observe,
+}
+
+/// Where the target keeps the certificate chain and key it serves on a TLS port: paths in the
+/// target's own filesystem, which the agent reads through `/proc/PID/root`. Only the paths
+/// cross the boundary; the key itself never leaves the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsPort {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 /// A piece of an observed connection. An empty `data` means that direction has ended.

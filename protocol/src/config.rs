@@ -719,9 +719,15 @@ struct IncomingConfigMap {
     /// Steal only the HTTP requests that match (header, path, method, all_of, any_of).
     #[serde(default)]
     http_filter: HttpFilterConfig,
-    /// Accepted for compatibility with mirrord; ignored by this product.
-    #[serde(default, skip_serializing)]
-    https_delivery: Option<Ignored>,
+    /// Ports where the target terminates TLS itself: the agent terminates it with the target's
+    /// own certificate chain and key (paths in the target's filesystem), so mirror, dump and
+    /// HTTP filters see the requests.
+    #[serde(default)]
+    tls_ports: Vec<TlsPortConfig>,
+    /// How requests decrypted on a `tls_ports` port reach the program: plain (`tcp`) or
+    /// re-encrypted (`tls`).
+    #[serde(default)]
+    https_delivery: HttpsDelivery,
     /// Accepted for compatibility with mirrord; ignored by this product.
     #[serde(default, skip_serializing)]
     http_header_filter: Option<Ignored>,
@@ -739,7 +745,7 @@ impl<'de> Deserialize<'de> for IncomingConfigFull {
         impl<'de> Visitor<'de> for V {
             type Value = IncomingConfigFull;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("\"mirror\", \"steal\", \"off\" or {mode, port_mapping, ignore_localhost, ignore_ports, ports, listen_ports, http_filter}")
+                f.write_str("\"mirror\", \"steal\", \"off\" or {mode, port_mapping, ignore_localhost, ignore_ports, ports, listen_ports, http_filter, tls_ports, https_delivery}")
             }
             /// mirrord's toggle: `true` is the default mode, `false` is off.
             fn visit_bool<E: de::Error>(self, on: bool) -> Result<IncomingConfigFull, E> {
@@ -761,6 +767,13 @@ impl<'de> Deserialize<'de> for IncomingConfigFull {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<IncomingConfigFull, A::Error> {
                 let m = IncomingConfigMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let mut seen = std::collections::HashSet::new();
+                if let Some(dup) = m.tls_ports.iter().find(|t| !seen.insert(t.port)) {
+                    return Err(de::Error::custom(format!(
+                        "tls_ports: port {} is listed more than once",
+                        dup.port
+                    )));
+                }
                 Ok(IncomingConfigFull {
                     mode: m.mode,
                     port_mapping: m.port_mapping,
@@ -769,6 +782,8 @@ impl<'de> Deserialize<'de> for IncomingConfigFull {
                     ports: m.ports,
                     listen_ports: m.listen_ports,
                     http_filter: m.http_filter,
+                    tls_ports: m.tls_ports,
+                    https_delivery: m.https_delivery,
                 })
             }
         }
@@ -799,9 +814,77 @@ pub struct IncomingConfigFull {
     pub listen_ports: Vec<(u16, u16)>,
     #[serde(default)]
     pub http_filter: HttpFilterConfig,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_ports: Vec<TlsPortConfig>,
+    #[serde(default, skip_serializing_if = "HttpsDelivery::is_default")]
+    pub https_delivery: HttpsDelivery,
 }
 
 pub type IncomingConfig = IncomingConfigFull;
+
+impl IncomingConfigFull {
+    /// The TLS setting of the target's `port`, if it is one of `tls_ports`.
+    pub fn tls_port(&self, port: u16) -> Option<&TlsPortConfig> {
+        self.tls_ports.iter().find(|t| t.port == port)
+    }
+}
+
+/// One entry of `feature.network.incoming.tls_ports`: a port where the target terminates TLS.
+/// The paths are read by the agent in the target's own filesystem (`/proc/PID/root`); the
+/// private key never leaves the agent.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPortConfig {
+    /// The target's TLS port.
+    pub port: u16,
+    /// PEM file with the certificate chain the target serves (leaf first), as a path in the
+    /// target's filesystem, e.g. `/etc/tls/tls.crt`.
+    pub cert_pem: String,
+    /// PEM file with the private key of that certificate, as a path in the target's filesystem,
+    /// e.g. `/etc/tls/tls.key`.
+    pub key_pem: String,
+}
+
+/// `feature.network.incoming.https_delivery` (mirrord's key): how requests that the agent
+/// decrypted reach the program.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsDelivery {
+    /// `tcp`: plain HTTP to the program (default); `tls`: TLS again, the program serves HTTPS.
+    #[serde(default)]
+    pub protocol: DeliveryProtocol,
+    /// PEM files (on this machine) with the roots the program's certificate must chain to.
+    /// Empty: the program's certificate is not verified (it is this machine's own loopback
+    /// listener).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_roots: Vec<String>,
+    /// The name sent as SNI and checked in the program's certificate (default `localhost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Accepted for compatibility with mirrord; ignored by this product.
+    #[serde(default, skip_serializing)]
+    pub server_cert: Option<Ignored>,
+}
+
+impl HttpsDelivery {
+    /// Nothing the layer's copy needs (`server_cert` is never serialised).
+    fn is_default(&self) -> bool {
+        self.protocol == DeliveryProtocol::Tcp
+            && self.trust_roots.is_empty()
+            && self.server_name.is_none()
+    }
+}
+
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryProtocol {
+    #[default]
+    Tcp,
+    Tls,
+}
 
 impl Default for IncomingConfigFull {
     fn default() -> Self {
@@ -813,6 +896,8 @@ impl Default for IncomingConfigFull {
             ports: None,
             listen_ports: Vec::new(),
             http_filter: HttpFilterConfig::default(),
+            tls_ports: Vec::new(),
+            https_delivery: HttpsDelivery::default(),
         }
     }
 }

@@ -99,3 +99,60 @@ fn mirrord_shorthands_of_implemented_keys() {
     .unwrap_err();
     assert!(e.to_string().contains("a..b"), "{e}");
 }
+
+/// `tls_ports` and `https_delivery` (HTTPS steal): parsed, kept for the layer's copy, strict
+/// about unknown keys and repeated ports; `https_delivery.server_cert` is accepted and ignored.
+#[test]
+fn tls_ports_and_https_delivery() {
+    use mirrord_protocol::config::{DeliveryProtocol, TlsPortConfig};
+    let cfg = MirrordConfig::from_json(
+        r#"{"feature": {"network": {"incoming": {"mode": "steal",
+            "tls_ports": [{"port": 443, "cert_pem": "/etc/tls/tls.crt", "key_pem": "/etc/tls/tls.key"}],
+            "https_delivery": {"protocol": "tls", "trust_roots": ["ca.pem"], "server_name": "localhost", "server_cert": "x.pem"}}}}}"#,
+    )
+    .unwrap();
+    let incoming = &cfg.feature.network.incoming;
+    assert_eq!(
+        incoming.tls_port(443),
+        Some(&TlsPortConfig {
+            port: 443,
+            cert_pem: "/etc/tls/tls.crt".into(),
+            key_pem: "/etc/tls/tls.key".into(),
+        })
+    );
+    assert_eq!(incoming.tls_port(80), None);
+    assert_eq!(incoming.https_delivery.protocol, DeliveryProtocol::Tls);
+    assert_eq!(incoming.https_delivery.trust_roots, ["ca.pem"]);
+    let json = serde_json::to_string(&cfg).unwrap();
+    assert!(!json.contains("x.pem"), "{json}");
+    let again = MirrordConfig::from_json(&json).unwrap();
+    assert_eq!(again.feature.network.incoming.tls_ports, incoming.tls_ports);
+    assert_eq!(
+        again.feature.network.incoming.https_delivery.trust_roots,
+        incoming.https_delivery.trust_roots
+    );
+
+    for (bad, says) in [
+        (
+            r#"{"feature": {"network": {"incoming": {"tls_ports": [
+                {"port": 443, "cert_pem": "a", "key_pem": "b"},
+                {"port": 443, "cert_pem": "c", "key_pem": "d"}]}}}}"#,
+            "port 443 is listed more than once",
+        ),
+        (
+            r#"{"feature": {"network": {"incoming": {"tls_ports": [{"port": 443, "cert_pem": "a"}]}}}}"#,
+            "key_pem",
+        ),
+        (
+            r#"{"feature": {"network": {"incoming": {"tls_ports": [{"port": 443, "cert": "a", "key_pem": "b"}]}}}}"#,
+            "cert",
+        ),
+        (
+            r#"{"feature": {"network": {"incoming": {"https_delivery": {"protocol": "quic"}}}}}"#,
+            "quic",
+        ),
+    ] {
+        let e = MirrordConfig::from_json(bad).unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

@@ -3,8 +3,11 @@
 
 use crate::agent::{AgentConnector, AgentControl};
 use crate::http_sniff::{Head, Seen, Sniffer};
+use crate::https_delivery::TlsDelivery;
 use crate::traffic::TrafficLog;
-use mirrord_protocol::agent::{AgentChannel, AgentEvent, AgentRequest, AgentResponse, TrafficMode};
+use mirrord_protocol::agent::{
+    AgentChannel, AgentEvent, AgentRequest, AgentResponse, TlsPort, TrafficMode,
+};
 use mirrord_protocol::api::{now_ms, TrafficEvent};
 use mirrord_protocol::config::{IncomingConfig, IncomingMode};
 use std::collections::HashMap;
@@ -112,6 +115,8 @@ impl Unanswered {
 
 pub struct IncomingRouter {
     config: IncomingConfig,
+    /// `https_delivery: tls`: connections of `tls_ports` reach the program over TLS again.
+    tls_delivery: Option<TlsDelivery>,
     traffic: Arc<TrafficLog>,
     /// Invariant: a port has an entry here exactly while the session's agent subscription for
     /// it exists (or is being made by the holder of `changes`), and the entry is never empty.
@@ -129,13 +134,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl IncomingRouter {
-    pub fn new(config: IncomingConfig, traffic: Arc<TrafficLog>) -> Arc<IncomingRouter> {
-        Arc::new(IncomingRouter {
+    /// Fails when `https_delivery` cannot be used (an unreadable trust root, a bad name).
+    pub fn new(
+        config: IncomingConfig,
+        traffic: Arc<TrafficLog>,
+    ) -> anyhow::Result<Arc<IncomingRouter>> {
+        Ok(Arc::new(IncomingRouter {
+            tls_delivery: TlsDelivery::from_config(&config.https_delivery)?,
             config,
             traffic,
             listening: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             peers: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Where the target keeps the certificate of `port`, if it is one of `tls_ports`.
+    fn tls_of(&self, port: u16) -> Option<TlsPort> {
+        self.config.tls_port(port).map(|t| TlsPort {
+            cert_pem: t.cert_pem.clone(),
+            key_pem: t.key_pem.clone(),
         })
     }
 
@@ -172,7 +190,12 @@ impl IncomingRouter {
             return Ok(());
         }
         match control
-            .request(AgentRequest::Subscribe { port, mode, filter })
+            .request(AgentRequest::Subscribe {
+                port,
+                mode,
+                filter,
+                tls: self.tls_of(port),
+            })
             .await
         {
             Ok(AgentResponse::Subscribed) => {
@@ -217,6 +240,7 @@ impl IncomingRouter {
             port,
             mode: TrafficMode::Observe,
             filter: None,
+            tls: self.tls_of(port),
         };
         let _changing = self.changes.lock().await;
         match control.request(request).await {
@@ -299,16 +323,15 @@ impl IncomingRouter {
 
     /// Relays a mirrored connection to the program while turning the HTTP/1 requests in it (and
     /// the program's answers) into traffic events.
-    async fn relay_sniffing(
-        &self,
-        program: tokio::net::TcpStream,
-        agent: crate::agent::AgentStream,
-        port: u16,
-    ) {
+    async fn relay_sniffing<P, A>(&self, program: P, agent: A, port: u16)
+    where
+        P: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let unanswered: Arc<Mutex<Unanswered>> = Arc::default();
         let (mut agent_r, mut agent_w) = tokio::io::split(agent);
-        let (mut program_r, mut program_w) = program.into_split();
+        let (mut program_r, mut program_w) = tokio::io::split(program);
         let requests = unanswered.clone();
         let to_program = async move {
             let mut sniffer = Sniffer::new(true);
@@ -382,6 +405,21 @@ impl IncomingRouter {
             let _ = agent_w.shutdown().await;
         };
         tokio::join!(to_program, from_program);
+    }
+
+    /// Relays a delivered connection between the program and the agent.
+    async fn relay<P, A>(&self, mut program: P, mut agent: A, port: u16, mode: TrafficMode)
+    where
+        P: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        if mode == TrafficMode::Mirror {
+            // Stolen HTTP requests are reported by the agent, which routes them; mirrored ones
+            // are read here, from the copy on its way to the program.
+            self.relay_sniffing(program, agent, port).await;
+        } else {
+            let _ = tokio::io::copy_bidirectional(&mut program, &mut agent).await;
+        }
     }
 
     pub fn peer_of(&self, source: SocketAddr) -> Option<(SocketAddr, SocketAddr)> {
@@ -461,7 +499,7 @@ impl IncomingRouter {
             Some((local, observer)) => (Some(local), observer),
             None => (None, None),
         };
-        let mut channel = match connector.open(AgentChannel::Incoming { id }).await {
+        let channel = match connector.open(AgentChannel::Incoming { id }).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(port, "cannot open the incoming channel: {e:#}");
@@ -497,7 +535,7 @@ impl IncomingRouter {
         };
         lock(&self.peers).insert(source, (peer, local));
         match socket.connect(target).await {
-            Ok(mut stream) => {
+            Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 tracing::debug!(port, %peer, ?mode, "incoming connection delivered");
                 self.traffic.emit(TrafficEvent::IncomingConnection {
@@ -506,12 +544,18 @@ impl IncomingRouter {
                     port,
                     mode: mode_name(mode).into(),
                 });
-                if mode == TrafficMode::Mirror {
-                    // Stolen HTTP requests are reported by the agent, which routes them; mirrored
-                    // ones are read here, from the copy on its way to the program.
-                    self.relay_sniffing(stream, channel, port).await;
-                } else {
-                    let _ = tokio::io::copy_bidirectional(&mut stream, &mut channel).await;
+                // Invariant: on a TLS port the agent delivers only what it decrypted, so
+                // `https_delivery: tls` encrypts every connection of such a port again.
+                let tls = match &self.tls_delivery {
+                    Some(tls) if self.config.tls_port(port).is_some() => Some(tls),
+                    _ => None,
+                };
+                match tls {
+                    Some(tls) => match tls.wrap(stream, channel).await {
+                        Ok((program, agent)) => self.relay(program, agent, port, mode).await,
+                        Err(e) => tracing::warn!(port, "https_delivery: {e:#}"),
+                    },
+                    None => self.relay(stream, channel, port, mode).await,
                 }
             }
             Err(e) => tracing::warn!(port, %target, "cannot reach the program's listener: {e}"),

@@ -12,6 +12,7 @@ pub mod config_file;
 pub mod daemon;
 pub mod exec;
 pub mod http_sniff;
+pub mod https_delivery;
 pub mod incoming;
 pub mod kube;
 pub mod paths;

@@ -142,10 +142,16 @@ impl Session {
             }
         };
         let traffic = Arc::new(TrafficLog::default());
-        let incoming = IncomingRouter::new(
+        let incoming = match IncomingRouter::new(
             opts.config.feature.network.incoming.clone(),
             traffic.clone(),
-        );
+        ) {
+            Ok(i) => i,
+            Err(e) => {
+                agent.stop(Some(&control)).await;
+                return Err(e.context("feature.network.incoming"));
+            }
+        };
         tokio::spawn(incoming.clone().run(event_rx, connector.clone()));
         let shared = Arc::new(ProxyShared {
             token: token.clone(),

@@ -1,6 +1,7 @@
 """A minimal websocket client: handshake (with extra headers), one masked text frame, one reply.
 
 usage: ws_client.py HOST PORT MESSAGE [HEADER: VALUE ...]
+With WS_TLS_CA set (a CA file), the connection is TLS, checked against that CA.
 Prints {"status": <handshake status line>, "accept_ok": bool, "served_by": ..., "reply": text}.
 """
 
@@ -9,6 +10,7 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 import sys
 
 host, port, message = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -25,6 +27,10 @@ lines = [
     "Sec-WebSocket-Version: 13",
 ] + extra
 s = socket.create_connection((host, port), timeout=10)
+if os.environ.get("WS_TLS_CA"):
+    ctx = ssl.create_default_context(cafile=os.environ["WS_TLS_CA"])
+    ctx.set_alpn_protocols(["http/1.1"])
+    s = ctx.wrap_socket(s, server_hostname=host)
 s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
 
 buf = b""

@@ -4,6 +4,7 @@
 
 use super::filter::matches;
 use super::sniff::Prefixed;
+use super::tls::PodTls;
 use super::{BoxIo, Hop, IncomingState, Subscriber};
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -19,13 +20,23 @@ use std::sync::Arc;
 type Body = BoxBody<Bytes, hyper::Error>;
 
 impl IncomingState {
-    /// Serves the connection as HTTP and routes each request.
-    pub(super) async fn route_http(
+    /// Serves the connection as HTTP and routes each request. On a TLS port `stream` is the
+    /// decrypted client, and `pod` how to reach the target again over TLS, with the first such
+    /// connection (already made, to learn the target's protocol).
+    pub(super) async fn route_http<S>(
         self: &Arc<Self>,
-        stream: Prefixed<BoxIo>,
+        stream: Prefixed<S>,
         hop: Hop,
         stealers: Vec<Subscriber>,
-    ) -> Result<()> {
+        pod: Option<(PodTls, BoxIo)>,
+    ) -> Result<()>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (pod_tls, first_pod) = match pod {
+            Some((tls, first)) => (Some(tls), Some(first)),
+            None => (None, None),
+        };
         let router = Arc::new(Router {
             incoming: self.clone(),
             peer: hop.peer,
@@ -34,6 +45,8 @@ impl IncomingState {
             visited: hop.visited,
             stealers,
             upstreams: tokio::sync::Mutex::new(HashMap::new()),
+            pod_tls,
+            first_pod: std::sync::Mutex::new(first_pod),
         });
         let service = hyper::service::service_fn(move |req| {
             let router = router.clone();
@@ -85,6 +98,10 @@ struct Router {
     visited: Vec<String>,
     stealers: Vec<Subscriber>,
     upstreams: tokio::sync::Mutex<HashMap<Upstream, Sender>>,
+    /// On a TLS port: the target is reached over TLS again.
+    pod_tls: Option<PodTls>,
+    /// On a TLS port: the connection to the target made before the client's handshake.
+    first_pod: std::sync::Mutex<Option<BoxIo>>,
 }
 
 impl Router {
@@ -214,11 +231,29 @@ impl Router {
                 handshake(TokioIo::new(channel), http2).await
             }
             None => {
+                let first = self
+                    .first_pod
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                if let Some(stream) = first {
+                    return handshake(TokioIo::new(stream), http2).await;
+                }
                 let stream = self
                     .incoming
                     .next_hop(self.port, self.peer, self.original, &self.visited)
                     .await?;
-                handshake(TokioIo::new(stream), http2).await
+                match &self.pod_tls {
+                    Some(tls) => {
+                        let stream = tls
+                            .connector
+                            .connect(tls.server_name.clone(), stream)
+                            .await
+                            .context("TLS handshake with the target")?;
+                        handshake(TokioIo::new(stream), http2).await
+                    }
+                    None => handshake(TokioIo::new(stream), http2).await,
+                }
             }
         }
     }

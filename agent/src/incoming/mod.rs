@@ -25,7 +25,8 @@
 //! `leftovers` (removing the rules of dead agents at start), `passthrough` (pass-through with
 //! mirror and observe copies), `sniff` (HTTP or not), `original_dst` (`SO_ORIGINAL_DST`,
 //! unredirected connections to the target), `http_route` (per-request routing of filtered
-//! steals), `filter` (HTTP filters).
+//! steals), `filter` (HTTP filters), `tls` (ports where the target terminates TLS: the agent
+//! terminates it with the target's certificate, then serves the decrypted streams as above).
 
 mod filter;
 mod http_route;
@@ -35,16 +36,18 @@ mod original_dst;
 mod passthrough;
 mod registry;
 mod sniff;
+mod tls;
 
 pub use filter::CompiledFilter;
 
 use anyhow::Result;
-use mirrord_protocol::agent::{AgentEvent, AgentMessage, HttpFilter, TrafficMode};
+use mirrord_protocol::agent::{AgentEvent, AgentMessage, HttpFilter, TlsPort, TrafficMode};
 use original_dst::{canonical, original_destination};
 use registry::Registry;
 use sniff::{sniff, Protocol};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,10 +80,16 @@ struct Subscriber {
     client: Client,
     mode: TrafficMode,
     filter: Option<Arc<CompiledFilter>>,
+    /// The target terminates TLS on this port: its certificate and key, loaded by the agent.
+    tls: Option<Arc<tls::TlsTermination>>,
 }
 
 pub struct IncomingState {
     agent_id: String,
+    /// The target's filesystem root, for the certificates of TLS ports: `/proc/PID/root`, or
+    /// `/` for a target without a process (`netns/NAME`: a network namespace shares the
+    /// host's filesystem).
+    target_root: PathBuf,
     registry: Registry,
     /// Announced connections waiting for their client's channel.
     pending: Mutex<HashMap<u64, oneshot::Sender<BoxIo>>>,
@@ -94,8 +103,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl IncomingState {
-    pub fn new(agent_id: String) -> Arc<IncomingState> {
+    pub fn new(agent_id: String, target_pid: Option<u32>) -> Arc<IncomingState> {
+        let target_root = match target_pid {
+            Some(pid) => PathBuf::from(format!("/proc/{pid}/root")),
+            None => PathBuf::from("/"),
+        };
         Arc::new(IncomingState {
+            target_root,
             registry: Registry::new(agent_id.clone()),
             agent_id,
             pending: Mutex::new(HashMap::new()),
@@ -121,15 +135,25 @@ impl IncomingState {
         port: u16,
         mode: TrafficMode,
         filter: Option<HttpFilter>,
+        tls: Option<TlsPort>,
     ) -> Result<()> {
         let filter = match filter {
             Some(f) => Some(Arc::new(CompiledFilter::compile(&f)?)),
+            None => None,
+        };
+        let tls = match tls {
+            Some(spec) => Some(Arc::new(tls::TlsTermination::load(
+                &self.target_root,
+                port,
+                &spec,
+            )?)),
             None => None,
         };
         let sub = Subscriber {
             client: client.clone(),
             mode,
             filter,
+            tls,
         };
         self.registry.precheck(port, &sub)?;
         // Other agents may ask this one from now on. (Two agents stealing one port at the very
@@ -259,13 +283,16 @@ impl IncomingState {
             port,
             visited,
         };
+        if let Some(tls) = subscribers.iter().find_map(|s| s.tls.clone()) {
+            return self.serve_tls(stream, hop, tls, stealers, mirrors).await;
+        }
         if stealers.is_empty() {
             return self.pass_through(stream, hop, &mirrors).await;
         }
         let unfiltered = stealers.iter().find(|s| s.filter.is_none()).cloned();
         let (protocol, stream) = sniff(stream).await;
         match protocol {
-            Protocol::Http => self.route_http(stream, hop, stealers).await,
+            Protocol::Http => self.route_http(stream, hop, stealers, None).await,
             Protocol::Other => match unfiltered {
                 Some(stealer) => {
                     match self

@@ -24,13 +24,22 @@ impl IncomingState {
         hop: Hop,
         mirrors: &[Subscriber],
     ) -> Result<()> {
-        let Hop {
-            peer,
-            original,
-            port,
-            ..
-        } = hop;
-        let upstream = self.next_hop(port, peer, original, &hop.visited).await?;
+        let upstream = self
+            .next_hop(hop.port, hop.peer, hop.original, &hop.visited)
+            .await?;
+        self.relay(stream, upstream, &hop, mirrors).await
+    }
+
+    /// Relays a connection and its `upstream` (the next agent or the target) with the copies
+    /// for `mirrors` (see [`Self::pass_through`]).
+    pub(super) async fn relay(
+        self: &Arc<Self>,
+        stream: BoxIo,
+        upstream: BoxIo,
+        hop: &Hop,
+        mirrors: &[Subscriber],
+    ) -> Result<()> {
+        let (peer, original, port) = (hop.peer, hop.original, hop.port);
         // Copies of the client's bytes for mirrors; of both directions for observers (dump).
         let mut copies: Vec<mpsc::Sender<Bytes>> = Vec::new();
         let mut observers: Vec<mpsc::Sender<(bool, Bytes)>> = Vec::new();

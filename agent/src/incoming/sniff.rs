@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// How long to wait for a connection's first bytes to tell HTTP from other protocols.
-const SNIFF_TIMEOUT: Duration = Duration::from_millis(1500);
+pub(super) const SNIFF_TIMEOUT: Duration = Duration::from_millis(1500);
 
 pub(super) enum Protocol {
     Http,

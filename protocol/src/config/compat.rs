@@ -103,7 +103,7 @@ pub const IGNORED_KEYS: &[&str] = &[
     "feature.env.load_from_process",
     "feature.env.mapping",
     "feature.network.ipv6",
-    "feature.network.incoming.https_delivery",
+    "feature.network.incoming.https_delivery.server_cert",
     "feature.network.incoming.http_header_filter",
     "feature.network.incoming.on_concurrent_steal",
     "feature.network.incoming.tls_delivery",
