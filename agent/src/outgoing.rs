@@ -48,15 +48,6 @@ pub async fn connect(remote: SocketAddr) -> (Option<TcpStream>, ConnectReply) {
     }
 }
 
-/// Copies both directions of a flow until both end.
-pub async fn splice<A, B>(a: &mut A, b: &mut B)
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let _ = tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER).await;
-}
-
 /// Relays two TCP sockets in the kernel: each direction moves socket → pipe → socket with
 /// splice(2), so the bytes never cross into user space (the agent's CPU per byte is what limits
 /// bulk transfers). Ends when both directions have ended, or at the first error.
@@ -139,8 +130,9 @@ async fn splice_one_way(from: &TcpStream, to: &TcpStream) -> std::io::Result<()>
 pub async fn tcp(mut client: BoxIo, remote: SocketAddr) -> Result<()> {
     let (stream, reply) = connect(remote).await;
     write_frame_async(&mut client, &reply).await?;
-    if let Some(mut stream) = stream {
-        splice(&mut client, &mut stream).await;
+    if let Some(stream) = stream {
+        // A download continues on the relay's bulk threads, behind other flows' requests.
+        let _ = mirrord_relay::relay(client, stream, RELAY_BUFFER).await;
     }
     Ok(())
 }

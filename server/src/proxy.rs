@@ -25,7 +25,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
@@ -447,7 +446,7 @@ async fn data_connection(mut stream: TcpStream, shared: Arc<ProxyShared>) -> Res
         anyhow::Ok((agent, reply))
     })
     .await;
-    let (mut agent, reply) = match opened {
+    let (agent, reply) = match opened {
         Ok(Ok((agent, reply))) => (Some(agent), reply),
         Ok(Err(e)) => {
             tracing::warn!(%remote, "the agent could not make a connection: {e:#}");
@@ -483,19 +482,12 @@ async fn data_connection(mut stream: TcpStream, shared: Arc<ProxyShared>) -> Res
         },
     });
     write_frame_async(&mut stream, &DataReply::Connect(reply)).await?;
-    if let (ConnectReply::Connected { .. }, Some(agent)) = (reply, agent.as_mut()) {
-        splice(&mut stream, agent).await;
+    if let (ConnectReply::Connected { .. }, Some(agent)) = (reply, agent) {
+        // Both directions until both end, each half-close passed on; a download continues on
+        // the relay's bulk threads so it never holds up other flows' requests.
+        let _ = mirrord_relay::relay(stream, agent, RELAY_BUFFER).await;
     }
     Ok(())
-}
-
-/// Copies both directions until both are finished, passing each half-close on.
-async fn splice<A, B>(a: &mut A, b: &mut B)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let _ = tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER).await;
 }
 
 /// A running UDP relay; dropping it stops the relay.

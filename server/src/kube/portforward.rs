@@ -42,6 +42,10 @@ pub struct PortForwardStream {
     error_started: bool,
     /// The WebSocket has ended (close frame or end of stream): reads give EOF.
     ended: bool,
+    /// A message was queued but not yet flushed: the next read, write or flush finishes it.
+    /// Callers of this stream (the hello, the relays) write and then wait for an answer without
+    /// flushing, as they may with a socket, so every write is flushed as far as it goes.
+    flush_pending: bool,
 }
 
 /// Opens a port-forward to `port` of `pod`.
@@ -62,6 +66,7 @@ pub async fn open(
         data_started: false,
         error_started: false,
         ended: false,
+        flush_pending: false,
     })
 }
 
@@ -72,6 +77,12 @@ impl AsyncRead for PortForwardStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.flush_pending {
+            if let Poll::Ready(flushed) = Pin::new(&mut this.ws).poll_flush(cx) {
+                flushed.map_err(ws_error)?;
+                this.flush_pending = false;
+            }
+        }
         loop {
             if !this.unread.is_empty() {
                 let n = this.unread.len().min(buf.remaining());
@@ -118,19 +129,31 @@ impl AsyncWrite for PortForwardStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let ws = Pin::new(&mut self.ws);
-        let mut ws = ws;
+        let this = &mut *self;
+        let mut ws = Pin::new(&mut this.ws);
+        if this.flush_pending {
+            ready!(ws.as_mut().poll_flush(cx)).map_err(ws_error)?;
+            this.flush_pending = false;
+        }
         ready!(ws.as_mut().poll_ready(cx)).map_err(ws_error)?;
         let n = buf.len().min(MAX_MESSAGE);
         let mut message = Vec::with_capacity(n + 1);
         message.push(DATA_CHANNEL);
         message.extend_from_slice(&buf[..n]);
-        ws.start_send(Message::binary(message)).map_err(ws_error)?;
+        ws.as_mut()
+            .start_send(Message::binary(message))
+            .map_err(ws_error)?;
+        match ws.poll_flush(cx) {
+            Poll::Ready(flushed) => flushed.map_err(ws_error)?,
+            Poll::Pending => this.flush_pending = true,
+        }
         Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_flush(cx).map_err(ws_error)
+        ready!(Pin::new(&mut self.ws).poll_flush(cx)).map_err(ws_error)?;
+        self.flush_pending = false;
+        Poll::Ready(Ok(()))
     }
 
     /// The port-forward protocol has no half-close: ending the writing side ends the stream
