@@ -1,0 +1,639 @@
+//! The session's side of the filter: one thread receives the program's watched calls and
+//! answers each one. Quick answers (files, `getpeername`, calls left alone) come from that
+//! thread; a connect through the pod runs on a thread of its own, so one slow connect never
+//! holds up another call.
+
+use super::addr;
+use super::link::SessionLink;
+use super::notify::{self, Notif};
+use mirrord_protocol::codec::{decode_payload, encode, frame_len, HEADER_LEN};
+use mirrord_protocol::config::{canonical_ip, NetworkConfig, Proto, Route};
+use mirrord_protocol::layer::{DataReply, LayerHello, LayerRequest, ServerResponse};
+use mirrord_protocol::net::{ConnectReply, UdpOpenReply};
+use mirrord_protocol::PROTOCOL_VERSION;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a connect may wait for the pod's answer (as the layer's).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connects handled on threads of their own at once; beyond it the receiving thread handles
+/// them itself (the program's other calls then wait: back-pressure, not unbounded threads).
+const MAX_CONNECT_THREADS: usize = 256;
+/// Redirected sockets remembered for `getpeername` (oldest forgotten first).
+const MAX_REDIRECTED: usize = 65_536;
+
+/// The target's resolver files, served to every open of `/etc/resolv.conf` / `/etc/hosts`.
+pub struct TargetFiles {
+    pub resolv_conf: Vec<u8>,
+    pub hosts: Vec<u8>,
+}
+
+pub struct Supervisor {
+    pub link: SessionLink,
+    pub network: NetworkConfig,
+    pub files: Option<TargetFiles>,
+    /// Sockets the supervisor connected through the session, by inode: (the address the
+    /// program asked for, the loopback address the socket really has as its peer).
+    redirected: Mutex<Redirected>,
+    connect_threads: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Redirected {
+    by_inode: HashMap<u64, (SocketAddr, SocketAddr)>,
+    order: VecDeque<u64>,
+}
+
+/// What to do with a connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    Leave,
+    Tcp,
+    Udp { dns: bool },
+}
+
+impl Supervisor {
+    pub fn new(link: SessionLink, network: NetworkConfig, files: Option<TargetFiles>) -> Self {
+        Supervisor {
+            link,
+            network,
+            files,
+            redirected: Mutex::default(),
+            connect_threads: AtomicUsize::new(0),
+        }
+    }
+
+    /// Serves `listener` until no process uses the filter any more.
+    pub fn serve(self: Arc<Self>, listener: OwnedFd) {
+        let listener = Arc::new(listener);
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+            if r < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                tracing::warn!("seccomp supervisor: poll failed, stopping");
+                return;
+            }
+            if pfd.revents & libc::POLLIN == 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+            {
+                // Every process of the program is gone.
+                return;
+            }
+            match notify::receive(&listener) {
+                Ok(Some(n)) => self.clone().dispatch(&listener, n),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("seccomp supervisor: {e}, stopping");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn dispatch(self: Arc<Self>, listener: &Arc<OwnedFd>, n: Notif) {
+        let nr = n.data.nr as i64;
+        let args = n.data.args;
+        if nr == libc::SYS_openat {
+            // An absolute path ignores the directory descriptor.
+            self.open_call(listener, &n, args[1], args[2] as i32);
+        } else if open_syscall(nr) {
+            self.open_call(listener, &n, args[0], args[1] as i32);
+        } else if nr == libc::SYS_getpeername {
+            self.getpeername(listener, &n);
+        } else if nr == libc::SYS_connect {
+            self.connect_call(listener, n);
+        } else {
+            notify::proceed(listener, n.id);
+        }
+    }
+
+    // ---- /etc/resolv.conf and /etc/hosts ----
+
+    fn open_call(&self, listener: &OwnedFd, n: &Notif, path: u64, flags: i32) {
+        let Some(content) = self.served_file(n.pid, path, flags) else {
+            notify::proceed(listener, n.id);
+            return;
+        };
+        match memfd_with(content) {
+            Ok(fd) => {
+                if let Err(e) =
+                    notify::reply_with_fd(listener, n.id, &fd, flags & libc::O_CLOEXEC != 0)
+                {
+                    notify::fail(listener, n.id, e.raw_os_error().unwrap_or(libc::EMFILE));
+                }
+            }
+            Err(e) => {
+                tracing::debug!("seccomp: memfd for a resolver file: {e}");
+                notify::proceed(listener, n.id);
+            }
+        }
+    }
+
+    /// The target's version of the file the program opens, if it is one we serve and the open
+    /// only reads it.
+    fn served_file(&self, tid: u32, path: u64, flags: i32) -> Option<&[u8]> {
+        let files = self.files.as_ref()?;
+        let not_plain_read = libc::O_WRONLY
+            | libc::O_RDWR
+            | libc::O_CREAT
+            | libc::O_TRUNC
+            | libc::O_PATH
+            | libc::O_DIRECTORY;
+        if flags & not_plain_read != 0 {
+            return None;
+        }
+        // Longer than any name we serve: not ours.
+        let name = notify::read_c_string(tid, path, 32)?;
+        match name.as_slice() {
+            b"/etc/resolv.conf" => Some(&files.resolv_conf),
+            b"/etc/hosts" => Some(&files.hosts),
+            _ => None,
+        }
+    }
+
+    // ---- getpeername ----
+
+    fn getpeername(&self, listener: &OwnedFd, n: &Notif) {
+        let answered = self.peer_of(n).is_some_and(|(domain, remote)| {
+            write_sockaddr(
+                n.pid,
+                n.data.args[1],
+                n.data.args[2],
+                addr::encode(remote, domain),
+            )
+            .is_ok()
+        });
+        if answered && notify::still_valid(listener, n.id) {
+            notify::succeed(listener, n.id, 0);
+        } else {
+            notify::proceed(listener, n.id);
+        }
+    }
+
+    /// The address the program connected a redirected socket to (and the socket's domain).
+    fn peer_of(&self, n: &Notif) -> Option<(i32, SocketAddr)> {
+        let pidfd = notify::pidfd(n.pid).ok()?;
+        let sock = notify::take_fd(&pidfd, n.data.args[0]).ok()?;
+        let inode = notify::inode(&sock).ok()?;
+        let (remote, via) = *self
+            .redirected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_inode
+            .get(&inode)?;
+        // Invariant: an inode may be reused by a later socket; only one still connected to our
+        // loopback address is the one we redirected.
+        if !addr::same(real_peer(&sock)?, via) {
+            return None;
+        }
+        let domain = notify::sockopt_int(&sock, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
+        Some((domain, remote))
+    }
+
+    fn remember(&self, inode: u64, remote: SocketAddr, via: SocketAddr) {
+        let mut r = self.redirected.lock().unwrap_or_else(|p| p.into_inner());
+        if r.by_inode.insert(inode, (remote, via)).is_none() {
+            r.order.push_back(inode);
+        }
+        while r.order.len() > MAX_REDIRECTED {
+            if let Some(old) = r.order.pop_front() {
+                r.by_inode.remove(&old);
+            }
+        }
+    }
+
+    // ---- connect ----
+
+    fn connect_call(self: Arc<Self>, listener: &Arc<OwnedFd>, n: Notif) {
+        let len = (n.data.args[2] as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+        let remote = notify::read_memory(n.pid, n.data.args[1], len)
+            .ok()
+            .and_then(|b| addr::parse(&b));
+        let Some(remote) = remote else {
+            notify::proceed(listener, n.id);
+            return;
+        };
+        // Invariant: loopback stays local for the supervisor. The layer turns the connects it
+        // handles into connects to loopback (data listeners, UDP relays) before the syscall, so
+        // this is what keeps a call from being handled twice. DNS datagrams are the exception,
+        // as in the layer: port 53 anywhere means the pod's nameserver (relays never use 53).
+        let ip = canonical_ip(remote.ip());
+        if ip.is_unspecified() || (ip.is_loopback() && remote.port() != 53) {
+            notify::proceed(listener, n.id);
+            return;
+        }
+        let busy = self.connect_threads.fetch_add(1, Ordering::AcqRel);
+        if busy >= MAX_CONNECT_THREADS {
+            self.connect(listener, &n, remote);
+            self.connect_threads.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let listener_copy = listener.clone();
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mirrord-seccomp-connect".into())
+            .spawn(move || {
+                this.connect(&listener_copy, &n, remote);
+                this.connect_threads.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("seccomp: no thread for a connect ({e}); handling it inline");
+            self.connect(listener, &n, remote);
+            self.connect_threads.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn connect(&self, listener: &OwnedFd, n: &Notif, remote: SocketAddr) {
+        let Ok(pidfd) = notify::pidfd(n.pid) else {
+            notify::proceed(listener, n.id);
+            return;
+        };
+        let Ok(sock) = notify::take_fd(&pidfd, n.data.args[0]) else {
+            notify::proceed(listener, n.id);
+            return;
+        };
+        // Invariant: the pid in a notification may be reused once its caller is gone; the
+        // descriptor is acted on only if the call is still waiting, i.e. it is the caller's.
+        if !notify::still_valid(listener, n.id) {
+            return;
+        }
+        let sock_type = notify::sockopt_int(&sock, libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(-1);
+        let domain = notify::sockopt_int(&sock, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
+        let plan = plan(&self.network, sock_type, remote);
+        let tgid = notify::thread_group(n.pid).unwrap_or(n.pid);
+        let outcome = match plan {
+            Plan::Leave => {
+                notify::proceed(listener, n.id);
+                return;
+            }
+            Plan::Tcp => self.connect_tcp(&sock, domain, remote, tgid),
+            Plan::Udp { dns } => self.connect_udp(&sock, domain, remote, dns),
+        };
+        match outcome {
+            Ok(via) => {
+                if let Ok(inode) = notify::inode(&sock) {
+                    self.remember(inode, remote, via);
+                }
+                tracing::debug!(pid = tgid, %remote, %via, "seccomp: connect through the session");
+                notify::succeed(listener, n.id, 0);
+            }
+            Err(errno) => {
+                tracing::debug!(pid = tgid, %remote, errno, "seccomp: connect failed");
+                notify::fail(listener, n.id, errno)
+            }
+        }
+    }
+
+    /// The program's socket is connected to the data listener and told where to go, as the
+    /// layer does; the call returns once the pod answered. A non-blocking socket gets the
+    /// answer at once too (0, "connected immediately", which every event loop accepts), never
+    /// `EINPROGRESS`: the supervisor has read the reply frame before the program sees the
+    /// socket, so no readiness has to be hidden from it.
+    fn connect_tcp(
+        &self,
+        sock: &OwnedFd,
+        domain: i32,
+        remote: SocketAddr,
+        tgid: u32,
+    ) -> Result<SocketAddr, i32> {
+        let data_addrs = self.link.data_addrs().map_err(|e| {
+            tracing::warn!("seccomp: cannot reach the session: {e}");
+            libc::ECONNREFUSED
+        })?;
+        let data_addr = data_addrs
+            .iter()
+            .find(|a| (domain == libc::AF_INET6) == a.is_ipv6())
+            .or_else(|| data_addrs.iter().find(|a| a.is_ipv4()))
+            .copied()
+            .ok_or(libc::ECONNREFUSED)?;
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        connect_fd(sock, data_addr, domain, deadline)?;
+        let hello = LayerHello::Tcp {
+            version: PROTOCOL_VERSION,
+            token: self.link.token.clone(),
+            pid: tgid,
+            remote: SocketAddr::new(canonical_ip(remote.ip()), remote.port()),
+            hostname: None,
+        };
+        let sent = encode(&hello)
+            .map_err(|_| libc::EINVAL)
+            .and_then(|frame| write_all(sock, &frame, deadline));
+        let reply = sent.and_then(|()| read_reply(sock, deadline));
+        match reply {
+            Ok(ConnectReply::Connected { .. }) => Ok(data_addr),
+            Ok(ConnectReply::Failed { errno }) => {
+                disconnect(sock);
+                Err(errno)
+            }
+            Err(e) => {
+                disconnect(sock);
+                Err(e)
+            }
+        }
+    }
+
+    /// A UDP socket is connected to a relay of the session (the one the layer would get).
+    fn connect_udp(
+        &self,
+        sock: &OwnedFd,
+        domain: i32,
+        remote: SocketAddr,
+        dns: bool,
+    ) -> Result<SocketAddr, i32> {
+        let request = LayerRequest::UdpOpen {
+            remote: SocketAddr::new(canonical_ip(remote.ip()), remote.port()),
+            dns,
+        };
+        let relay = match self.link.request(request) {
+            Ok(ServerResponse::UdpOpened {
+                relay: Some(relay),
+                reply: UdpOpenReply::Opened { .. },
+            }) => relay,
+            Ok(ServerResponse::UdpOpened {
+                reply: UdpOpenReply::Failed { errno },
+                ..
+            }) => return Err(errno),
+            Ok(_) => return Err(libc::EPROTO),
+            Err(e) => {
+                tracing::warn!("seccomp: cannot reach the session: {e}");
+                return Err(libc::ENETUNREACH);
+            }
+        };
+        connect_fd(sock, relay, domain, Instant::now() + REPLY_TIMEOUT)?;
+        Ok(relay)
+    }
+}
+
+fn open_syscall(nr: i64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        nr == libc::SYS_open
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = nr;
+        false
+    }
+}
+
+/// The same decisions as the layer's (`feature.network.outgoing`, `dns`), except that loopback
+/// was left alone before (see `connect_call`). Name rules of an outgoing filter see no name:
+/// the supervisor does not know which lookup produced an address.
+fn plan(network: &NetworkConfig, sock_type: i32, remote: SocketAddr) -> Plan {
+    let ip = canonical_ip(remote.ip());
+    let out = &network.outgoing;
+    let filtered = |proto| match &out.filter {
+        Some(f) => f.route(proto, ip, remote.port(), None) == Route::Remote,
+        None => true,
+    };
+    match sock_type {
+        libc::SOCK_STREAM if out.tcp && !ip.is_loopback() && filtered(Proto::Tcp) => Plan::Tcp,
+        libc::SOCK_DGRAM if remote.port() == 53 && network.dns.enabled => Plan::Udp { dns: true },
+        libc::SOCK_DGRAM if out.udp && !ip.is_loopback() && filtered(Proto::Udp) => {
+            Plan::Udp { dns: false }
+        }
+        _ => Plan::Leave,
+    }
+}
+
+fn memfd_with(content: &[u8]) -> std::io::Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    // SAFETY: the name is a valid C string; memfd_create returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"mirrord-target-file".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let mut file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    file.write_all(content)?;
+    file.rewind()?;
+    // The program gets a read-only view of the target's file.
+    // SAFETY: fcntl on our own descriptor.
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL,
+        )
+    };
+    Ok(OwnedFd::from(file))
+}
+
+/// Writes a sockaddr where `getpeername` asked for it: truncated to the program's buffer, with
+/// the full length in `*len_ptr`, as the kernel does.
+fn write_sockaddr(tid: u32, addr_ptr: u64, len_ptr: u64, sa: Vec<u8>) -> std::io::Result<()> {
+    let len_bytes = notify::read_memory(tid, len_ptr, 4)?;
+    let room =
+        u32::from_ne_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+    notify::write_memory(tid, addr_ptr, &sa[..room.min(sa.len())])?;
+    notify::write_memory(tid, len_ptr, &(sa.len() as u32).to_ne_bytes())
+}
+
+/// The peer our duplicate of the socket really has.
+fn real_peer(sock: &OwnedFd) -> Option<SocketAddr> {
+    // SAFETY: storage is plain data and large enough for any address.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage and len are valid for the call.
+    let r = unsafe {
+        libc::getpeername(
+            sock.as_raw_fd(),
+            &mut storage as *mut _ as *mut libc::sockaddr,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: the kernel wrote `len` bytes of the storage.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(&storage as *const _ as *const u8, len as usize) };
+    addr::parse(bytes)
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Waits until `sock` is ready for `events` or the deadline passes.
+fn wait(sock: &OwnedFd, events: i16, deadline: Instant) -> Result<(), i32> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(libc::ETIMEDOUT);
+        }
+        let mut pfd = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if r > 0 {
+            return Ok(());
+        }
+        if r < 0 && errno() != libc::EINTR {
+            return Err(errno());
+        }
+    }
+}
+
+/// Connects the (program's) socket to a loopback address, whether it is blocking or not.
+fn connect_fd(sock: &OwnedFd, to: SocketAddr, domain: i32, deadline: Instant) -> Result<(), i32> {
+    let sa = addr::encode(to, domain);
+    // SAFETY: `sa` holds a sockaddr of its own length.
+    let r = unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            sa.as_ptr().cast(),
+            sa.len() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    match errno() {
+        libc::EINPROGRESS | libc::EINTR => {
+            wait(sock, libc::POLLOUT, deadline)?;
+            match notify::sockopt_int(sock, libc::SOL_SOCKET, libc::SO_ERROR) {
+                Ok(0) => Ok(()),
+                Ok(e) => Err(e),
+                Err(e) => Err(e.raw_os_error().unwrap_or(libc::EIO)),
+            }
+        }
+        // Calls on a socket that is already connected get the kernel's own answer.
+        e @ (libc::EISCONN | libc::EALREADY | libc::EAFNOSUPPORT) => Err(e),
+        e => {
+            tracing::warn!("seccomp: cannot reach the session's loopback address {to}: errno {e}");
+            Err(libc::ECONNREFUSED)
+        }
+    }
+}
+
+/// Back to the unconnected state, as after a failed connect.
+fn disconnect(sock: &OwnedFd) {
+    // SAFETY: sockaddr with AF_UNSPEC dissolves the association; the size is the family field's.
+    unsafe {
+        let mut sa: libc::sockaddr = std::mem::zeroed();
+        sa.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        libc::connect(
+            sock.as_raw_fd(),
+            &sa,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        );
+    }
+}
+
+fn write_all(sock: &OwnedFd, mut buf: &[u8], deadline: Instant) -> Result<(), i32> {
+    while !buf.is_empty() {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            match errno() {
+                libc::EINTR => continue,
+                libc::EAGAIN => wait(sock, libc::POLLOUT, deadline)?,
+                _ => return Err(libc::ECONNREFUSED),
+            }
+            continue;
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Reads exactly `buf.len()` bytes, never more: what follows belongs to the program.
+fn read_exact(sock: &OwnedFd, mut buf: &mut [u8], deadline: Instant) -> Result<(), i32> {
+    while !buf.is_empty() {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            match errno() {
+                libc::EINTR => continue,
+                libc::EAGAIN => wait(sock, libc::POLLIN, deadline)?,
+                _ => return Err(libc::ECONNREFUSED),
+            }
+            continue;
+        }
+        if n == 0 {
+            return Err(libc::ECONNREFUSED);
+        }
+        buf = &mut buf[n as usize..];
+    }
+    Ok(())
+}
+
+fn read_reply(sock: &OwnedFd, deadline: Instant) -> Result<ConnectReply, i32> {
+    let mut header = [0u8; HEADER_LEN];
+    read_exact(sock, &mut header, deadline)?;
+    let len = frame_len(header).map_err(|_| libc::EPROTO)?;
+    let mut payload = vec![0u8; len];
+    read_exact(sock, &mut payload, deadline)?;
+    match decode_payload::<DataReply>(&payload) {
+        Ok(DataReply::Connect(reply)) => Ok(reply),
+        Ok(DataReply::Refused { reason }) => {
+            tracing::warn!("seccomp: the session refused a connection: {reason}");
+            Err(libc::ECONNREFUSED)
+        }
+        Err(_) => Err(libc::EPROTO),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(json: &str) -> NetworkConfig {
+        let config: mirrord_protocol::config::MirrordConfig = serde_json::from_str(json).unwrap();
+        config.feature.network
+    }
+
+    #[test]
+    fn plans_follow_the_layer_rules() {
+        let n = network("{}");
+        let svc: SocketAddr = "10.96.0.50:8080".parse().unwrap();
+        assert_eq!(plan(&n, libc::SOCK_STREAM, svc), Plan::Tcp);
+        assert_eq!(plan(&n, libc::SOCK_DGRAM, svc), Plan::Udp { dns: false });
+        let dns: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        assert_eq!(plan(&n, libc::SOCK_DGRAM, dns), Plan::Udp { dns: true });
+        assert_eq!(plan(&n, libc::SOCK_STREAM, dns), Plan::Leave);
+        assert_eq!(plan(&n, libc::SOCK_RAW, svc), Plan::Leave);
+        let local = network(
+            r#"{"feature":{"network":{"outgoing":{"filter":{"local":["10.96.0.0/12"]}}}}}"#,
+        );
+        assert_eq!(plan(&local, libc::SOCK_STREAM, svc), Plan::Leave);
+        let no_tcp = network(r#"{"feature":{"network":{"outgoing":{"tcp":false}}}}"#);
+        assert_eq!(plan(&no_tcp, libc::SOCK_STREAM, svc), Plan::Leave);
+    }
+}

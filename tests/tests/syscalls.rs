@@ -1,0 +1,187 @@
+//! Programs the layer cannot see get the cluster's network too (seccomp user notification in
+//! `mirrord exec`): Go built with and without cgo, a statically linked C program, and resolvers
+//! that read `/etc/resolv.conf` themselves (Ruby's `Resolv`, bind9's `host`). Every check runs
+//! the same program in the pod and under mirrord in the developer's namespace and compares.
+//!
+//! Needs root, the Go toolchain (`golang-go`), gcc with static glibc, `ruby` and `host`
+//! (`bind9-host`): scripts/deps.sh installs them.
+
+use mirrord_tests::{no_proxy, output_within, target_dir_bin, Cluster};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+const HELLO_BODY: &str = r#"body="payment-service: hello""#;
+
+/// `mirrord exec -t pid/<pod> -- program args` in the dev namespace.
+fn mirrord(c: &Cluster, program: &Path, args: &[&str]) -> Command {
+    let mut cmd = c.dev(target_dir_bin("mirrord"));
+    cmd.arg("exec")
+        .arg("-t")
+        .arg(format!("pid/{}", c.pod_pid()))
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
+    no_proxy(&mut cmd);
+    cmd
+}
+
+fn run(mut cmd: Command) -> Output {
+    output_within(&mut cmd, TIMEOUT).unwrap()
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed ({}): stdout {} stderr {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Where this test process builds its programs (once, shared by its tests).
+fn build_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("mirrord-syscalls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
+fn programs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("programs")
+}
+
+/// `netcheck.go` built with cgo (dynamically linked: the layer is loaded, but Go's own
+/// syscalls never reach it) or without (a static binary: no layer at all).
+fn go_netcheck(cgo: bool) -> PathBuf {
+    static BUILT: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
+    BUILT[cgo as usize]
+        .get_or_init(|| {
+            let out = build_dir().join(if cgo {
+                "netcheck-dyn"
+            } else {
+                "netcheck-static"
+            });
+            let mut cmd = Command::new("go");
+            cmd.arg("build")
+                .arg("-o")
+                .arg(&out)
+                .arg(programs_dir().join("netcheck.go"))
+                .env("CGO_ENABLED", if cgo { "1" } else { "0" })
+                .env("GOCACHE", build_dir().join("gocache"))
+                .env("GOPATH", build_dir().join("gopath"))
+                // Standard library only: never the module proxy.
+                .env("GOPROXY", "off")
+                .env("GOFLAGS", "-mod=mod");
+            ok(output_within(&mut cmd, Duration::from_secs(300)).unwrap());
+            let file = ok(run({
+                let mut f = Command::new("file");
+                f.arg(&out);
+                f
+            }));
+            assert_eq!(
+                file.contains("dynamically linked"),
+                cgo,
+                "linking of the Go build: {file}"
+            );
+            out
+        })
+        .clone()
+}
+
+/// `netcheck.c` linked statically (`gcc -static`).
+fn c_netcheck() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = build_dir().join("netcheck-c");
+            let mut cmd = Command::new("gcc");
+            cmd.arg("-static")
+                .arg("-O1")
+                .arg("-o")
+                .arg(&out)
+                .arg(programs_dir().join("netcheck.c"));
+            ok(output_within(&mut cmd, Duration::from_secs(120)).unwrap());
+            out
+        })
+        .clone()
+}
+
+const GO_ACTIONS: [&str; 11] = [
+    "get=http://payment-service:8080/",
+    "get=http://payment-service.payments:8080/",
+    "get=http://payment-service.payments.svc.cluster.local:8080/",
+    "get=http://10.96.0.50:8080/",
+    "get=http://payment-service:8080/whoami",
+    "lookup=payment-service",
+    "lookup=payment-service.payments",
+    "lookup=echo",
+    "lookup=no-such-service",
+    "udp=payment-service:9001",
+    "udp=10.96.0.50:9001",
+];
+
+/// What the pod itself sees, checked against known facts so that two identical failures can
+/// never pass as a match.
+fn check_pod_view(out: &str) {
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), GO_ACTIONS.len(), "{out}");
+    for line in &lines[..4] {
+        assert!(line.contains("peer=10.96.0.50:8080 status=200"), "{out}");
+        assert!(line.ends_with(HELLO_BODY), "{out}");
+    }
+    assert!(
+        lines[4].ends_with(r#"body="payment-service: peer 10.244.0.10""#),
+        "{out}"
+    );
+    assert_eq!(lines[5], "lookup=payment-service 10.96.0.50", "{out}");
+    assert_eq!(
+        lines[6], "lookup=payment-service.payments 10.96.0.50",
+        "{out}"
+    );
+    assert_eq!(
+        lines[8], "lookup=no-such-service error notfound=true",
+        "{out}"
+    );
+    assert_eq!(
+        lines[9], r#"udp=payment-service:9001 peer=10.96.0.50:9001 reply="ping-go""#,
+        "{out}"
+    );
+}
+
+fn go_matches_the_pod(cgo: bool) {
+    let c = Cluster::start().unwrap();
+    let bin = go_netcheck(cgo);
+    let in_pod = ok(run({
+        let mut cmd = c.pod(&bin);
+        cmd.args(GO_ACTIONS);
+        cmd
+    }));
+    check_pod_view(&in_pod);
+    let under_mirrord = ok(run(mirrord(&c, &bin, &GO_ACTIONS)));
+    assert_eq!(under_mirrord, in_pod);
+    // Without mirrord the developer's namespace reaches nothing of the cluster.
+    let direct = ok(run({
+        let mut cmd = c.dev(&bin);
+        cmd.args(["get=http://10.96.0.50:8080/", "udp=10.96.0.50:9001"]);
+        cmd
+    }));
+    assert!(!direct.contains(HELLO_BODY), "{direct}");
+}
+
+#[test]
+fn go_with_cgo_matches_the_pod() {
+    go_matches_the_pod(true);
+}
+
+#[test]
+fn go_static_matches_the_pod() {
+    go_matches_the_pod(false);
+}
