@@ -185,3 +185,56 @@ fn go_with_cgo_matches_the_pod() {
 fn go_static_matches_the_pod() {
     go_matches_the_pod(false);
 }
+
+#[test]
+fn static_c_program_reaches_the_cluster_by_ip_over_tcp_and_udp() {
+    let c = Cluster::start().unwrap();
+    let bin = c_netcheck();
+    let in_pod = ok(run(c.pod(&bin)));
+    assert_eq!(
+        in_pod,
+        "tcp peer=10.96.0.50:8080 body=payment-service: hello\n\
+         udp peer=10.96.0.50:9001 reply=ping-c\n"
+    );
+    assert_eq!(ok(run(mirrord(&c, &bin, &[]))), in_pod);
+    assert!(!run(c.dev(&bin)).status.success());
+}
+
+/// Resolvers of their own read the target's `/etc/resolv.conf` (its nameserver and search
+/// list): Ruby's `Resolv` (the layer carries its datagrams; the file is the supervisor's) and
+/// bind9's `host`.
+#[test]
+fn resolvers_of_their_own_resolve_like_the_pod() {
+    let c = Cluster::start().unwrap();
+    let cat = ok(run(mirrord(&c, Path::new("cat"), &["/etc/resolv.conf"])));
+    assert_eq!(cat, Cluster::RESOLV_CONF);
+
+    let ruby = r##"require "resolv"
+%w[payment-service payment-service.payments].each do |n|
+  puts "#{n} #{Resolv.getaddresses(n).sort.join(",")}"
+end"##;
+    let in_pod = ok(run({
+        let mut cmd = c.pod("ruby");
+        cmd.args(["-e", ruby]);
+        cmd
+    }));
+    assert_eq!(
+        in_pod,
+        "payment-service 10.96.0.50\npayment-service.payments 10.96.0.50\n"
+    );
+    assert_eq!(
+        ok(run(mirrord(&c, Path::new("ruby"), &["-e", ruby]))),
+        in_pod
+    );
+
+    for name in ["payment-service", "payment-service.payments"] {
+        let args = ["-W", "10", "-t", "A", name];
+        let in_pod = ok(run({
+            let mut cmd = c.pod("host");
+            cmd.args(args);
+            cmd
+        }));
+        assert!(in_pod.contains("has address 10.96.0.50"), "{in_pod}");
+        assert_eq!(ok(run(mirrord(&c, Path::new("host"), &args))), in_pod);
+    }
+}
