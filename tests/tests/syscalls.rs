@@ -6,7 +6,7 @@
 //! Needs root, the Go toolchain (`golang-go`), gcc with static glibc, `ruby` and `host`
 //! (`bind9-host`): scripts/deps.sh installs them.
 
-use mirrord_tests::{no_proxy, output_within, target_dir_bin, Cluster};
+use mirrord_tests::{no_proxy, output_within, target_dir_bin, Cluster, ManagedChild};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -17,11 +17,21 @@ const HELLO_BODY: &str = r#"body="payment-service: hello""#;
 
 /// `mirrord exec -t pid/<pod> -- program args` in the dev namespace.
 fn mirrord(c: &Cluster, program: &Path, args: &[&str]) -> Command {
+    mirrord_with(c, None, program, args)
+}
+
+/// [`mirrord`] with a configuration (JSON, written to the workdir).
+fn mirrord_with(c: &Cluster, config: Option<&str>, program: &Path, args: &[&str]) -> Command {
     let mut cmd = c.dev(target_dir_bin("mirrord"));
     cmd.arg("exec")
         .arg("-t")
-        .arg(format!("pid/{}", c.pod_pid()))
-        .arg("--")
+        .arg(format!("pid/{}", c.pod_pid()));
+    if let Some(json) = config {
+        let path = c.workdir().join("mirrord.json");
+        std::fs::write(&path, json).unwrap();
+        cmd.arg("-f").arg(path);
+    }
+    cmd.arg("--")
         .arg(program)
         .args(args)
         .env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
@@ -63,37 +73,43 @@ fn programs_dir() -> PathBuf {
 fn go_netcheck(cgo: bool) -> PathBuf {
     static BUILT: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
     BUILT[cgo as usize]
-        .get_or_init(|| {
-            let out = build_dir().join(if cgo {
-                "netcheck-dyn"
-            } else {
-                "netcheck-static"
-            });
-            let mut cmd = Command::new("go");
-            cmd.arg("build")
-                .arg("-o")
-                .arg(&out)
-                .arg(programs_dir().join("netcheck.go"))
-                .env("CGO_ENABLED", if cgo { "1" } else { "0" })
-                .env("GOCACHE", build_dir().join("gocache"))
-                .env("GOPATH", build_dir().join("gopath"))
-                // Standard library only: never the module proxy.
-                .env("GOPROXY", "off")
-                .env("GOFLAGS", "-mod=mod");
-            ok(output_within(&mut cmd, Duration::from_secs(300)).unwrap());
-            let file = ok(run({
-                let mut f = Command::new("file");
-                f.arg(&out);
-                f
-            }));
-            assert_eq!(
-                file.contains("dynamically linked"),
-                cgo,
-                "linking of the Go build: {file}"
-            );
-            out
-        })
+        .get_or_init(|| go_build("netcheck", cgo))
         .clone()
+}
+
+/// `httpserver.go`, built like [`go_netcheck`].
+fn go_httpserver(cgo: bool) -> PathBuf {
+    static BUILT: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
+    BUILT[cgo as usize]
+        .get_or_init(|| go_build("httpserver", cgo))
+        .clone()
+}
+
+fn go_build(name: &str, cgo: bool) -> PathBuf {
+    let out = build_dir().join(format!("{name}-{}", if cgo { "dyn" } else { "static" }));
+    let mut cmd = Command::new("go");
+    cmd.arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg(programs_dir().join(format!("{name}.go")))
+        .env("CGO_ENABLED", if cgo { "1" } else { "0" })
+        .env("GOCACHE", build_dir().join("gocache"))
+        .env("GOPATH", build_dir().join("gopath"))
+        // Standard library only: never the module proxy.
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod");
+    ok(output_within(&mut cmd, Duration::from_secs(300)).unwrap());
+    let file = ok(run({
+        let mut f = Command::new("file");
+        f.arg(&out);
+        f
+    }));
+    assert_eq!(
+        file.contains("dynamically linked"),
+        cgo,
+        "linking of the Go build: {file}"
+    );
+    out
 }
 
 /// `netcheck.c` linked statically (`gcc -static`).
@@ -237,4 +253,83 @@ end"##;
         assert!(in_pod.contains("has address 10.96.0.50"), "{in_pod}");
         assert_eq!(ok(run(mirrord(&c, Path::new("host"), &args))), in_pod);
     }
+}
+
+/// curl from the client namespace to the pod's port 80: (x-served-by, body).
+fn curl_pod(c: &Cluster, path: &str, header: Option<&str>) -> (String, String) {
+    let mut cmd = c.client("curl");
+    no_proxy(&mut cmd).args(["-sS", "--max-time", "10", "-D", "-"]);
+    if let Some(h) = header {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("http://{}{path}", Cluster::POD_IP));
+    let text = ok(run(cmd));
+    let by = text
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-served-by")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (by, body)
+}
+
+/// The Go server under mirrord with `config`, once it listens (its `listen` returns when the
+/// agent redirects the port).
+fn go_server(c: &Cluster, config: &str, cgo: bool) -> ManagedChild {
+    let bin = go_httpserver(cgo);
+    let mut app = c
+        .spawn(mirrord_with(c, Some(config), &bin, &["80"]))
+        .unwrap();
+    app.wait_line("listening", TIMEOUT).unwrap();
+    app
+}
+
+#[test]
+fn go_http_server_steals_the_pods_port() {
+    for cgo in [false, true] {
+        let c = Cluster::start().unwrap();
+        let mut app = go_server(&c, r#"{"feature":{"network":{"incoming":"steal"}}}"#, cgo);
+        assert_eq!(
+            curl_pod(&c, "/hello", None),
+            ("local-go".to_owned(), "go: GET /hello\n".to_owned()),
+            "cgo: {cgo}"
+        );
+        app.wait_line("request GET /hello", TIMEOUT).unwrap();
+        assert!(!c.pod_requests().iter().any(|r| r.contains("/hello")));
+    }
+}
+
+#[test]
+fn go_http_server_steals_by_header_filter() {
+    let c = Cluster::start().unwrap();
+    let config = r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice"}}}}}"#;
+    let mut app = go_server(&c, config, false);
+    assert_eq!(
+        curl_pod(&c, "/alice", Some("x-user: alice")),
+        ("local-go".to_owned(), "go: GET /alice\n".to_owned())
+    );
+    assert_eq!(
+        curl_pod(&c, "/bob", Some("x-user: bob")),
+        ("pod".to_owned(), "pod: GET /bob\n".to_owned())
+    );
+    app.wait_line("request GET /alice", TIMEOUT).unwrap();
+    assert!(!app.stdout_lines().iter().any(|l| l.contains("/bob")));
+}
+
+#[test]
+fn go_http_server_sees_mirrored_requests() {
+    let c = Cluster::start().unwrap();
+    let mut app = go_server(
+        &c,
+        r#"{"feature":{"network":{"incoming":"mirror"}}}"#,
+        false,
+    );
+    assert_eq!(
+        curl_pod(&c, "/mirrored", None),
+        ("pod".to_owned(), "pod: GET /mirrored\n".to_owned())
+    );
+    app.wait_line("request GET /mirrored", TIMEOUT).unwrap();
 }

@@ -19,7 +19,13 @@ const AUDIT_ARCH: u32 = 0xc000_00b7; // AUDIT_ARCH_AARCH64
 /// The calls the session looks at. `open` exists only on some architectures (aarch64 has
 /// `openat` alone).
 fn watched_calls() -> Vec<i64> {
-    let mut calls = vec![libc::SYS_connect, libc::SYS_getpeername, libc::SYS_openat];
+    let mut calls = vec![
+        libc::SYS_connect,
+        libc::SYS_getpeername,
+        libc::SYS_openat,
+        libc::SYS_bind,
+        libc::SYS_listen,
+    ];
     #[cfg(target_arch = "x86_64")]
     calls.push(libc::SYS_open);
     calls

@@ -39,6 +39,9 @@ pub struct Supervisor {
     /// Sockets the supervisor connected through the session, by inode: (the address the
     /// program asked for, the loopback address the socket really has as its peer).
     redirected: Mutex<Redirected>,
+    /// Listening sockets the supervisor bound to loopback, by inode: (the pod's port, the
+    /// loopback address the session delivers that port's connections to).
+    listeners: Mutex<HashMap<u64, (u16, SocketAddr)>>,
     connect_threads: AtomicUsize,
 }
 
@@ -63,6 +66,7 @@ impl Supervisor {
             network,
             files,
             redirected: Mutex::default(),
+            listeners: Mutex::default(),
             connect_threads: AtomicUsize::new(0),
         }
     }
@@ -113,6 +117,10 @@ impl Supervisor {
             self.getpeername(listener, &n);
         } else if nr == libc::SYS_connect {
             self.connect_call(listener, n);
+        } else if nr == libc::SYS_bind {
+            self.bind(listener, &n);
+        } else if nr == libc::SYS_listen {
+            self.listen(listener, &n);
         } else {
             notify::proceed(listener, n.id);
         }
@@ -211,6 +219,114 @@ impl Supervisor {
                 r.by_inode.remove(&old);
             }
         }
+    }
+
+    // ---- bind and listen (incoming traffic) ----
+
+    /// As the layer does: a TCP socket bound to a port of every address (or a non-loopback
+    /// one) is bound to loopback instead (same port if free), and its `listen` subscribes the
+    /// pod's port. Invariant: the layer binds the sockets it handles to loopback itself and the
+    /// supervisor leaves loopback binds alone, so no port is subscribed twice.
+    fn bind(&self, listener: &OwnedFd, n: &Notif) {
+        match self.bind_to_loopback(listener, n) {
+            None => notify::proceed(listener, n.id),
+            Some(Ok(())) => notify::succeed(listener, n.id, 0),
+            Some(Err(errno)) => notify::fail(listener, n.id, errno),
+        }
+    }
+
+    fn bind_to_loopback(&self, listener: &OwnedFd, n: &Notif) -> Option<Result<(), i32>> {
+        let len = (n.data.args[2] as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+        let requested = addr::parse(&notify::read_memory(n.pid, n.data.args[1], len).ok()?)?;
+        if requested.port() == 0 || canonical_ip(requested.ip()).is_loopback() {
+            return None;
+        }
+        let incoming = &self.network.incoming;
+        let remote_port = incoming.remote_port(requested.port())?;
+        let pidfd = notify::pidfd(n.pid).ok()?;
+        let sock = notify::take_fd(&pidfd, n.data.args[0]).ok()?;
+        // Invariant: act on the descriptor only while the call waits (see `connect`).
+        if !notify::still_valid(listener, n.id)
+            || notify::sockopt_int(&sock, libc::SOL_SOCKET, libc::SO_TYPE).ok()?
+                != libc::SOCK_STREAM
+        {
+            return None;
+        }
+        let domain = notify::sockopt_int(&sock, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
+        let loopback: std::net::IpAddr = if domain == libc::AF_INET6 {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        };
+        let preferred = incoming
+            .listen_port(remote_port)
+            .unwrap_or(requested.port());
+        let mut last = libc::EADDRINUSE;
+        for port in [preferred, 0] {
+            let sa = addr::encode(SocketAddr::new(loopback, port), domain);
+            // SAFETY: `sa` holds a sockaddr of its own length.
+            let r = unsafe {
+                libc::bind(
+                    sock.as_raw_fd(),
+                    sa.as_ptr().cast(),
+                    sa.len() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                let bound = local_addr(&sock)?;
+                let inode = notify::inode(&sock).ok()?;
+                self.listeners
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(inode, (remote_port, bound));
+                tracing::debug!(%requested, %bound, remote_port, "seccomp: bind on loopback");
+                return Some(Ok(()));
+            }
+            last = errno();
+        }
+        Some(Err(last))
+    }
+
+    fn listen(&self, listener: &OwnedFd, n: &Notif) {
+        let Some((sock, remote_port, bound)) = self
+            .our_listener(n)
+            .filter(|_| notify::still_valid(listener, n.id))
+        else {
+            notify::proceed(listener, n.id);
+            return;
+        };
+        // SAFETY: listen on our duplicate of the program's socket, with its backlog.
+        if unsafe { libc::listen(sock.as_raw_fd(), n.data.args[1] as i32) } != 0 {
+            notify::fail(listener, n.id, errno());
+            return;
+        }
+        let request = LayerRequest::Listen {
+            port: remote_port,
+            local: bound,
+        };
+        match self.link.request(request) {
+            Ok(ServerResponse::Done) => notify::succeed(listener, n.id, 0),
+            other => {
+                tracing::warn!("seccomp: cannot receive the pod's port {remote_port}: {other:?}");
+                notify::fail(listener, n.id, libc::EADDRINUSE);
+            }
+        }
+    }
+
+    fn our_listener(&self, n: &Notif) -> Option<(OwnedFd, u16, SocketAddr)> {
+        let pidfd = notify::pidfd(n.pid).ok()?;
+        let sock = notify::take_fd(&pidfd, n.data.args[0]).ok()?;
+        let inode = notify::inode(&sock).ok()?;
+        let (port, bound) = *self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&inode)?;
+        // Invariant: an inode may be reused; only a socket still bound where we bound it is ours.
+        if !addr::same(local_addr(&sock)?, bound) {
+            return None;
+        }
+        Some((sock, port, bound))
     }
 
     // ---- connect ----
@@ -443,6 +559,28 @@ fn write_sockaddr(tid: u32, addr_ptr: u64, len_ptr: u64, sa: Vec<u8>) -> std::io
         u32::from_ne_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
     notify::write_memory(tid, addr_ptr, &sa[..room.min(sa.len())])?;
     notify::write_memory(tid, len_ptr, &(sa.len() as u32).to_ne_bytes())
+}
+
+/// The address our duplicate of the socket is bound to.
+fn local_addr(sock: &OwnedFd) -> Option<SocketAddr> {
+    // SAFETY: storage is plain data and large enough for any address.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage and len are valid for the call.
+    let r = unsafe {
+        libc::getsockname(
+            sock.as_raw_fd(),
+            &mut storage as *mut _ as *mut libc::sockaddr,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: the kernel wrote `len` bytes of the storage.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(&storage as *const _ as *const u8, len as usize) };
+    addr::parse(bytes)
 }
 
 /// The peer our duplicate of the socket really has.
