@@ -234,9 +234,9 @@ mod tests {
         assert_eq!(p[notify].code, ret);
         // The arch check's false branch lands on the allow.
         assert_eq!(1 + 1 + p[1].jf as usize, allow);
-        for i in 3..allow {
-            assert_eq!(i + 1 + p[i].jt as usize, notify, "check {i}");
-            assert_eq!(p[i].jf, 0);
+        for (i, check) in p.iter().enumerate().take(allow).skip(3) {
+            assert_eq!(i + 1 + check.jt as usize, notify, "check {i}");
+            assert_eq!(check.jf, 0);
         }
     }
 }
