@@ -1,6 +1,6 @@
 // httpserver: a Go HTTP server (net/http, its own syscalls) for the incoming-traffic tests of
 // tests/tests/syscalls.rs. Listens on the port given as the only argument, answers every
-// request itself and prints one line per request.
+// request itself and prints one line per request, with the client's address as accept gave it.
 package main
 
 import (
@@ -18,7 +18,8 @@ func main() {
 	}
 	fmt.Println("listening")
 	http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Printf("request %s %s\n", r.Method, r.URL.Path)
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		fmt.Printf("request %s %s peer=%s\n", r.Method, r.URL.Path, host)
 		w.Header().Set("X-Served-By", "local-go")
 		fmt.Fprintf(w, "go: %s %s\n", r.Method, r.URL.Path)
 	}))

@@ -25,7 +25,11 @@ fn watched_calls() -> Vec<i64> {
         libc::SYS_openat,
         libc::SYS_bind,
         libc::SYS_listen,
+        libc::SYS_accept4,
     ];
+    // aarch64 has accept4 only.
+    #[cfg(target_arch = "x86_64")]
+    calls.push(libc::SYS_accept);
     #[cfg(target_arch = "x86_64")]
     calls.push(libc::SYS_open);
     calls

@@ -121,6 +121,10 @@ impl Supervisor {
             self.bind(listener, &n);
         } else if nr == libc::SYS_listen {
             self.listen(listener, &n);
+        } else if nr == libc::SYS_accept4 {
+            self.accept(listener, &n, n.data.args[3] as i32);
+        } else if accept_syscall(nr) {
+            self.accept(listener, &n, 0);
         } else {
             notify::proceed(listener, n.id);
         }
@@ -313,6 +317,89 @@ impl Supervisor {
         }
     }
 
+    /// `accept` on a non-blocking listener the supervisor bound: the supervisor accepts, asks
+    /// the session who the client really is (as the layer does), writes that address where the
+    /// program wants it and installs the connection in the program. A blocking listener is left
+    /// to the kernel (the supervisor never blocks on the program's behalf where a signal could
+    /// abandon the call after a connection was taken), so its `accept` shows the session's
+    /// loopback address.
+    fn accept(&self, listener: &OwnedFd, n: &Notif, flags: i32) {
+        let Some((sock, _, bound)) = self
+            .our_listener(n)
+            .filter(|_| notify::still_valid(listener, n.id))
+        else {
+            notify::proceed(listener, n.id);
+            return;
+        };
+        // SAFETY: fcntl on our own duplicate.
+        let status = unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_GETFL) };
+        if status < 0 || status & libc::O_NONBLOCK == 0 {
+            notify::proceed(listener, n.id);
+            return;
+        }
+        // SAFETY: storage is plain data and large enough for any address.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: storage and len are valid; the new descriptor is ours until installed.
+        let conn = unsafe {
+            libc::accept4(
+                sock.as_raw_fd(),
+                &mut storage as *mut _ as *mut libc::sockaddr,
+                &mut len,
+                libc::SOCK_CLOEXEC | (flags & libc::SOCK_NONBLOCK),
+            )
+        };
+        if conn < 0 {
+            notify::fail(listener, n.id, errno());
+            return;
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let conn = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(conn) };
+        // SAFETY: the kernel wrote `len` bytes of the storage.
+        let source = addr::parse(unsafe {
+            std::slice::from_raw_parts(&storage as *const _ as *const u8, len as usize)
+        });
+        let client = source.and_then(|source| {
+            match self.link.request(LayerRequest::IncomingPeer {
+                listener: bound,
+                source,
+            }) {
+                Ok(ServerResponse::IncomingPeer(Some((client, _pod)))) => Some((client, source)),
+                _ => None,
+            }
+        });
+        let domain =
+            notify::sockopt_int(&sock, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+        if let Some((client, source)) = client {
+            if let Ok(inode) = notify::inode(&conn) {
+                self.remember(inode, client, source);
+            }
+        }
+        let shown = client.map(|(c, _)| c).or(source);
+        if n.data.args[1] != 0 && n.data.args[2] != 0 {
+            if let Some(shown) = shown {
+                // A bad buffer is the program's own EFAULT, as with the kernel's accept.
+                if write_sockaddr(
+                    n.pid,
+                    n.data.args[1],
+                    n.data.args[2],
+                    addr::encode(shown, domain),
+                )
+                .is_err()
+                {
+                    notify::fail(listener, n.id, libc::EFAULT);
+                    return;
+                }
+            }
+        }
+        if let Err(e) =
+            notify::reply_with_fd(listener, n.id, &conn, flags & libc::SOCK_CLOEXEC != 0)
+        {
+            // The caller is gone (or out of descriptors): the connection is closed with `conn`.
+            notify::fail(listener, n.id, e.raw_os_error().unwrap_or(libc::EMFILE));
+        }
+    }
+
     fn our_listener(&self, n: &Notif) -> Option<(OwnedFd, u16, SocketAddr)> {
         let pidfd = notify::pidfd(n.pid).ok()?;
         let sock = notify::take_fd(&pidfd, n.data.args[0]).ok()?;
@@ -488,6 +575,18 @@ impl Supervisor {
         };
         connect_fd(sock, relay, domain, Instant::now() + REPLY_TIMEOUT)?;
         Ok(relay)
+    }
+}
+
+fn accept_syscall(nr: i64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        nr == libc::SYS_accept
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = nr;
+        false
     }
 }
 
