@@ -81,7 +81,12 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
                 );
                 crate::seccomp::supervise(
                     listener,
-                    crate::seccomp::Supervisor::new(link, session.network.clone(), files),
+                    crate::seccomp::Supervisor::new(
+                        link,
+                        session.shared.clone(),
+                        session.network.clone(),
+                        files,
+                    ),
                 );
             }
             crate::seccomp::Outcome::Unavailable(why) => eprintln!("mirrord: {why}"),

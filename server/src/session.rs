@@ -157,6 +157,7 @@ impl Session {
             next_process: std::sync::atomic::AtomicU64::new(1),
             traffic,
             processes: Default::default(),
+            names: Default::default(),
         });
         // `MIRRORD_SESSION_RELAY=1` keeps flows on the session's own data listeners (the path a
         // remote agent needs), so that path stays exercised with local targets too. A cluster

@@ -34,6 +34,8 @@ pub struct TargetFiles {
 
 pub struct Supervisor {
     pub link: SessionLink,
+    /// The session, for the names its lookups gave addresses (outgoing filter name rules).
+    pub shared: Arc<crate::proxy::ProxyShared>,
     pub network: NetworkConfig,
     pub files: Option<TargetFiles>,
     /// Sockets the supervisor connected through the session, by inode: (the address the
@@ -60,9 +62,15 @@ enum Plan {
 }
 
 impl Supervisor {
-    pub fn new(link: SessionLink, network: NetworkConfig, files: Option<TargetFiles>) -> Self {
+    pub fn new(
+        link: SessionLink,
+        shared: Arc<crate::proxy::ProxyShared>,
+        network: NetworkConfig,
+        files: Option<TargetFiles>,
+    ) -> Self {
         Supervisor {
             link,
+            shared,
             network,
             files,
             redirected: Mutex::default(),
@@ -473,14 +481,15 @@ impl Supervisor {
         }
         let sock_type = notify::sockopt_int(&sock, libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(-1);
         let domain = notify::sockopt_int(&sock, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
-        let plan = plan(&self.network, sock_type, remote);
+        let hostname = self.shared.hostname_of(remote.ip());
+        let plan = plan(&self.network, sock_type, remote, hostname.as_deref());
         let tgid = notify::thread_group(n.pid).unwrap_or(n.pid);
         let outcome = match plan {
             Plan::Leave => {
                 notify::proceed(listener, n.id);
                 return;
             }
-            Plan::Tcp => self.connect_tcp(&sock, domain, remote, tgid),
+            Plan::Tcp => self.connect_tcp(&sock, domain, remote, tgid, hostname),
             Plan::Udp { dns } => self.connect_udp(&sock, domain, remote, dns),
         };
         match outcome {
@@ -509,6 +518,7 @@ impl Supervisor {
         domain: i32,
         remote: SocketAddr,
         tgid: u32,
+        hostname: Option<String>,
     ) -> Result<SocketAddr, i32> {
         let data_addrs = self.link.data_addrs().map_err(|e| {
             tracing::warn!("seccomp: cannot reach the session: {e}");
@@ -527,7 +537,7 @@ impl Supervisor {
             token: self.link.token.clone(),
             pid: tgid,
             remote: SocketAddr::new(canonical_ip(remote.ip()), remote.port()),
-            hostname: None,
+            hostname,
         };
         let sent = encode(&hello)
             .map_err(|_| libc::EINVAL)
@@ -603,13 +613,20 @@ fn open_syscall(nr: i64) -> bool {
 }
 
 /// The same decisions as the layer's (`feature.network.outgoing`, `dns`), except that loopback
-/// was left alone before (see `connect_call`). Name rules of an outgoing filter see no name:
-/// the supervisor does not know which lookup produced an address.
-fn plan(network: &NetworkConfig, sock_type: i32, remote: SocketAddr) -> Plan {
+/// was left alone before (see `connect_call`). Name rules of an outgoing filter see the name
+/// the session last resolved to that address (a layer's lookup, so a program the layer routed
+/// locally by name is routed locally here too); a lookup the program made itself over DNS
+/// datagrams gives no name.
+fn plan(
+    network: &NetworkConfig,
+    sock_type: i32,
+    remote: SocketAddr,
+    hostname: Option<&str>,
+) -> Plan {
     let ip = canonical_ip(remote.ip());
     let out = &network.outgoing;
     let filtered = |proto| match &out.filter {
-        Some(f) => f.route(proto, ip, remote.port(), None) == Route::Remote,
+        Some(f) => f.route(proto, ip, remote.port(), hostname) == Route::Remote,
         None => true,
     };
     match sock_type {
@@ -860,17 +877,31 @@ mod tests {
     fn plans_follow_the_layer_rules() {
         let n = network("{}");
         let svc: SocketAddr = "10.96.0.50:8080".parse().unwrap();
-        assert_eq!(plan(&n, libc::SOCK_STREAM, svc), Plan::Tcp);
-        assert_eq!(plan(&n, libc::SOCK_DGRAM, svc), Plan::Udp { dns: false });
+        assert_eq!(plan(&n, libc::SOCK_STREAM, svc, None), Plan::Tcp);
+        assert_eq!(
+            plan(&n, libc::SOCK_DGRAM, svc, None),
+            Plan::Udp { dns: false }
+        );
         let dns: SocketAddr = "127.0.0.53:53".parse().unwrap();
-        assert_eq!(plan(&n, libc::SOCK_DGRAM, dns), Plan::Udp { dns: true });
-        assert_eq!(plan(&n, libc::SOCK_STREAM, dns), Plan::Leave);
-        assert_eq!(plan(&n, libc::SOCK_RAW, svc), Plan::Leave);
+        assert_eq!(
+            plan(&n, libc::SOCK_DGRAM, dns, None),
+            Plan::Udp { dns: true }
+        );
+        assert_eq!(plan(&n, libc::SOCK_STREAM, dns, None), Plan::Leave);
+        assert_eq!(plan(&n, libc::SOCK_RAW, svc, None), Plan::Leave);
         let local = network(
             r#"{"feature":{"network":{"outgoing":{"filter":{"local":["10.96.0.0/12"]}}}}}"#,
         );
-        assert_eq!(plan(&local, libc::SOCK_STREAM, svc), Plan::Leave);
+        assert_eq!(plan(&local, libc::SOCK_STREAM, svc, None), Plan::Leave);
+        let by_name = network(
+            r#"{"feature":{"network":{"outgoing":{"filter":{"local":["payment-service"]}}}}}"#,
+        );
+        assert_eq!(
+            plan(&by_name, libc::SOCK_STREAM, svc, Some("payment-service")),
+            Plan::Leave
+        );
+        assert_eq!(plan(&by_name, libc::SOCK_STREAM, svc, None), Plan::Tcp);
         let no_tcp = network(r#"{"feature":{"network":{"outgoing":{"tcp":false}}}}"#);
-        assert_eq!(plan(&no_tcp, libc::SOCK_STREAM, svc), Plan::Leave);
+        assert_eq!(plan(&no_tcp, libc::SOCK_STREAM, svc, None), Plan::Leave);
     }
 }
