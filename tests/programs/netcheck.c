@@ -1,4 +1,4 @@
-/* netcheck.c: TCP by IP and connected UDP from a statically linked program (no LD_PRELOAD
+/* netcheck.c: TCP by IP, connected and unconnected UDP from a statically linked program (no LD_PRELOAD
  * reaches it). Run in the pod and under mirrord by tests/tests/syscalls.rs; one line per
  * check, compared between the two. */
 #include <arpa/inet.h>
@@ -75,6 +75,31 @@ int main(void) {
     printf("udp");
     print_peer(fd);
     printf(" reply=%s\n", buf);
+    close(fd);
+
+    /* Unconnected: sendto with an address, recvfrom says who answered. */
+    fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(9001);
+    inet_pton(AF_INET, "10.96.0.50", &sa.sin_addr);
+    if (sendto(fd, "ping-c-unconnected", 18, 0, (struct sockaddr *)&sa, sizeof sa) != 18) {
+        perror("sendto");
+        return 1;
+    }
+    struct sockaddr_in from;
+    socklen_t from_len = sizeof from;
+    n = recvfrom(fd, buf, sizeof buf - 1, 0, (struct sockaddr *)&from, &from_len);
+    if (n < 0) {
+        perror("recvfrom");
+        return 1;
+    }
+    buf[n] = 0;
+    char ip[INET_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET, &from.sin_addr, ip, sizeof ip);
+    printf("udp-unconnected from=%s:%d reply=%s\n", ip, ntohs(from.sin_port), buf);
     close(fd);
     return 0;
 }

@@ -79,6 +79,29 @@ func udp(addr string) string {
 	return fmt.Sprintf("peer=%s reply=%q", c.RemoteAddr(), buf[:n])
 }
 
+// udpTo sends from an unconnected socket (sendto with an address) and reads with recvfrom.
+func udpTo(addr string) string {
+	to, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return "error=" + err.Error()
+	}
+	c, err := net.ListenPacket("udp", ":0")
+	if err != nil {
+		return "error=" + err.Error()
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.WriteTo([]byte("ping-go-unconnected"), to); err != nil {
+		return "error=" + err.Error()
+	}
+	buf := make([]byte, 2048)
+	n, from, err := c.ReadFrom(buf)
+	if err != nil {
+		return "error=" + err.Error()
+	}
+	return fmt.Sprintf("from=%s reply=%q", from, buf[:n])
+}
+
 func main() {
 	for _, action := range os.Args[1:] {
 		kind, arg, _ := strings.Cut(action, "=")
@@ -90,6 +113,8 @@ func main() {
 			out = lookup(arg)
 		case "udp":
 			out = udp(arg)
+		case "udpto":
+			out = udpTo(arg)
 		default:
 			fmt.Fprintf(os.Stderr, "unknown action %q\n", action)
 			os.Exit(2)

@@ -130,7 +130,7 @@ fn c_netcheck() -> PathBuf {
         .clone()
 }
 
-const GO_ACTIONS: [&str; 11] = [
+const GO_ACTIONS: [&str; 12] = [
     "get=http://payment-service:8080/",
     "get=http://payment-service.payments:8080/",
     "get=http://payment-service.payments.svc.cluster.local:8080/",
@@ -142,6 +142,7 @@ const GO_ACTIONS: [&str; 11] = [
     "lookup=no-such-service",
     "udp=payment-service:9001",
     "udp=10.96.0.50:9001",
+    "udpto=payment-service:9001",
 ];
 
 /// What the pod itself sees, checked against known facts so that two identical failures can
@@ -168,6 +169,10 @@ fn check_pod_view(out: &str) {
     );
     assert_eq!(
         lines[9], r#"udp=payment-service:9001 peer=10.96.0.50:9001 reply="ping-go""#,
+        "{out}"
+    );
+    assert_eq!(
+        lines[11], r#"udpto=payment-service:9001 from=10.96.0.50:9001 reply="ping-go-unconnected""#,
         "{out}"
     );
 }
@@ -203,14 +208,15 @@ fn go_static_matches_the_pod() {
 }
 
 #[test]
-fn static_c_program_reaches_the_cluster_by_ip_over_tcp_and_udp() {
+fn static_c_program_reaches_the_cluster_by_ip_over_tcp_and_udp_connected_or_not() {
     let c = Cluster::start().unwrap();
     let bin = c_netcheck();
     let in_pod = ok(run(c.pod(&bin)));
     assert_eq!(
         in_pod,
         "tcp peer=10.96.0.50:8080 body=payment-service: hello\n\
-         udp peer=10.96.0.50:9001 reply=ping-c\n"
+         udp peer=10.96.0.50:9001 reply=ping-c\n\
+         udp-unconnected from=10.96.0.50:9001 reply=ping-c-unconnected\n"
     );
     assert_eq!(ok(run(mirrord(&c, &bin, &[]))), in_pod);
     assert!(!run(c.dev(&bin)).status.success());

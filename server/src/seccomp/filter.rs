@@ -35,6 +35,111 @@ fn watched_calls() -> Vec<i64> {
     calls
 }
 
+/// Calls watched only when their address argument (`args[4]`: `sendto`'s destination,
+/// `recvfrom`'s source buffer) is not NULL: a program's ordinary `send`/`recv` on a connected
+/// socket never stops.
+fn calls_with_address() -> [i64; 2] {
+    [libc::SYS_sendto, libc::SYS_recvfrom]
+}
+
+/// Where a jump of the program goes.
+#[derive(Clone, Copy)]
+enum To {
+    Next,
+    Allow,
+    Notify,
+    CheckAddress,
+}
+
+/// One instruction before the jump offsets are known.
+struct Ins {
+    code: u16,
+    k: u32,
+    jt: To,
+    jf: To,
+}
+
+/// The BPF program: notify the session of the watched calls of this architecture, allow the
+/// rest.
+pub fn program() -> Vec<sock_filter> {
+    // Offsets in struct seccomp_data (little-endian halves of args[4]).
+    const NR: u32 = 0;
+    const ARCH: u32 = 4;
+    const ARG4_LO: u32 = 16 + 8 * 4;
+    const ARG4_HI: u32 = ARG4_LO + 4;
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let ja = (libc::BPF_JMP | libc::BPF_JA) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let op = |code, k| Ins {
+        code,
+        k,
+        jt: To::Next,
+        jf: To::Next,
+    };
+    let test = |k, jt, jf| Ins {
+        code: jeq,
+        k,
+        jt,
+        jf,
+    };
+    let mut p = vec![
+        op(ld, ARCH),
+        // Another ABI (32-bit programs, x32): allowed untouched.
+        test(AUDIT_ARCH, To::Next, To::Allow),
+        op(ld, NR),
+    ];
+    for nr in watched_calls() {
+        p.push(test(nr as u32, To::Notify, To::Next));
+    }
+    for nr in calls_with_address() {
+        p.push(test(nr as u32, To::CheckAddress, To::Next));
+    }
+    p.push(Ins {
+        code: ja,
+        k: 0,
+        jt: To::Allow,
+        jf: To::Allow,
+    });
+    let check_address = p.len();
+    p.push(op(ld, ARG4_LO));
+    p.push(test(0, To::Next, To::Notify));
+    p.push(op(ld, ARG4_HI));
+    p.push(test(0, To::Allow, To::Notify));
+    let allow = p.len();
+    p.push(op(ret, libc::SECCOMP_RET_ALLOW));
+    let notify = p.len();
+    p.push(op(ret, libc::SECCOMP_RET_USER_NOTIF));
+    let offset = |at: usize, to: To| -> usize {
+        let target = match to {
+            To::Next => at + 1,
+            To::Allow => allow,
+            To::Notify => notify,
+            To::CheckAddress => check_address,
+        };
+        target - (at + 1)
+    };
+    p.iter()
+        .enumerate()
+        .map(|(at, i)| {
+            if i.code == ja {
+                stmt(ja, offset(at, i.jt) as u32)
+            } else if i.code == jeq {
+                // Invariant: the program is far shorter than 256 instructions, so every
+                // forward offset fits BPF's 8-bit conditional jumps.
+                sock_filter {
+                    code: jeq,
+                    jt: offset(at, i.jt) as u8,
+                    jf: offset(at, i.jf) as u8,
+                    k: i.k,
+                }
+            } else {
+                stmt(i.code, i.k)
+            }
+        })
+        .collect()
+}
+
 const fn stmt(code: u16, k: u32) -> sock_filter {
     sock_filter {
         code,
@@ -42,37 +147,6 @@ const fn stmt(code: u16, k: u32) -> sock_filter {
         jf: 0,
         k,
     }
-}
-
-const fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
-    sock_filter { code, jt, jf, k }
-}
-
-/// The BPF program: notify the session of the watched calls of this architecture, allow the
-/// rest.
-pub fn program() -> Vec<sock_filter> {
-    // Offsets in struct seccomp_data.
-    const NR: u32 = 0;
-    const ARCH: u32 = 4;
-    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
-    let calls = watched_calls();
-    let n = calls.len() as u8;
-    let mut p = vec![
-        stmt(ld, ARCH),
-        // Another ABI: jump over the number checks and the notify to the allow.
-        jump(jeq, AUDIT_ARCH, 0, n + 1),
-        stmt(ld, NR),
-    ];
-    for (i, nr) in calls.iter().enumerate() {
-        // On a match, jump to the notify right after the last check.
-        let to_notify = n - 1 - i as u8 + 1;
-        p.push(jump(jeq, *nr as u32, to_notify, 0));
-    }
-    p.push(stmt(ret, libc::SECCOMP_RET_ALLOW));
-    p.push(stmt(ret, libc::SECCOMP_RET_USER_NOTIF));
-    p
 }
 
 /// The two ends of the hand-over socketpair: the session keeps `session`, the child writes to
@@ -227,20 +301,56 @@ pub fn receive(session_end: &OwnedFd) -> Installed {
 mod tests {
     use super::*;
 
+    /// Runs the program the way the kernel does for the instructions it uses.
+    fn verdict(p: &[sock_filter], arch: u32, nr: i64, arg4: u64) -> u32 {
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&(nr as u32).to_ne_bytes());
+        data[4..8].copy_from_slice(&arch.to_ne_bytes());
+        data[48..56].copy_from_slice(&arg4.to_le_bytes());
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let i = p[pc];
+            match i.code as u32 {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                    let at = i.k as usize;
+                    acc = u32::from_ne_bytes(data[at..at + 4].try_into().unwrap());
+                    pc += 1;
+                }
+                c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => {
+                    pc += 1 + if acc == i.k { i.jt } else { i.jf } as usize;
+                }
+                c if c == libc::BPF_JMP | libc::BPF_JA => pc += 1 + i.k as usize,
+                c if c == libc::BPF_RET | libc::BPF_K => return i.k,
+                other => panic!("unexpected instruction {other:#x}"),
+            }
+        }
+    }
+
     #[test]
-    fn jumps_land_on_allow_and_notify() {
+    fn notifies_exactly_the_watched_calls() {
         let p = program();
-        let ret = (libc::BPF_RET | libc::BPF_K) as u16;
-        let allow = p.len() - 2;
-        let notify = p.len() - 1;
-        assert_eq!(p[allow].k, libc::SECCOMP_RET_ALLOW);
-        assert_eq!(p[notify].k, libc::SECCOMP_RET_USER_NOTIF);
-        assert_eq!(p[notify].code, ret);
-        // The arch check's false branch lands on the allow.
-        assert_eq!(1 + 1 + p[1].jf as usize, allow);
-        for (i, check) in p.iter().enumerate().take(allow).skip(3) {
-            assert_eq!(i + 1 + check.jt as usize, notify, "check {i}");
-            assert_eq!(check.jf, 0);
+        let (allow, notify) = (libc::SECCOMP_RET_ALLOW, libc::SECCOMP_RET_USER_NOTIF);
+        for nr in watched_calls() {
+            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0), notify, "call {nr}");
+            // Another ABI's call with the same number is allowed.
+            assert_eq!(verdict(&p, 0x4000_0003, nr, 0), allow, "call {nr}");
+        }
+        for nr in calls_with_address() {
+            assert_eq!(
+                verdict(&p, AUDIT_ARCH, nr, 0),
+                allow,
+                "call {nr} without address"
+            );
+            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0x7ffd_0000_1000), notify);
+            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0x1_0000_0000), notify);
+        }
+        for nr in [
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_close,
+            libc::SYS_sendmsg,
+        ] {
+            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0x1000), allow, "call {nr}");
         }
     }
 }
