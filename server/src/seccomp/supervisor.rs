@@ -119,7 +119,18 @@ impl Supervisor {
                 return;
             }
             match notify::receive(&listener) {
-                Ok(Some(n)) => self.clone().dispatch(&listener, n),
+                Ok(Some(n)) => {
+                    // Invariant: the receiving thread never dies of a bug in a handler: its
+                    // end would make every watched call of the program fail with ENOSYS.
+                    let this = self.clone();
+                    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        this.dispatch(&listener, n)
+                    }));
+                    if handled.is_err() {
+                        tracing::error!("seccomp: a handler panicked; the call continues");
+                        notify::proceed(&listener, n.id);
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!("seccomp supervisor: {e}, stopping");
@@ -706,7 +717,14 @@ impl Supervisor {
             .spawn(move || {
                 let job = work_copy.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Some(job) = job {
-                    job(&this, &listener_copy, &n);
+                    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        job(&this, &listener_copy, &n)
+                    }));
+                    if done.is_err() {
+                        tracing::error!("seccomp: a handler panicked; the call continues");
+                        // Harmless if the call was answered before the panic (ENOENT).
+                        notify::proceed(&listener_copy, n.id);
+                    }
                 }
                 this.connect_threads.fetch_sub(1, Ordering::AcqRel);
             });
