@@ -344,3 +344,48 @@ fn go_http_server_sees_mirrored_requests() {
     );
     app.wait_line("request GET /mirrored", TIMEOUT).unwrap();
 }
+
+/// The supervisor is transport-blind: through a Kubernetes agent (a Job reached over
+/// `pods/portforward`, on the simulated API) the static Go client resolves and connects as well.
+#[test]
+fn go_static_reaches_the_cluster_through_a_kubernetes_agent() {
+    use mirrord_tests::k8s::{SimCluster, SimOptions};
+    let sim = SimCluster::start(SimOptions {
+        agent_bin: Some(target_dir_bin("mirrord-agent")),
+        ..SimOptions::default()
+    })
+    .unwrap();
+    let bin = go_netcheck(false);
+    let mut cmd = sim.dev_cmd(target_dir_bin("mirrord"));
+    cmd.args([
+        "exec",
+        "-t",
+        "deployment/payment-api",
+        "-n",
+        "payments",
+        "--",
+    ])
+    .arg(&bin)
+    .args([
+        "get=http://payment-service:8080/",
+        "lookup=payment-service.payments",
+    ])
+    .env("KUBECONFIG", sim.kubeconfig())
+    .env("MIRRORD_RUNTIME_DIR", sim.workdir().join("run"));
+    for var in [
+        "MIRRORD_TARGET_NAMESPACE",
+        "MIRRORD_KUBECONFIG",
+        "MIRRORD_KUBE_CONTEXT",
+    ] {
+        cmd.env_remove(var);
+    }
+    no_proxy(&mut cmd);
+    let out = ok(run(cmd));
+    assert_eq!(
+        out,
+        format!(
+            "get=http://payment-service:8080/ peer=10.96.0.50:8080 status=200 {HELLO_BODY}\n\
+             lookup=payment-service.payments 10.96.0.50\n"
+        )
+    );
+}
