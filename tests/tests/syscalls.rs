@@ -54,14 +54,28 @@ fn ok(o: Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Where this test process builds its programs (once, shared by its tests).
+/// Where the programs are built: `target/<profile>/syscalls-programs`, shared by every test
+/// process (Go's build cache is safe to share; each binary is built under a name of its own
+/// and renamed into place, so concurrent builds of the same program never see half a file).
 fn build_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("mirrord-syscalls-{}", std::process::id()));
+        let dir = target_dir_bin("mirrord")
+            .parent()
+            .expect("the mirrord binary lives in the target dir")
+            .join("syscalls-programs");
         std::fs::create_dir_all(&dir).unwrap();
         dir
     })
+}
+
+/// `build` writes `partial`; the result is renamed to `name` in [`build_dir`].
+fn built_into_place(name: &str, build: impl FnOnce(&Path)) -> PathBuf {
+    let out = build_dir().join(name);
+    let partial = build_dir().join(format!("{name}.{}", std::process::id()));
+    build(&partial);
+    std::fs::rename(&partial, &out).unwrap();
+    out
 }
 
 fn programs_dir() -> PathBuf {
@@ -86,19 +100,21 @@ fn go_httpserver(cgo: bool) -> PathBuf {
 }
 
 fn go_build(name: &str, cgo: bool) -> PathBuf {
-    let out = build_dir().join(format!("{name}-{}", if cgo { "dyn" } else { "static" }));
-    let mut cmd = Command::new("go");
-    cmd.arg("build")
-        .arg("-o")
-        .arg(&out)
-        .arg(programs_dir().join(format!("{name}.go")))
-        .env("CGO_ENABLED", if cgo { "1" } else { "0" })
-        .env("GOCACHE", build_dir().join("gocache"))
-        .env("GOPATH", build_dir().join("gopath"))
-        // Standard library only: never the module proxy.
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "-mod=mod");
-    ok(output_within(&mut cmd, Duration::from_secs(300)).unwrap());
+    let file = format!("{name}-{}", if cgo { "dyn" } else { "static" });
+    let out = built_into_place(&file, |partial| {
+        let mut cmd = Command::new("go");
+        cmd.arg("build")
+            .arg("-o")
+            .arg(partial)
+            .arg(programs_dir().join(format!("{name}.go")))
+            .env("CGO_ENABLED", if cgo { "1" } else { "0" })
+            .env("GOCACHE", build_dir().join("gocache"))
+            .env("GOPATH", build_dir().join("gopath"))
+            // Standard library only: never the module proxy.
+            .env("GOPROXY", "off")
+            .env("GOFLAGS", "-mod=mod");
+        ok(output_within(&mut cmd, Duration::from_secs(300)).unwrap());
+    });
     let file = ok(run({
         let mut f = Command::new("file");
         f.arg(&out);
@@ -117,15 +133,15 @@ fn c_netcheck() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let out = build_dir().join("netcheck-c");
-            let mut cmd = Command::new("gcc");
-            cmd.arg("-static")
-                .arg("-O1")
-                .arg("-o")
-                .arg(&out)
-                .arg(programs_dir().join("netcheck.c"));
-            ok(output_within(&mut cmd, Duration::from_secs(120)).unwrap());
-            out
+            built_into_place("netcheck-c", |partial| {
+                let mut cmd = Command::new("gcc");
+                cmd.arg("-static")
+                    .arg("-O1")
+                    .arg("-o")
+                    .arg(partial)
+                    .arg(programs_dir().join("netcheck.c"));
+                ok(output_within(&mut cmd, Duration::from_secs(120)).unwrap());
+            })
         })
         .clone()
 }
