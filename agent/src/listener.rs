@@ -40,6 +40,8 @@ pub struct AgentState {
     pub shutdown: tokio::sync::Notify,
     /// The target's process, whose environment `AgentRequest::Env` returns.
     pub target_pid: Option<u32>,
+    /// The target's `/etc/resolv.conf` and `/etc/hosts`, for `AgentRequest::ResolverFiles`.
+    pub resolver_files: (String, String),
 }
 
 impl AgentState {
@@ -250,6 +252,10 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
                     AgentResponse::ShuttingDown
                 }
                 AgentRequest::Env => crate::env::target_environment(state.target_pid),
+                AgentRequest::ResolverFiles => AgentResponse::ResolverFiles {
+                    resolv_conf: state.resolver_files.0.clone(),
+                    hosts: state.resolver_files.1.clone(),
+                },
             };
             let _ = message_tx
                 .send(AgentMessage::Response {

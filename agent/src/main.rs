@@ -142,6 +142,10 @@ fn run() -> Result<()> {
             sessions: tokio::sync::watch::Sender::new(0),
             shutdown: tokio::sync::Notify::new(),
             target_pid: target.process_pid(),
+            resolver_files: (
+                resolver_files.resolv_conf.clone(),
+                resolver_files.hosts.clone(),
+            ),
         });
         let mut data_addrs = Vec::new();
         for l in data_listeners {

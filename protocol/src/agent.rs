@@ -76,6 +76,9 @@ pub enum AgentRequest {
     Shutdown,
     /// The target process's environment (`/proc/PID/environ`), for `feature.env`.
     Env,
+    /// The target's `/etc/resolv.conf` and `/etc/hosts`, which the session serves to programs
+    /// that open those files themselves (syscall interception).
+    ResolverFiles,
 }
 
 /// How a subscribed port's traffic reaches the client.
@@ -175,6 +178,11 @@ pub enum AgentResponse {
     /// The target process's environment variables, in its order (entries that are not UTF-8
     /// are left out). Empty for a target without a process (targetless, `netns/NAME`).
     Env(Vec<(String, String)>),
+    /// The target's resolver files as the agent read them at start-up.
+    ResolverFiles {
+        resolv_conf: String,
+        hosts: String,
+    },
 }
 
 /// One UDP datagram on a UDP channel.

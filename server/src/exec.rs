@@ -48,8 +48,51 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
             command.env_remove(name.as_ref());
         }
     }
+    // Calls the layer cannot see (Go, static binaries, resolvers of their own) are intercepted
+    // with seccomp; the target's resolver files are fetched first, so the program's first open
+    // of them is served without waiting for the agent.
+    let seccomp = match crate::seccomp::Prepared::new() {
+        Some(prepared) => {
+            prepared.arm(&mut command);
+            let files = match session.target_resolver_files().await {
+                Ok((resolv_conf, hosts)) => Some(crate::seccomp::TargetFiles {
+                    resolv_conf: resolv_conf.into_bytes(),
+                    hosts: hosts.into_bytes(),
+                }),
+                Err(e) => {
+                    eprintln!("mirrord: the target's resolver files are not available ({e:#}); programs read this machine's");
+                    None
+                }
+            };
+            Some((prepared, files))
+        }
+        None => None,
+    };
     // The session's variables last: they win over anything `feature.env` brought.
-    let mut child = match command.args(args).envs(program_env.set).envs(env).spawn() {
+    let spawned = command.args(args).envs(program_env.set).envs(env).spawn();
+    if let (Ok(c), Some((prepared, files))) = (&spawned, seccomp) {
+        match prepared.outcome() {
+            crate::seccomp::Outcome::Supervised(listener) => {
+                let link = crate::seccomp::SessionLink::new(
+                    session.proxy.control_path.clone(),
+                    session.token().to_owned(),
+                    c.id().unwrap_or(0),
+                    format!("{program} (system calls)"),
+                );
+                crate::seccomp::supervise(
+                    listener,
+                    crate::seccomp::Supervisor::new(
+                        link,
+                        session.shared.clone(),
+                        session.network.clone(),
+                        files,
+                    ),
+                );
+            }
+            crate::seccomp::Outcome::Unavailable(why) => eprintln!("mirrord: {why}"),
+        }
+    }
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             session.stop().await;

@@ -18,5 +18,6 @@ pub mod kube;
 pub mod paths;
 pub mod proxy;
 pub mod remote_env;
+pub mod seccomp;
 pub mod session;
 pub mod traffic;

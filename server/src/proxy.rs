@@ -52,9 +52,35 @@ pub struct ProxyShared {
     pub traffic: Arc<TrafficLog>,
     /// Processes in the session, by control connection.
     pub processes: std::sync::Mutex<HashMap<u64, ProcessInfo>>,
+    /// The name each cluster address was last resolved from, for the seccomp supervisor's
+    /// name rules (the layer keeps its own per process).
+    pub names: std::sync::Mutex<HashMap<std::net::IpAddr, String>>,
 }
 
+/// Names remembered for the supervisor; the map starts over when full (as the layer's).
+const MAX_NAMES: usize = 4096;
+
 impl ProxyShared {
+    /// The name `ip` was resolved from through this session, if any.
+    pub fn hostname_of(&self, ip: std::net::IpAddr) -> Option<String> {
+        let ip = mirrord_protocol::config::canonical_ip(ip);
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ip)
+            .cloned()
+    }
+
+    fn remember_names(&self, name: &str, addrs: &[std::net::IpAddr]) {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if names.len() + addrs.len() > MAX_NAMES {
+            names.clear();
+        }
+        for a in addrs {
+            names.insert(mirrord_protocol::config::canonical_ip(*a), name.to_owned());
+        }
+    }
+
     pub fn processes(&self) -> Vec<ProcessInfo> {
         let mut v: Vec<ProcessInfo> = self
             .processes
@@ -308,6 +334,9 @@ async fn handle_request(
                 ))),
                 Err(e) => Err(ResolveError::Temporary(e.to_string())),
             };
+            if let Ok(r) = &result {
+                shared.remember_names(&name, &r.addresses);
+            }
             shared.traffic.emit(TrafficEvent::DnsQuery {
                 time: now_ms(),
                 name,

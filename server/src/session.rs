@@ -44,6 +44,8 @@ pub struct Session {
     /// The target process's environment (empty unless `feature.env` is on).
     target_env: Vec<(String, String)>,
     env_config: mirrord_protocol::config::EnvConfig,
+    /// `feature.network`, for the syscall supervisor's routing (the layer gets it as JSON).
+    pub network: mirrord_protocol::config::NetworkConfig,
 }
 
 /// `LD_PRELOAD` for a launch: the launch's own preloads, then the layer (once).
@@ -161,6 +163,7 @@ impl Session {
             next_process: std::sync::atomic::AtomicU64::new(1),
             traffic,
             processes: Default::default(),
+            names: Default::default(),
         });
         // `MIRRORD_SESSION_RELAY=1` keeps flows on the session's own data listeners (the path a
         // remote agent needs), so that path stays exercised with local targets too. A cluster
@@ -202,6 +205,7 @@ impl Session {
             layer_path: opts.layer_path,
             target_env,
             env_config: opts.config.feature.env.clone(),
+            network: opts.config.feature.network.clone(),
         })
     }
 
@@ -236,6 +240,20 @@ impl Session {
             ("MIRRORD_SESSION_TOKEN".into(), self.token.clone()),
             ("MIRRORD_CONFIG".into(), self.config_json.clone()),
         ]
+    }
+
+    /// The token a process presents to join this session.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The target's `/etc/resolv.conf` and `/etc/hosts`, from the agent.
+    pub async fn target_resolver_files(&self) -> Result<(String, String)> {
+        use mirrord_protocol::agent::{AgentRequest, AgentResponse};
+        match self.control.request(AgentRequest::ResolverFiles).await? {
+            AgentResponse::ResolverFiles { resolv_conf, hosts } => Ok((resolv_conf, hosts)),
+            other => anyhow::bail!("the agent answered {other:?} for the resolver files"),
+        }
     }
 
     pub async fn stop(self) {

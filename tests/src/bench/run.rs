@@ -48,7 +48,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The sections of the benchmark, in the order they run within a run.
 /// `kubernetes` runs on a simulated Kubernetes API of its own (see `super::kube`), after the
 /// others.
-pub const SECTIONS: [&str; 5] = ["outgoing", "incoming", "session", "layer", "kubernetes"];
+pub const SECTIONS: [&str; 6] = [
+    "outgoing",
+    "incoming",
+    "session",
+    "layer",
+    "go",
+    "kubernetes",
+];
 
 /// Set by SIGINT/SIGTERM: the bench stops after the current measurement and cleans up.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -145,6 +152,9 @@ pub struct Bins {
     pub mirrord: PathBuf,
     pub server: PathBuf,
     pub client: PathBuf,
+    /// `tests/programs/benchclient.go` built statically (section "go"): reaches the cluster
+    /// under mirrord only through syscall interception.
+    pub go_client: Option<PathBuf>,
 }
 
 /// The ways the client reaches payment-service.
@@ -211,6 +221,50 @@ impl Figures {
 /// Every figure, with its goals and what it measures.
 pub fn figures(p: &Params, sections: &[&str]) -> Figures {
     let mut f = Vec::new();
+    if sections.contains(&"go") {
+        let go = "Go client (static binary: syscall interception, no layer)";
+        f.push(
+            Figure::new(
+                "go.ka.p50",
+                go,
+                "keep-alive request p50",
+                "µs",
+                Better::Lower,
+            )
+            .baseline("direct")
+            .note(&format!(
+                "`tests/programs/benchclient.go` (net/http, `CGO_ENABLED=0`): {} sequential \
+                     `GET /` on one keep-alive connection after {} warm-up, timed around \
+                     `client.Get` and the body read. direct: in the pod; mirrord: in the \
+                     developer namespace, its connect made by the seccomp supervisor.",
+                p.req_n, p.req_warmup
+            )),
+        );
+        f.push(
+            Figure::new(
+                "go.ka.p99",
+                go,
+                "keep-alive request p99",
+                "µs",
+                Better::Lower,
+            )
+            .baseline("direct"),
+        );
+        f.push(
+            Figure::new(
+                "go.bulk1",
+                go,
+                "bulk download, 1 stream",
+                "MiB/s",
+                Better::Higher,
+            )
+            .baseline("direct")
+            .note(
+                "One GET of the 100 MiB blob, body read and discarded, over the wall time \
+                       from the start of the lookup.",
+            ),
+        );
+    }
     let out = "Outgoing (client → payment-service)";
     if sections.contains(&"outgoing") {
         for &s in &p.bulk_streams {
@@ -953,6 +1007,7 @@ impl<'c> Bench<'c> {
             "incoming" => self.incoming(run, figs),
             "session" => self.session(run, figs),
             "layer" => self.layer(run, figs),
+            "go" => self.go(run, figs),
             other => bail!("no section {other}"),
         }
     }
@@ -1038,6 +1093,51 @@ impl<'c> Bench<'c> {
                     figs.fail("out.conns.time", v.name(), run, &format!("{e:#}"));
                     figs.fail("out.conns.errors", v.name(), run, &format!("{e:#}"));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The Go client (static: no layer), direct in the pod and under mirrord.
+    fn go(&mut self, run: usize, figs: &mut Figures) -> Result<()> {
+        let Some(go) = self.bins.go_client.clone() else {
+            bail!("the Go client was not built");
+        };
+        let p = self.p.clone();
+        let dest = format!("{}:8080", Cluster::SVC_NAME);
+        let go_cmd = |v: Variant, args: &[&str]| {
+            let mut cmd = match v {
+                Variant::Mirrord => self.mirrord_exec(None, &go, args),
+                _ => {
+                    let mut cmd = self.c.pod(&go);
+                    cmd.args(args);
+                    cmd
+                }
+            };
+            no_proxy(&mut cmd);
+            cmd
+        };
+        for &v in &rotated(&[Variant::Direct, Variant::Mirrord], run) {
+            check_interrupted()?;
+            let r = run_json(go_cmd(
+                v,
+                &[
+                    "http",
+                    &dest,
+                    "/",
+                    &p.req_n.to_string(),
+                    &p.req_warmup.to_string(),
+                ],
+            ));
+            self.latency(figs, "go.ka", v.name(), run, r)?;
+            check_interrupted()?;
+            let r = run_json(go_cmd(v, &["bulk", &dest, "/bytes"]));
+            match r {
+                Ok(r) if r["bytes"].as_u64() == Some(Cluster::BULK_SIZE) => {
+                    figs.put("go.bulk1", v.name(), run, f64_of(&r, "mib_s")?)
+                }
+                Ok(r) => figs.fail("go.bulk1", v.name(), run, &format!("incomplete: {r}")),
+                Err(e) => figs.fail("go.bulk1", v.name(), run, &format!("{e:#}")),
             }
         }
         Ok(())

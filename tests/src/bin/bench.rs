@@ -8,7 +8,7 @@
 //! Options:
 //!   --quick                  small counts and 2 runs (to try the bench out)
 //!   --runs N                 number of runs (default 5, quick 2)
-//!   --only S[,S...]          sections: outgoing, incoming, session, layer, kubernetes
+//!   --only S[,S...]          sections: outgoing, incoming, session, layer, go, kubernetes
 //!                            (default all; kubernetes runs last, on the simulated
 //!                            Kubernetes API)
 //!   --shared                 say in the output that the machine ran other work meanwhile
@@ -121,6 +121,7 @@ fn ensure_packages() -> Result<()> {
         ("iptables-save", "iptables"),
         ("nft", "nftables"),
         ("dnsmasq", "dnsmasq-base"),
+        ("go", "golang-go"),
     ]
     .into_iter()
     .filter(|(prog, _)| !have(prog))
@@ -165,6 +166,27 @@ fn build(target_dir: &Path, release: bool) -> Result<()> {
     Ok(())
 }
 
+/// Builds `tests/programs/benchclient.go` statically into `bin_dir` (standard library only: the
+/// module proxy is never asked).
+fn build_go_client(bin_dir: &Path) -> Result<PathBuf> {
+    let out = bin_dir.join("bench_client_go");
+    let status = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg(workspace().join("tests/programs/benchclient.go"))
+        .env("CGO_ENABLED", "0")
+        .env("GOPROXY", "off")
+        .env("GOCACHE", bin_dir.join("gocache"))
+        .env("GOPATH", bin_dir.join("gopath"))
+        .status()
+        .context("running go build (golang-go)")?;
+    if !status.success() {
+        bail!("go build of the Go client failed");
+    }
+    Ok(out)
+}
+
 /// Keeps what was set up for `secs` seconds or until Ctrl-C.
 fn hold(secs: u64) {
     let until = Instant::now() + std::time::Duration::from_secs(secs);
@@ -199,10 +221,16 @@ fn real_main() -> Result<()> {
             profile == "release",
         )?;
     }
+    let go_client = if args.only.is_empty() || args.only.iter().any(|s| s == "go") {
+        Some(build_go_client(&bin_dir)?)
+    } else {
+        None
+    };
     let bins = Bins {
         mirrord: bin_dir.join("mirrord"),
         server: bin_dir.join("mirrord-server"),
         client: bin_dir.join("bench_client"),
+        go_client,
     };
     for p in [
         &bins.mirrord,
