@@ -137,6 +137,7 @@ mod jobs;
 mod kubelet;
 mod net;
 mod portforward;
+mod portforward_stream;
 mod resources;
 mod seed;
 mod selector;

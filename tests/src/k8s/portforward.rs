@@ -133,10 +133,60 @@ fn framed(channel: u8, data: &[u8]) -> Message {
     Message::binary(v)
 }
 
-async fn relay<S>(ws: WebSocketStream<S>, netns: String, pod: String, ports: Vec<u16>)
+/// Connects to `127.0.0.1:port` inside the pod's network namespace.
+async fn connect_in_pod(netns: &str, port: u16) -> anyhow::Result<tokio::net::TcpStream> {
+    let target = netns.to_owned();
+    let connected = tokio::task::spawn_blocking(move || {
+        net::in_netns(&target, move || {
+            let s = std::net::TcpStream::connect_timeout(
+                &([127, 0, 0, 1], port).into(),
+                CONNECT_TIMEOUT,
+            )?;
+            s.set_nonblocking(true)?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+    })
+    .await;
+    match connected {
+        Ok(Ok(s)) => tokio::net::TcpStream::from_std(s).map_err(anyhow::Error::from),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn connect_error(port: u16, pod: &str, e: &anyhow::Error) -> String {
+    format!(
+        "error forwarding port {port} to pod {pod}: failed to connect to localhost:{port} inside \
+         the pod's network namespace: {e:#}"
+    )
+}
+
+async fn relay<S>(mut ws: WebSocketStream<S>, netns: String, pod: String, ports: Vec<u16>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // One port (what kubectl and mirrord ask for): a byte stream relayed like any other flow.
+    if let [port] = ports[..] {
+        let port_le = port.to_le_bytes();
+        if ws.send(framed(0, &port_le)).await.is_err()
+            || ws.send(framed(1, &port_le)).await.is_err()
+        {
+            return;
+        }
+        match connect_in_pod(&netns, port).await {
+            Ok(stream) => {
+                let channel = super::portforward_stream::DataChannel::new(ws);
+                let _ = mirrord_relay::relay(channel, stream, CHUNK).await;
+            }
+            Err(e) => {
+                let text = connect_error(port, &pod, &e);
+                let _ = ws.send(framed(1, text.as_bytes())).await;
+                let _ = ws.close(None).await;
+            }
+        }
+        return;
+    }
     let (mut ws_tx, mut ws_rx) = ws.split();
     // pod readers --framed bytes--> WebSocket writer
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(QUEUE);
@@ -162,25 +212,7 @@ where
         {
             return;
         }
-        let target = netns.clone();
-        let connected = tokio::task::spawn_blocking(move || {
-            net::in_netns(&target, move || {
-                let s = std::net::TcpStream::connect_timeout(
-                    &([127, 0, 0, 1], port).into(),
-                    CONNECT_TIMEOUT,
-                )?;
-                s.set_nonblocking(true)?;
-                s.set_nodelay(true)?;
-                Ok(s)
-            })
-        })
-        .await;
-        let stream = match connected {
-            Ok(Ok(s)) => tokio::net::TcpStream::from_std(s).map_err(anyhow::Error::from),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(e.into()),
-        };
-        match stream {
+        match connect_in_pod(&netns, port).await {
             Ok(stream) => {
                 let (mut rd, wr) = stream.into_split();
                 writers.push(Some(wr));
@@ -203,10 +235,7 @@ where
             }
             Err(e) => {
                 writers.push(None);
-                let text = format!(
-                    "error forwarding port {port} to pod {pod}: failed to connect to \
-                     localhost:{port} inside the pod's network namespace: {e:#}"
-                );
+                let text = connect_error(port, &pod, &e);
                 let _ = out_tx.send(framed(err_ch, text.as_bytes())).await;
             }
         }
