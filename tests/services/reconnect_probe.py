@@ -1,0 +1,65 @@
+"""The developer's program in the reconnect tests: it serves HTTP on a port (answers marked
+`x-served-by: local`, so a steal is visible from the cluster) and asks a cluster service once
+every 100 ms, printing one line per attempt:
+
+    ok N                      the answer came
+    fail N KIND DETAIL        KIND: dns-again (EAI_AGAIN), dns (another lookup error), connect
+
+usage: reconnect_probe.py PORT URL MAX_SECONDS
+Prints "listening" once it listens; stops after MAX_SECONDS (a bound: the test ends it sooner).
+"""
+
+import os
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from httpcommon import Server, send_text  # noqa: E402
+
+port, url, max_seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+
+
+def say(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        send_text(self, 200, "local", "local: GET %s\n" % self.path)
+
+
+server = Server(("0.0.0.0", port), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+say("listening %d" % port)
+
+host = url.split("//", 1)[1].split(":", 1)[0].split("/", 1)[0]
+deadline = time.monotonic() + max_seconds
+n = 0
+while time.monotonic() < deadline:
+    n += 1
+    started = time.monotonic()
+    try:
+        # The lookup on its own first: its error kind is part of what the test checks.
+        socket.getaddrinfo(host, 80, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        kind = "dns-again" if e.errno == socket.EAI_AGAIN else "dns"
+        say("fail %d %s %s" % (n, kind, e))
+    else:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as r:
+                r.read()
+            say("ok %d" % n)
+        except (OSError, urllib.error.URLError) as e:
+            say("fail %d connect %s" % (n, e))
+    time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
