@@ -925,8 +925,22 @@ fn reconnect_probe(sim: &SimCluster, cfg: &Path) -> Bg {
             "300",
         ],
     ));
-    bg.wait_stdout("listening");
-    bg
+    match bg.stdout.recv_timeout(WAIT) {
+        Ok(l) if l.starts_with("listening") => bg,
+        other => {
+            let (status, err) = bg.wait_exit();
+            let agents: Vec<Option<String>> = sim
+                .agent_pods()
+                .iter()
+                .map(|p| {
+                    let name = p["metadata"]["name"].as_str().unwrap_or_default();
+                    let ns = p["metadata"]["namespace"].as_str().unwrap_or_default();
+                    sim.pod_log(ns, name, "mirrord-agent")
+                })
+                .collect();
+            panic!("the probe did not start: {other:?}; {status}; stderr: {err}; agents: {agents:?}")
+        }
+    }
 }
 
 /// The probe's next `n` results (`ok N` / `fail N KIND ...` lines).
