@@ -203,10 +203,15 @@ impl AgentHandle {
                     control.end();
                     // Best effort: an agent that is already gone cannot answer, and the Job's
                     // deletion (or the communication timeout) ends it anyway.
-                    let _ = tokio::time::timeout(
-                        SHUTDOWN_ANSWER_TIMEOUT,
-                        control.request(AgentRequest::Shutdown),
-                    )
+                    // The agent removes its rules before it exits, and its connection closes
+                    // when it exits: waiting for that (bounded) keeps the Job's deletion from
+                    // killing it halfway, which would leave the rules to its guard, a moment
+                    // later than the pod's clients expect.
+                    let _ = tokio::time::timeout(SHUTDOWN_ANSWER_TIMEOUT, async {
+                        if control.request(AgentRequest::Shutdown).await.is_ok() {
+                            control.closed().await;
+                        }
+                    })
                     .await;
                 }
                 k.delete().await
@@ -735,6 +740,103 @@ mod tests {
             lock_pending(&control.pending).as_ref().map(|m| m.len()),
             Some(0)
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// An agent that answers pings; the first control connection it cuts after its first
+    /// answer (a dropped port-forward), the later ones must be resumes.
+    async fn flaky_agent(name: &str) -> (AgentConnector, PathBuf, Arc<Mutex<Vec<AgentChannel>>>) {
+        let channels = Arc::new(Mutex::new(Vec::new()));
+        let seen = channels.clone();
+        let (connector, dir) = hostile_agent(name, move |mut s| {
+            let seen = seen.clone();
+            async move {
+                let hello: AgentHello = read_frame_async(&mut s).await.unwrap();
+                let first = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(hello.channel.clone());
+                    seen.len() == 1
+                };
+                let welcome = AgentWelcome::Welcome {
+                    version: PROTOCOL_VERSION,
+                    agent_pid: 1,
+                };
+                write_frame_async(&mut s, &welcome).await.unwrap();
+                while let Ok(r) = read_frame_async::<ControlRequest, _>(&mut s).await {
+                    let answer = AgentMessage::Response {
+                        id: r.id,
+                        body: AgentResponse::Pong,
+                    };
+                    if write_frame_async(&mut s, &answer).await.is_err() || first {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        (connector, dir, channels)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_control_connection_is_resumed_and_requests_work_again() {
+        let (connector, dir, channels) = flaky_agent("flaky").await;
+        let policy = Reconnect {
+            give_up_after: Duration::from_secs(10),
+        };
+        let (control, _events) =
+            AgentControl::open_with(&connector, Duration::from_secs(5), Some(policy))
+                .await
+                .unwrap();
+        let mut link = control.link();
+        // The first answer comes, then the agent cuts the connection.
+        assert!(matches!(
+            control.request(AgentRequest::Ping).await,
+            Ok(AgentResponse::Pong)
+        ));
+        link.wait_for(|l| *l == Link::Reconnecting)
+            .await
+            .expect("the drop is noticed");
+        link.wait_for(|l| *l == Link::Up).await.expect("resumed");
+        assert!(matches!(
+            control.request(AgentRequest::Ping).await,
+            Ok(AgentResponse::Pong)
+        ));
+        assert_eq!(
+            *channels.lock().unwrap(),
+            vec![AgentChannel::Control, AgentChannel::ResumeControl]
+        );
+        assert!(!control.is_closed());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_stays_unreachable_is_given_up_and_requests_fail_at_once() {
+        let (connector, dir, _) = flaky_agent("gone").await;
+        let policy = Reconnect {
+            give_up_after: Duration::from_millis(800),
+        };
+        let (control, _events) =
+            AgentControl::open_with(&connector, Duration::from_secs(5), Some(policy))
+                .await
+                .unwrap();
+        // The agent's socket goes away: every reconnect attempt fails.
+        let AgentConnector::Unix { path, .. } = &connector else {
+            unreachable!()
+        };
+        std::fs::remove_file(path).unwrap();
+        let _ = control.request(AgentRequest::Ping).await;
+        let mut link = control.link();
+        link.wait_for(|l| *l == Link::Reconnecting).await.unwrap();
+        // While reconnecting, a request fails without waiting for its timeout.
+        let started = std::time::Instant::now();
+        let e = control.request(AgentRequest::Ping).await.unwrap_err();
+        assert!(format!("{e}").contains("reconnecting"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        tokio::time::timeout(Duration::from_secs(10), control.closed())
+            .await
+            .expect("given up within its bound");
+        assert!(control.is_closed());
+        assert!(control.request(AgentRequest::Ping).await.is_err());
         let _ = std::fs::remove_dir_all(dir);
     }
 
