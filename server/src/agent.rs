@@ -456,13 +456,15 @@ impl AgentControl {
         let ending = Arc::new(std::sync::atomic::AtomicBool::new(false));
         tokio::spawn(supervise(
             stream,
-            connector.clone(),
-            reconnect,
-            ending.clone(),
             request_rx,
-            pending.clone(),
-            event_tx,
-            link_tx,
+            LinkParts {
+                connector: connector.clone(),
+                reconnect,
+                ending: ending.clone(),
+                pending: pending.clone(),
+                event_tx,
+                link_tx,
+            },
         ));
         Ok((
             AgentControl {
@@ -567,18 +569,31 @@ impl AgentControl {
     }
 }
 
+/// What the control channel's supervisor task works with, besides the connection and requests.
+struct LinkParts {
+    connector: AgentConnector,
+    reconnect: Option<Reconnect>,
+    ending: Arc<std::sync::atomic::AtomicBool>,
+    pending: Pending,
+    event_tx: mpsc::Sender<AgentEvent>,
+    link_tx: tokio::sync::watch::Sender<Link>,
+}
+
 /// Runs the control channel's connections, one at a time: the first, then (with `reconnect`)
 /// each one that replaces a dropped one.
 async fn supervise(
     mut stream: AgentStream,
-    connector: AgentConnector,
-    reconnect: Option<Reconnect>,
-    ending: Arc<std::sync::atomic::AtomicBool>,
     mut request_rx: mpsc::Receiver<ControlRequest>,
-    pending: Pending,
-    event_tx: mpsc::Sender<AgentEvent>,
-    link_tx: tokio::sync::watch::Sender<Link>,
+    link: LinkParts,
 ) {
+    let LinkParts {
+        connector,
+        reconnect,
+        ending,
+        pending,
+        event_tx,
+        link_tx,
+    } = link;
     loop {
         let session_alive = serve_connection(stream, &mut request_rx, &pending, &event_tx).await;
         // Invariant: nothing asked of a dead connection stays waiting or gets sent later. The
@@ -622,7 +637,8 @@ async fn reopen(
         if ending.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
-        let attempt = tokio::time::timeout_at(deadline, connector.open(AgentChannel::ResumeControl));
+        let attempt =
+            tokio::time::timeout_at(deadline, connector.open(AgentChannel::ResumeControl));
         match attempt.await {
             Ok(Ok(stream)) => return Some(stream),
             Ok(Err(e)) => tracing::debug!("reconnecting to the agent: {e:#}"),

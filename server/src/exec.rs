@@ -74,7 +74,9 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
                      keeps running; its lookups and new connections fail meanwhile)"
                 ),
                 Connection::Ready => {
-                    eprintln!("mirrord: ready: reconnected, the session resumed with the same agent")
+                    eprintln!(
+                        "mirrord: ready: reconnected, the session resumed with the same agent"
+                    )
                 }
                 Connection::ResumedWithErrors(why) => {
                     eprintln!("mirrord: ready: reconnected to the same agent, but {why}")

@@ -187,12 +187,9 @@ impl Session {
         let reconnect = match &agent {
             AgentHandle::Kube(_) => Some(Reconnect {
                 give_up_after: std::time::Duration::from_secs(
-                    u64::from(
-                        opts.config
-                            .agent
-                            .communication_timeout
-                            .unwrap_or(mirrord_protocol::config::AgentConfig::DEFAULT_COMMUNICATION_TIMEOUT),
-                    ) + 1,
+                    u64::from(opts.config.agent.communication_timeout.unwrap_or(
+                        mirrord_protocol::config::AgentConfig::DEFAULT_COMMUNICATION_TIMEOUT,
+                    )) + 1,
                 ),
             }),
             AgentHandle::Local(_) => None,

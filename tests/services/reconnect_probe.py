@@ -2,11 +2,12 @@
 `x-served-by: local`, so a steal is visible from the cluster) and asks a cluster service once
 every 100 ms, printing one line per attempt:
 
-    ok N                      the answer came
+    ok N T                    the answer came; T: CLOCK_MONOTONIC seconds when it did
     fail N KIND DETAIL        KIND: dns-again (EAI_AGAIN), dns (another lookup error), connect
 
-usage: reconnect_probe.py PORT URL MAX_SECONDS
-Prints "listening" once it listens; stops after MAX_SECONDS (a bound: the test ends it sooner).
+usage: reconnect_probe.py PORT URL MAX_SECONDS [INTERVAL_SECONDS]
+PORT 0: serve nothing. Prints "listening" once it listens; stops after MAX_SECONDS (a bound:
+the test ends it sooner). INTERVAL_SECONDS: 0.1 unless given.
 """
 
 import os
@@ -22,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from httpcommon import Server, send_text  # noqa: E402
 
 port, url, max_seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+interval = float(sys.argv[4]) if len(sys.argv) > 4 else 0.1
 
 
 def say(line):
@@ -39,8 +41,9 @@ class Handler(BaseHTTPRequestHandler):
         send_text(self, 200, "local", "local: GET %s\n" % self.path)
 
 
-server = Server(("0.0.0.0", port), Handler)
-threading.Thread(target=server.serve_forever, daemon=True).start()
+if port:
+    server = Server(("0.0.0.0", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
 say("listening %d" % port)
 
 host = url.split("//", 1)[1].split(":", 1)[0].split("/", 1)[0]
@@ -59,7 +62,7 @@ while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=3) as r:
                 r.read()
-            say("ok %d" % n)
+            say("ok %d %.6f" % (n, time.monotonic()))
         except (OSError, urllib.error.URLError) as e:
             say("fail %d connect %s" % (n, e))
-    time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
+    time.sleep(max(0.0, interval - (time.monotonic() - started)))

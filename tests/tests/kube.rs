@@ -938,7 +938,9 @@ fn reconnect_probe(sim: &SimCluster, cfg: &Path) -> Bg {
                     sim.pod_log(ns, name, "mirrord-agent")
                 })
                 .collect();
-            panic!("the probe did not start: {other:?}; {status}; stderr: {err}; agents: {agents:?}")
+            panic!(
+                "the probe did not start: {other:?}; {status}; stderr: {err}; agents: {agents:?}"
+            )
         }
     }
 }
@@ -982,9 +984,7 @@ fn reconnect_config(sim: &SimCluster, agent: &str) -> PathBuf {
     config(
         sim,
         "reconnect.json",
-        &format!(
-            r#"{{"agent": {{{agent}}}, "feature": {{"network": {{"incoming": "steal"}}}}}}"#
-        ),
+        &format!(r#"{{"agent": {{{agent}}}, "feature": {{"network": {{"incoming": "steal"}}}}}}"#),
     )
 }
 
@@ -1113,7 +1113,11 @@ fn an_api_server_down_past_the_communication_timeout_ends_the_session_and_leaves
     };
     d.wait_notification(WAIT, state("ready"))
         .expect("the daemon's session is ready");
-    assert_eq!(agent_jobs(&sim, "payments").len(), 2, "one agent per session");
+    assert_eq!(
+        agent_jobs(&sim, "payments").len(),
+        2,
+        "one agent per session"
+    );
 
     // Longer than the agents' communication timeout (3 s) and the sessions' patience (3 + 1 s).
     sim.take_api_down(Duration::from_secs(8));
@@ -1144,7 +1148,11 @@ fn an_api_server_down_past_the_communication_timeout_ends_the_session_and_leaves
     // Both agents removed their rules and exited: their Jobs and pods go (their ttl, or the
     // sessions' own deletion once the API is back).
     assert_agents_gone_within(&sim, Duration::from_secs(8 + 10), "after the timeout");
-    assert_eq!(curl(&sim, &url, &[]).0, pod, "the pod serves its port again");
+    assert_eq!(
+        curl(&sim, &url, &[]).0,
+        pod,
+        "the pod serves its port again"
+    );
     let _ = app.interrupt();
 }
 

@@ -440,7 +440,10 @@ impl Daemon {
                 let now = connection.borrow_and_update().clone();
                 // Invariant: a stopped or failed session stays so; only a live one moves
                 // between ready and reconnecting.
-                if matches!(followed.state(), SessionState::Stopped | SessionState::Error) {
+                if matches!(
+                    followed.state(),
+                    SessionState::Stopped | SessionState::Error
+                ) {
                     return;
                 }
                 match now {
@@ -460,7 +463,10 @@ impl Daemon {
                     ),
                     Connection::ResumedWithErrors(why) => followed.set_state(
                         SessionState::Ready,
-                        Some(format!("reconnected to the {}, but {why}", followed.agent_desc)),
+                        Some(format!(
+                            "reconnected to the {}, but {why}",
+                            followed.agent_desc
+                        )),
                         Some(ChangeReason::Reconnected),
                     ),
                     // The supervisor below reports the agent's end.
