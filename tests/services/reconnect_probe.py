@@ -64,5 +64,11 @@ while time.monotonic() < deadline:
                 r.read()
             say("ok %d %.6f" % (n, time.monotonic()))
         except (OSError, urllib.error.URLError) as e:
-            say("fail %d connect %s" % (n, e))
+            # urlopen looks the name up again: the outage may start between the two lookups.
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, socket.gaierror):
+                kind = "dns-again" if reason.errno == socket.EAI_AGAIN else "dns"
+            else:
+                kind = "connect"
+            say("fail %d %s %s" % (n, kind, e))
     time.sleep(max(0.0, interval - (time.monotonic() - started)))
