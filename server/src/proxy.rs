@@ -484,18 +484,25 @@ async fn data_connection(mut stream: TcpStream, shared: Arc<ProxyShared>) -> Res
     });
     write_frame_async(&mut stream, &DataReply::Connect(reply)).await?;
     if let (ConnectReply::Connected { .. }, Some(agent)) = (reply, agent.as_mut()) {
-        splice(&mut stream, agent).await;
+        if splice(&mut stream, agent).await.is_err() {
+            // The flow broke rather than ended (its port-forward was cut, the agent went): the
+            // program gets a reset, not an end of stream it could take for a complete answer.
+            let _ = stream.set_zero_linger();
+        }
     }
     Ok(())
 }
 
-/// Copies both directions until both are finished, passing each half-close on.
-async fn splice<A, B>(a: &mut A, b: &mut B)
+/// Copies both directions until both are finished, passing each half-close on; an error when
+/// either side failed.
+async fn splice<A, B>(a: &mut A, b: &mut B) -> std::io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER).await;
+    tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER)
+        .await
+        .map(|_| ())
 }
 
 /// A running UDP relay; dropping it stops the relay.

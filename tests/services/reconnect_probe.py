@@ -5,8 +5,11 @@ every 100 ms, printing one line per attempt:
     ok N T                    the answer came; T: CLOCK_MONOTONIC seconds when it did
     fail N KIND DETAIL        KIND: dns-again (EAI_AGAIN), dns (another lookup error), connect
 
-usage: reconnect_probe.py PORT URL MAX_SECONDS [INTERVAL_SECONDS]
-PORT 0: serve nothing. Prints "listening" once it listens; stops after MAX_SECONDS (a bound:
+    held open / held ended: eof|reset DETAIL   (with HOLD) a connection to URL's host and port
+                              opened at start and left idle, and how it ended
+
+usage: reconnect_probe.py PORT URL MAX_SECONDS [INTERVAL_SECONDS [HOLD]]
+PORT 0: serve nothing. HOLD: "hold" to keep the idle connection. Prints "listening" once it listens; stops after MAX_SECONDS (a bound:
 the test ends it sooner). INTERVAL_SECONDS: 0.1 unless given.
 """
 
@@ -24,6 +27,7 @@ from httpcommon import Server, send_text  # noqa: E402
 
 port, url, max_seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 interval = float(sys.argv[4]) if len(sys.argv) > 4 else 0.1
+hold = len(sys.argv) > 5 and sys.argv[5] == "hold"
 
 
 def say(line):
@@ -47,6 +51,23 @@ if port:
 say("listening %d" % port)
 
 host = url.split("//", 1)[1].split(":", 1)[0].split("/", 1)[0]
+host_port = int(url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+
+
+def held():
+    """A flow in progress when the connection to the cluster drops: it must end, not hang."""
+    conn = socket.create_connection((host, host_port), timeout=10)
+    conn.settimeout(None)
+    say("held open")
+    try:
+        data = conn.recv(1)
+        say("held ended: eof" if not data else "held ended: data %r" % data)
+    except OSError as e:
+        say("held ended: reset %s" % e)
+
+
+if hold:
+    threading.Thread(target=held, daemon=True).start()
 deadline = time.monotonic() + max_seconds
 n = 0
 while time.monotonic() < deadline:

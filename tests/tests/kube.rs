@@ -903,7 +903,7 @@ fn the_daemon_lists_cluster_targets_and_starts_a_session_on_one() {
 
 /// `mirrord exec` of the reconnect probe (tests/services/reconnect_probe.py) on
 /// deployment/payment-api: it serves port 80 (stolen) and asks payment-service every 100 ms.
-fn reconnect_probe(sim: &SimCluster, cfg: &Path) -> Bg {
+fn reconnect_probe(sim: &SimCluster, cfg: &Path, hold: bool) -> Bg {
     let script = service("reconnect_probe.py").display().to_string();
     let mut bg = Bg::spawn(mirrord(
         sim,
@@ -923,6 +923,8 @@ fn reconnect_probe(sim: &SimCluster, cfg: &Path) -> Bg {
             "http://payment-service:8080/",
             // A bound only: every test interrupts it long before.
             "300",
+            "0.1",
+            if hold { "hold" } else { "-" },
         ],
     ));
     match bg.stdout.recv_timeout(WAIT) {
@@ -947,16 +949,19 @@ fn reconnect_probe(sim: &SimCluster, cfg: &Path) -> Bg {
 
 /// The probe's next `n` results (`ok N` / `fail N KIND ...` lines).
 fn probe_results(bg: &mut Bg, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|_| {
-            let line = Bg::wait(&bg.stdout, &mut bg.seen, " ");
-            assert!(
-                line.starts_with("ok ") || line.starts_with("fail "),
-                "{line}"
-            );
-            line
-        })
-        .collect()
+    let mut results = Vec::new();
+    while results.len() < n {
+        let line = Bg::wait(&bg.stdout, &mut bg.seen, " ");
+        if line.starts_with("held ") {
+            continue;
+        }
+        assert!(
+            line.starts_with("ok ") || line.starts_with("fail "),
+            "{line}"
+        );
+        results.push(line);
+    }
+    results
 }
 
 /// After the session said it is ready again: what the probe printed meanwhile is dropped, the
@@ -995,11 +1000,12 @@ fn reconnect_config(sim: &SimCluster, agent: &str) -> PathBuf {
 fn a_dropped_port_forward_is_survived_and_the_steal_resumes() {
     let sim = sim();
     let cfg = reconnect_config(&sim, r#""ttl": 1"#);
-    let mut app = reconnect_probe(&sim, &cfg);
+    let mut app = reconnect_probe(&sim, &cfg, true);
     let (pod, _) = targeted_pod(&sim);
     let ip = sim.pod_ip("payments", &pod).unwrap();
     let url = format!("http://{ip}/stolen");
     assert_eq!(curl(&sim, &url, &[]).0, "local", "stolen before the drop");
+    app.wait_stdout("held open");
     let before = probe_results(&mut app, 10);
     assert!(before.iter().all(|l| l.starts_with("ok ")), "{before:?}");
     let job = the_agent_job(&sim);
@@ -1007,6 +1013,10 @@ fn a_dropped_port_forward_is_survived_and_the_steal_resumes() {
     sim.drop_port_forwards();
     let line = app.wait_stderr("mirrord: reconnecting");
     assert!(line.contains("dropped"), "{line}");
+    // The flow that was open when its port-forward was cut fails as a reset connection (not
+    // an end of stream the program could take for a complete answer, not a hang).
+    let held = app.wait_stdout("held ended");
+    assert!(held.contains(": reset"), "{held}");
     app.wait_stderr("mirrord: ready");
     assert_probe_recovered(&mut app, 10);
     assert_eq!(curl(&sim, &url, &[]).0, "local", "the steal resumed");
@@ -1025,7 +1035,7 @@ fn an_api_server_down_for_10s_hands_traffic_back_then_the_session_resumes() {
     const DOWN: Duration = Duration::from_secs(10);
     let sim = sim();
     let cfg = reconnect_config(&sim, r#""ttl": 1, "communication_timeout": 30"#);
-    let mut app = reconnect_probe(&sim, &cfg);
+    let mut app = reconnect_probe(&sim, &cfg, false);
     let (pod, _) = targeted_pod(&sim);
     let ip = sim.pod_ip("payments", &pod).unwrap();
     let url = format!("http://{ip}/stolen");
@@ -1059,7 +1069,10 @@ fn an_api_server_down_for_10s_hands_traffic_back_then_the_session_resumes() {
         .iter()
         .filter(|l| l.starts_with("fail ") && l.split(' ').nth(2) == Some("dns"))
         .collect();
-    assert!(permanent.is_empty(), "lookups failed for good: {permanent:?}");
+    assert!(
+        permanent.is_empty(),
+        "lookups failed for good: {permanent:?}"
+    );
     assert_eq!(curl(&sim, &url, &[]).0, "local", "the steal resumed");
     assert_eq!(the_agent_job(&sim), job, "the same agent");
 
@@ -1077,7 +1090,7 @@ fn an_api_server_down_past_the_communication_timeout_ends_the_session_and_leaves
     use serde_json::json;
     let sim = sim();
     let cfg = reconnect_config(&sim, r#""ttl": 1, "communication_timeout": 3"#);
-    let mut app = reconnect_probe(&sim, &cfg);
+    let mut app = reconnect_probe(&sim, &cfg, false);
     let (pod, _) = targeted_pod(&sim);
     let ip = sim.pod_ip("payments", &pod).unwrap();
     let url = format!("http://{ip}/stolen");
