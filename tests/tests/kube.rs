@@ -977,6 +977,51 @@ fn assert_probe_recovered(bg: &mut Bg, n: usize) {
     );
 }
 
+/// A daemon (`mirrord-server --stdio`) with one session on deployment/payment-api (no program
+/// launched), ready: the IDE's view of the reconnect.
+fn ide_session(sim: &SimCluster, cfg: &Path) -> (mirrord_tests::lsp_client::RpcClient, String) {
+    use mirrord_tests::lsp_client::{Framing, RpcClient};
+    use serde_json::json;
+    let mut server = sim.dev_cmd(target_dir_bin("mirrord-server"));
+    server
+        .args(["--stdio", "--log-level", "debug", "--log-file"])
+        .arg(sim.workdir().join("daemon.log"))
+        .env("KUBECONFIG", sim.kubeconfig())
+        .env("MIRRORD_RUNTIME_DIR", sim.workdir().join("run-daemon"))
+        .env_remove("MIRRORD_TARGET_NAMESPACE");
+    let d = RpcClient::spawn(
+        "daemon",
+        server,
+        Framing::ContentLength,
+        &sim.workdir().join("daemon.stderr"),
+    )
+    .unwrap();
+    d.call(
+        "initialize",
+        json!({"processId": null, "rootUri": null, "capabilities": {}}),
+    );
+    d.notify("initialized", json!({}));
+    let started = d.call(
+        "mirrord/startSession",
+        json!({"configPath": cfg, "target": "deployment/payment-api",
+               "launch": {"program": "x", "args": [], "cwd": "/", "debuggerType": "x"}}),
+    );
+    let sid = started["sessionId"].as_str().expect("a session").to_owned();
+    d.wait_notification(WAIT, session_changed(&sid, "ready"))
+        .expect("the daemon's session is ready");
+    (d, sid)
+}
+
+/// Matches `mirrord/sessionChanged` of session `sid` to `state`.
+fn session_changed(sid: &str, state: &'static str) -> impl Fn(&Value) -> bool {
+    let sid = sid.to_owned();
+    move |n: &Value| {
+        n["method"] == "mirrord/sessionChanged"
+            && n["params"]["sessionId"] == sid.as_str()
+            && n["params"]["state"] == state
+    }
+}
+
 /// The single agent Job's name.
 fn the_agent_job(sim: &SimCluster) -> String {
     let jobs = agent_jobs(sim, "payments");
@@ -1041,6 +1086,16 @@ fn an_api_server_down_for_10s_hands_traffic_back_then_the_session_resumes() {
     let url = format!("http://{ip}/stolen");
     assert_eq!(curl(&sim, &url, &[]).0, "local", "stolen before the outage");
     let job = the_agent_job(&sim);
+    // The IDE's session on the same target (an agent of its own), through the daemon.
+    let (d, sid) = ide_session(&sim, &cfg);
+    let jobs_before = {
+        let mut j: Vec<Value> = agent_jobs(&sim, "payments")
+            .iter()
+            .map(|j| j["metadata"]["name"].clone())
+            .collect();
+        j.sort_by_key(|v| v.to_string());
+        j
+    };
 
     let down_at = Instant::now();
     sim.take_api_down(DOWN);
@@ -1061,8 +1116,19 @@ fn an_api_server_down_for_10s_hands_traffic_back_then_the_session_resumes() {
     // the middle fails as a reset connection instead).
     Bg::wait(&app.stdout, &mut app.seen, " dns-again ");
 
+    let reconnecting = d
+        .wait_notification(WAIT, session_changed(&sid, "reconnecting"))
+        .expect("the IDE hears of the reconnect");
+    assert_eq!(reconnecting["params"]["reason"], "connection_lost");
+
     app.wait_stderr("mirrord: ready");
     assert!(down_at.elapsed() >= DOWN, "ready only once the API is back");
+    let resumed = d
+        .wait_notification(WAIT, |n| {
+            session_changed(&sid, "ready")(n) && n["params"]["reason"] == "reconnected"
+        })
+        .expect("the IDE hears that the session is back");
+    assert!(down_at.elapsed() >= DOWN, "{resumed}");
     assert_probe_recovered(&mut app, 10);
     let permanent: Vec<&String> = app
         .seen
@@ -1074,11 +1140,18 @@ fn an_api_server_down_for_10s_hands_traffic_back_then_the_session_resumes() {
         "lookups failed for good: {permanent:?}"
     );
     assert_eq!(curl(&sim, &url, &[]).0, "local", "the steal resumed");
-    assert_eq!(the_agent_job(&sim), job, "the same agent");
+    let mut jobs_after: Vec<Value> = agent_jobs(&sim, "payments")
+        .iter()
+        .map(|j| j["metadata"]["name"].clone())
+        .collect();
+    jobs_after.sort_by_key(|v| v.to_string());
+    assert_eq!(jobs_after, jobs_before, "the same agents, no new one");
+    assert!(jobs_after.contains(&Value::from(job)));
 
     let _ = app.interrupt();
     drop(app);
-    assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after the session ended");
+    d.call("mirrord/stopSession", serde_json::json!({"sessionId": sid}));
+    assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after the sessions ended");
 }
 
 /// Issue 17 (2): the API server is down for longer than `agent.communication_timeout`: the
@@ -1086,8 +1159,6 @@ fn an_api_server_down_for_10s_hands_traffic_back_then_the_session_resumes() {
 /// daemon's `sessionChanged`) are told; nothing is left in the cluster.
 #[test]
 fn an_api_server_down_past_the_communication_timeout_ends_the_session_and_leaves_nothing() {
-    use mirrord_tests::lsp_client::{Framing, RpcClient};
-    use serde_json::json;
     let sim = sim();
     let cfg = reconnect_config(&sim, r#""ttl": 1, "communication_timeout": 3"#);
     let mut app = reconnect_probe(&sim, &cfg, false);
@@ -1097,41 +1168,8 @@ fn an_api_server_down_past_the_communication_timeout_ends_the_session_and_leaves
     assert_eq!(curl(&sim, &url, &[]).0, "local", "stolen before the outage");
 
     // The IDE's session on the same target, through the daemon.
-    let mut server = sim.dev_cmd(target_dir_bin("mirrord-server"));
-    server
-        .args(["--stdio", "--log-level", "debug", "--log-file"])
-        .arg(sim.workdir().join("daemon.log"))
-        .env("KUBECONFIG", sim.kubeconfig())
-        .env("MIRRORD_RUNTIME_DIR", sim.workdir().join("run-daemon"))
-        .env_remove("MIRRORD_TARGET_NAMESPACE");
-    let d = RpcClient::spawn(
-        "daemon",
-        server,
-        Framing::ContentLength,
-        &sim.workdir().join("daemon.stderr"),
-    )
-    .unwrap();
-    d.call(
-        "initialize",
-        json!({"processId": null, "rootUri": null, "capabilities": {}}),
-    );
-    d.notify("initialized", json!({}));
-    let started = d.call(
-        "mirrord/startSession",
-        json!({"configPath": cfg, "target": "deployment/payment-api",
-               "launch": {"program": "x", "args": [], "cwd": "/", "debuggerType": "x"}}),
-    );
-    let sid = started["sessionId"].as_str().expect("a session").to_owned();
-    let state = |state: &'static str| {
-        let sid = sid.clone();
-        move |n: &Value| {
-            n["method"] == "mirrord/sessionChanged"
-                && n["params"]["sessionId"] == sid.as_str()
-                && n["params"]["state"] == state
-        }
-    };
-    d.wait_notification(WAIT, state("ready"))
-        .expect("the daemon's session is ready");
+    let (d, sid) = ide_session(&sim, &cfg);
+    let state = |state: &'static str| session_changed(&sid, state);
     assert_eq!(
         agent_jobs(&sim, "payments").len(),
         2,
