@@ -398,6 +398,9 @@ pub struct Reconnect {
     pub give_up_after: Duration,
 }
 
+/// How long a keep-alive ping may go unanswered before its connection counts as dropped.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// First pause between reconnect attempts; it doubles up to [`RECONNECT_MAX_PAUSE`].
 const RECONNECT_FIRST_PAUSE: Duration = Duration::from_millis(100);
 const RECONNECT_MAX_PAUSE: Duration = Duration::from_secs(1);
@@ -420,6 +423,8 @@ pub struct AgentControl {
     link_rx: tokio::sync::watch::Receiver<Link>,
     /// Set when the session ends the agent: its connection closing then is no drop.
     ending: Arc<std::sync::atomic::AtomicBool>,
+    /// keep-alive --"this connection is dead (a ping went unanswered)"--> supervisor
+    stale: Arc<tokio::sync::Notify>,
 }
 
 impl AgentControl {
@@ -454,6 +459,7 @@ impl AgentControl {
         // outlives each connection: the session's receiver stays the same across reconnects.
         let (event_tx, event_rx) = mpsc::channel::<AgentEvent>(1024);
         let ending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stale = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(supervise(
             stream,
             request_rx,
@@ -461,6 +467,7 @@ impl AgentControl {
                 connector: connector.clone(),
                 reconnect,
                 ending: ending.clone(),
+                stale: stale.clone(),
                 pending: pending.clone(),
                 event_tx,
                 link_tx,
@@ -474,6 +481,7 @@ impl AgentControl {
                 timeout,
                 link_rx,
                 ending,
+                stale,
             },
             event_rx,
         ))
@@ -496,13 +504,16 @@ impl AgentControl {
     pub fn keep_alive(&self, every: Duration) {
         // Weak: the pings must not keep the channel open once the session dropped it.
         let request_tx = self.request_tx.downgrade();
-        let (pending, next_id, timeout, link_rx, ending) = (
+        let (pending, next_id, link_rx, ending, stale) = (
             self.pending.clone(),
             self.next_id.clone(),
-            self.timeout,
             self.link_rx.clone(),
             self.ending.clone(),
+            self.stale.clone(),
         );
+        // A ping is answered by the agent's task at once: one that takes this long means the
+        // connection died without a word (a port-forward whose TCP went silent).
+        let timeout = self.timeout.min(PING_TIMEOUT);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -516,10 +527,19 @@ impl AgentControl {
                     timeout,
                     link_rx: link_rx.clone(),
                     ending: ending.clone(),
+                    stale: stale.clone(),
                 };
-                // A failed ping while reconnecting is expected; only a gone agent ends them.
-                if pinger.request(AgentRequest::Ping).await.is_err() && pinger.is_closed() {
-                    return;
+                let up = *link_rx.borrow() == Link::Up;
+                match pinger.request(AgentRequest::Ping).await {
+                    Ok(_) => {}
+                    // A failed ping while reconnecting is expected; only a gone agent ends them.
+                    Err(_) if pinger.is_closed() => return,
+                    Err(e) if up && *link_rx.borrow() == Link::Up => {
+                        tracing::warn!("keep-alive: {e:#}; dropping the connection");
+                        // notify_waiters: no permit is kept for the next connection.
+                        stale.notify_waiters();
+                    }
+                    Err(_) => {}
                 }
             }
         });
@@ -574,6 +594,7 @@ struct LinkParts {
     connector: AgentConnector,
     reconnect: Option<Reconnect>,
     ending: Arc<std::sync::atomic::AtomicBool>,
+    stale: Arc<tokio::sync::Notify>,
     pending: Pending,
     event_tx: mpsc::Sender<AgentEvent>,
     link_tx: tokio::sync::watch::Sender<Link>,
@@ -590,12 +611,17 @@ async fn supervise(
         connector,
         reconnect,
         ending,
+        stale,
         pending,
         event_tx,
         link_tx,
     } = link;
     loop {
-        let session_alive = serve_connection(stream, &mut request_rx, &pending, &event_tx).await;
+        let session_alive = tokio::select! {
+            alive = serve_connection(stream, &mut request_rx, &pending, &event_tx) => alive,
+            // The keep-alive found the connection dead: treated as a drop.
+            _ = stale.notified() => true,
+        };
         // Invariant: nothing asked of a dead connection stays waiting or gets sent later. The
         // callers hear the drop now; requests still queued would reach the next connection
         // after their callers gave up (a subscription nobody knows of).
@@ -822,6 +848,64 @@ mod tests {
             vec![AgentChannel::Control, AgentChannel::ResumeControl]
         );
         assert!(!control.is_closed());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_found_by_the_keep_alive_and_resumed() {
+        let channels = Arc::new(Mutex::new(Vec::new()));
+        let seen = channels.clone();
+        let (connector, dir) = hostile_agent("silent-link", move |mut s| {
+            let seen = seen.clone();
+            async move {
+                let hello: AgentHello = read_frame_async(&mut s).await.unwrap();
+                let first = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(hello.channel.clone());
+                    seen.len() == 1
+                };
+                let welcome = AgentWelcome::Welcome {
+                    version: PROTOCOL_VERSION,
+                    agent_pid: 1,
+                };
+                write_frame_async(&mut s, &welcome).await.unwrap();
+                while let Ok(r) = read_frame_async::<ControlRequest, _>(&mut s).await {
+                    // The first connection goes silent (still open, never answering), as a
+                    // port-forward whose TCP died without a FIN does.
+                    if !first {
+                        let answer = AgentMessage::Response {
+                            id: r.id,
+                            body: AgentResponse::Pong,
+                        };
+                        let _ = write_frame_async(&mut s, &answer).await;
+                    }
+                }
+            }
+        })
+        .await;
+        let policy = Reconnect {
+            give_up_after: Duration::from_secs(10),
+        };
+        let (control, _events) =
+            AgentControl::open_with(&connector, Duration::from_millis(300), Some(policy))
+                .await
+                .unwrap();
+        control.keep_alive(Duration::from_millis(200));
+        let mut link = control.link();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            link.wait_for(|l| *l == Link::Reconnecting).await.unwrap();
+            link.wait_for(|l| *l == Link::Up).await.unwrap();
+        })
+        .await
+        .expect("the keep-alive noticed the silent connection and the channel resumed");
+        assert!(matches!(
+            control.request(AgentRequest::Ping).await,
+            Ok(AgentResponse::Pong)
+        ));
+        assert_eq!(
+            channels.lock().unwrap()[..2],
+            [AgentChannel::Control, AgentChannel::ResumeControl]
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
