@@ -36,6 +36,8 @@ pub struct AgentState {
     pub targetless: bool,
     /// How many control channels are open now; the communication timeout watches it.
     pub sessions: tokio::sync::watch::Sender<usize>,
+    /// Bumped by a resuming control channel: every control channel opened before it ends.
+    pub control_epoch: tokio::sync::watch::Sender<u64>,
     /// control channel --"the session ended"--> main (exits)
     pub shutdown: tokio::sync::Notify,
     /// The target's process, whose environment `AgentRequest::Env` returns.
@@ -57,6 +59,9 @@ impl AgentState {
 
 /// A peer has this long to send its hello; a silent peer must not hold a task forever.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a resuming control channel waits for the channels it replaces to let go.
+const RESUME_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Requests a single control channel may have in flight, so one client cannot make the agent
 /// queue unbounded work.
@@ -151,6 +156,21 @@ async fn handle(mut stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
     .await?;
     match hello.channel {
         AgentChannel::Control => control(stream, state).await,
+        AgentChannel::ResumeControl => {
+            // The session lost its connection; a channel of it may still look open here (a
+            // half-open TCP behind a dead port-forward). End those and wait until they released
+            // their subscriptions, else the session's own steal would refuse its re-subscribe.
+            state.control_epoch.send_modify(|e| *e += 1);
+            let mut sessions = state.sessions.subscribe();
+            if tokio::time::timeout(RESUME_RELEASE_TIMEOUT, sessions.wait_for(|n| *n == 0))
+                .await
+                .is_err()
+            {
+                tracing::warn!("earlier control channels did not end in time");
+            }
+            tracing::info!("the session resumed");
+            control(stream, state).await
+        }
         AgentChannel::Tcp { remote } => outgoing::tcp(stream, remote).await,
         AgentChannel::Udp { remote, dns } => {
             let remote = if dns {
@@ -173,6 +193,10 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
     // Counted while it is open: the communication timeout starts when the last one closes.
     state.sessions.send_modify(|n| *n += 1);
     let _counted = SessionCount(state.clone());
+    // Invariant: a control channel ends when a later one resumes the session, so a session
+    // holds its subscriptions through one channel at a time.
+    let mut epoch_rx = state.control_epoch.subscribe();
+    epoch_rx.borrow_and_update();
     let (mut reader, mut writer) = tokio::io::split(stream);
     // request tasks --AgentMessage--> writer task
     let (message_tx, mut message_rx) = mpsc::channel::<AgentMessage>(64);
@@ -197,7 +221,14 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
         .unwrap_or_else(|p| p.into_inner())
         .push(message_tx.clone());
     let result = loop {
-        let request: ControlRequest = match read_frame_async(&mut reader).await {
+        let read = tokio::select! {
+            read = read_frame_async::<ControlRequest, _>(&mut reader) => read,
+            _ = epoch_rx.changed() => {
+                tracing::info!("a resumed session replaces this control channel");
+                break Ok(());
+            }
+        };
+        let request = match read {
             Ok(r) => r,
             Err(e) if e.is_closed() => break Ok(()),
             Err(e) => break Err(e.into()),

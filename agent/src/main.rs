@@ -140,6 +140,7 @@ fn run() -> Result<()> {
             event_sinks: Default::default(),
             targetless: target.is_targetless(),
             sessions: tokio::sync::watch::Sender::new(0),
+            control_epoch: tokio::sync::watch::Sender::new(0),
             shutdown: tokio::sync::Notify::new(),
             target_pid: target.process_pid(),
             resolver_files: (

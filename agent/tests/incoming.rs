@@ -682,3 +682,54 @@ fn a_new_agent_removes_the_rules_of_dead_agents_and_keeps_live_ones() {
         AgentResponse::Pong
     );
 }
+
+/// Issue 17: a session whose connection dropped resumes with `ResumeControl`. Its earlier
+/// control channel may still look open to the agent (half-open behind a dead port-forward) and
+/// hold a whole-port steal: the resume ends it and releases the port, so the session steals
+/// again instead of being refused as "another session".
+#[test]
+fn a_resuming_control_channel_replaces_a_half_open_one_and_steals_again() {
+    if !can_run("resume", &["ip", "iptables-nft", "ss"]) {
+        return;
+    }
+    const PORT: u16 = 80;
+    let ns = Netns::new("resume");
+    let agent = Agent::start(
+        &ns,
+        "agent",
+        &[("MIRRORD_AGENT_REDIRECT_BACKEND", "iptables-nft")],
+    );
+    let steal = AgentRequest::Subscribe {
+        port: PORT,
+        mode: TrafficMode::Steal,
+        filter: None,
+        tls: None,
+    };
+    let mut old = agent.control();
+    assert_eq!(old.request(steal.clone()), AgentResponse::Subscribed);
+    // Without the resume, a second channel is another session and is refused the port.
+    let mut other = agent.control();
+    assert!(
+        matches!(other.request(steal.clone()), AgentResponse::Error(e) if e.contains("already stolen")),
+        "a plain second control channel must not take a stolen port"
+    );
+    drop(other);
+
+    let mut resumed = Control {
+        stream: agent.channel(AgentChannel::ResumeControl),
+        next: 1,
+        early: Default::default(),
+    };
+    assert_eq!(resumed.request(steal), AgentResponse::Subscribed);
+    // The replaced channel was ended by the agent.
+    let ended = read_frame::<AgentMessage, _>(&mut old.stream);
+    assert!(ended.is_err(), "the old channel still works: {ended:?}");
+    let rules: Vec<_> = ns
+        .redirects("iptables-nft")
+        .into_iter()
+        .filter(|r| r.1 == PORT)
+        .collect();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert!(ns.listening().contains(&rules[0].2), "{rules:?}");
+    assert_eq!(resumed.request(AgentRequest::Ping), AgentResponse::Pong);
+}

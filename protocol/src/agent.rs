@@ -34,6 +34,12 @@ pub enum AgentChannel {
     Incoming {
         id: u64,
     },
+    /// A control channel that resumes the session after its connection dropped (a reconnect
+    /// through a fresh port-forward). The agent serves one session, bound to its token, so the
+    /// token is the session's identity: the agent first ends the session's earlier control
+    /// channels (one may linger half-open) and releases what they held, so the session can
+    /// subscribe again; from then on it is a [`AgentChannel::Control`].
+    ResumeControl,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -181,12 +181,15 @@ pub struct SessionChanged {
 }
 
 /// Where a session is in its life (`listSessions`, `sessionChanged`). On the wire:
-/// `"starting" | "ready" | "error" | "stopped"`.
+/// `"starting" | "ready" | "reconnecting" | "error" | "stopped"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     Starting,
     Ready,
+    /// The connection to the agent dropped: the session keeps its programs running and
+    /// reconnects; `ready` (reason `reconnected`) follows, or `error` when the agent is gone.
+    Reconnecting,
     /// Failed (its agent died); it stops next.
     Error,
     Stopped,
@@ -203,6 +206,10 @@ pub enum ChangeReason {
     ConfigInvalid,
     /// The session's agent exited.
     AgentExited,
+    /// The connection to the agent dropped (state `reconnecting`).
+    ConnectionLost,
+    /// The session reached its agent again and resumed (state `ready`).
+    Reconnected,
 }
 
 /// What kind of failure a `mirrord/*` method reports, in the JSON-RPC error's `data` as

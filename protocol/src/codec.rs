@@ -166,6 +166,9 @@ mod asynchronous {
     ) -> Result<(), CodecError> {
         let frame = encode(msg)?;
         w.write_all(&frame).await?;
+        // A port-forward stream queues each write as a WebSocket message and sends on flush:
+        // without it, a frame (the hello) may never leave.
+        w.flush().await?;
         Ok(())
     }
 }

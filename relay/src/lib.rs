@@ -16,4 +16,4 @@
 pub mod copy;
 pub mod priority;
 
-pub use priority::relay;
+pub use priority::{relay, relay_and_return};

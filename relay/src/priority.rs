@@ -61,25 +61,40 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    relay_and_return(a, b, buffer).await.0
+}
+
+/// [`relay`], giving the streams back at the end (e.g. to reset one when the other failed).
+/// When the bulk task itself is lost (it panicked), the streams are lost with it: the error
+/// says so and the streams are `None`.
+pub async fn relay_and_return<A, B>(a: A, b: B, buffer: usize) -> (io::Result<()>, Option<(A, B)>)
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut relay = Relay::new(a, b, buffer);
     loop {
         match interactive_phase(&mut relay).await {
-            Phase::Ended(result) => return result,
+            Phase::Ended(result) => return (result, Some(relay.into_inner())),
             Phase::TurnedBulk | Phase::TurnedQuiet => {}
         }
         let Some(bulk) = bulk_runtime() else {
             // No bulk runtime (threads could not be made): the flow stays where it is.
-            return (&mut relay).await;
+            let result = (&mut relay).await;
+            return (result, Some(relay.into_inner()));
         };
         tracing::trace!(moved = relay.moved(), "flow turned bulk");
         let task = AbortOnDrop(bulk.spawn(async move {
             let phase = bulk_phase(&mut relay).await;
             (relay, phase)
         }));
-        let (back, phase) = task.join().await?;
+        let (back, phase) = match task.join().await {
+            Ok(done) => done,
+            Err(lost) => return (Err(lost), None),
+        };
         relay = back;
         match phase {
-            Phase::Ended(result) => return result,
+            Phase::Ended(result) => return (result, Some(relay.into_inner())),
             Phase::TurnedQuiet | Phase::TurnedBulk => {
                 tracing::trace!(moved = relay.moved(), "flow turned interactive");
             }

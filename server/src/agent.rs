@@ -162,7 +162,8 @@ impl AgentHandle {
             AgentHandle::Local(p) => p.try_exit().map(|s| format!("the agent exited ({s})")),
             AgentHandle::Kube(k) => control.is_closed().then(|| {
                 format!(
-                    "the connection to the agent in pod {} was lost (the pod may be gone)",
+                    "the connection to the agent in pod {} was lost and could not be made \
+                     again within the agent's communication timeout",
                     k.pod
                 )
             }),
@@ -180,7 +181,10 @@ impl AgentHandle {
             AgentHandle::Kube(k) => {
                 tokio::select! {
                     _ = control.closed() => format!(
-                        "the connection to the agent in pod {} was lost", k.pod
+                        "the connection to the agent in pod {} was lost and could not be made \
+                         again within the agent's communication timeout (the agent removes its \
+                         rules and exits then)",
+                        k.pod
                     ),
                     why = k.wait_gone() => why,
                 }
@@ -196,12 +200,18 @@ impl AgentHandle {
             AgentHandle::Local(p) => p.stop().await,
             AgentHandle::Kube(k) => {
                 if let Some(control) = control {
+                    control.end();
                     // Best effort: an agent that is already gone cannot answer, and the Job's
                     // deletion (or the communication timeout) ends it anyway.
-                    let _ = tokio::time::timeout(
-                        SHUTDOWN_ANSWER_TIMEOUT,
-                        control.request(AgentRequest::Shutdown),
-                    )
+                    // The agent removes its rules before it exits, and its connection closes
+                    // when it exits: waiting for that (bounded) keeps the Job's deletion from
+                    // killing it halfway, which would leave the rules to its guard, a moment
+                    // later than the pod's clients expect.
+                    let _ = tokio::time::timeout(SHUTDOWN_ANSWER_TIMEOUT, async {
+                        if control.request(AgentRequest::Shutdown).await.is_ok() {
+                            control.closed().await;
+                        }
+                    })
                     .await;
                 }
                 k.delete().await
@@ -368,21 +378,53 @@ fn lock_pending(
     p.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Where the control channel to the agent is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Connected: requests go to the agent.
+    Up,
+    /// The connection dropped; a new one is being opened. Requests fail at once (a lookup with
+    /// a temporary error) rather than wait for an agent that cannot hear them.
+    Reconnecting,
+    /// For good: the agent is gone or could not be reached again in time.
+    Gone,
+}
+
+/// How a dropped control channel is re-opened: attempts with growing pauses until
+/// `give_up_after` has passed since the drop (the agent's communication timeout, after which
+/// it has removed its rules and exited, so there is nothing to resume).
+#[derive(Debug, Clone, Copy)]
+pub struct Reconnect {
+    pub give_up_after: Duration,
+}
+
+/// How long a keep-alive ping may go unanswered before its connection counts as dropped.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// First pause between reconnect attempts; it doubles up to [`RECONNECT_MAX_PAUSE`].
+const RECONNECT_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const RECONNECT_MAX_PAUSE: Duration = Duration::from_secs(1);
+
 /// The control channel to the agent. Requests from many layer connections share it; answers are
-/// matched by id.
+/// matched by id. With a [`Reconnect`] policy it survives a dropped connection: it opens a new
+/// one ([`AgentChannel::ResumeControl`]) and carries on with the same agent.
 #[derive(Clone)]
 pub struct AgentControl {
-    /// callers --(id, request)--> channel writer task. Bounded: when full, callers wait (within
-    /// their request timeout) for the writer.
+    /// callers --(id, request)--> the connection's writer. Bounded: when full, callers wait
+    /// (within their request timeout) for the writer.
     request_tx: mpsc::Sender<ControlRequest>,
-    /// Invariant: a slot lives from its request until its answer, the channel's end or the
-    /// request's timeout, whichever comes first; so an agent that never answers leaves nothing
-    /// behind.
+    /// Invariant: a slot lives from its request until its answer, the connection's end or the
+    /// request's timeout, whichever comes first; so an agent that never answers (or a
+    /// connection that dropped) leaves nothing behind.
     pending: Pending,
     next_id: Arc<std::sync::atomic::AtomicU64>,
     timeout: Duration,
-    /// channel reader task --"closed"--> whoever watches the agent's health
-    closed_rx: tokio::sync::watch::Receiver<bool>,
+    /// supervisor task --link state--> requests, the session, whoever watches the agent
+    link_rx: tokio::sync::watch::Receiver<Link>,
+    /// Set when the session ends the agent: its connection closing then is no drop.
+    ending: Arc<std::sync::atomic::AtomicBool>,
+    /// keep-alive --"this connection is dead (a ping went unanswered)"--> supervisor
+    stale: Arc<tokio::sync::Notify>,
 }
 
 impl AgentControl {
@@ -390,7 +432,7 @@ impl AgentControl {
     pub async fn open(
         connector: &AgentConnector,
     ) -> Result<(AgentControl, mpsc::Receiver<AgentEvent>)> {
-        Self::open_with_timeout(connector, REQUEST_TIMEOUT).await
+        Self::open_with(connector, REQUEST_TIMEOUT, None).await
     }
 
     /// [`AgentControl::open`] with another bound on each request.
@@ -398,59 +440,62 @@ impl AgentControl {
         connector: &AgentConnector,
         timeout: Duration,
     ) -> Result<(AgentControl, mpsc::Receiver<AgentEvent>)> {
+        Self::open_with(connector, timeout, None).await
+    }
+
+    /// Opens the channel; with `reconnect`, a dropped connection is re-opened (see [`Link`]).
+    pub async fn open_with(
+        connector: &AgentConnector,
+        timeout: Duration,
+        reconnect: Option<Reconnect>,
+    ) -> Result<(AgentControl, mpsc::Receiver<AgentEvent>)> {
         let stream = connector.open(AgentChannel::Control).await?;
-        let (mut reader, mut writer) = tokio::io::split(stream);
-        let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
-        let (request_tx, mut request_rx) = mpsc::channel::<ControlRequest>(256);
+        let (link_tx, link_rx) = tokio::sync::watch::channel(Link::Up);
+        let (request_tx, request_rx) = mpsc::channel::<ControlRequest>(256);
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         // agent --events--> session (incoming connections to deliver). Bounded: when full, this
         // channel's reader waits, and the agent's own queue towards us fills; the agent then
-        // serves announced connections from the target itself (its pick-up timeout).
+        // serves announced connections from the target itself (its pick-up timeout). It
+        // outlives each connection: the session's receiver stays the same across reconnects.
         let (event_tx, event_rx) = mpsc::channel::<AgentEvent>(1024);
-        tokio::spawn(async move {
-            while let Some(request) = request_rx.recv().await {
-                if write_frame_async(&mut writer, &request).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let pending_r = pending.clone();
-        tokio::spawn(async move {
-            loop {
-                match read_frame_async::<AgentMessage, _>(&mut reader).await {
-                    Ok(AgentMessage::Response { id, body }) => {
-                        let slot = lock_pending(&pending_r)
-                            .as_mut()
-                            .and_then(|m| m.remove(&id));
-                        if let Some(tx) = slot {
-                            let _ = tx.send(body);
-                        }
-                    }
-                    Ok(AgentMessage::Event(event)) => {
-                        if event_tx.send(event).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!("agent control channel closed: {e}");
-                        break;
-                    }
-                }
-            }
-            // Dropping the senders wakes every waiting caller with an error.
-            lock_pending(&pending_r).take();
-            let _ = closed_tx.send(true);
-        });
+        let ending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stale = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(supervise(
+            stream,
+            request_rx,
+            LinkParts {
+                connector: connector.clone(),
+                reconnect,
+                ending: ending.clone(),
+                stale: stale.clone(),
+                pending: pending.clone(),
+                event_tx,
+                link_tx,
+            },
+        ));
         Ok((
             AgentControl {
                 request_tx,
                 pending,
                 next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
                 timeout,
-                closed_rx,
+                link_rx,
+                ending,
+                stale,
             },
             event_rx,
         ))
+    }
+
+    /// The session is ending its agent: from now on a closed connection is not reconnected.
+    pub fn end(&self) {
+        self.ending
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The state of the connection to the agent, as it changes.
+    pub fn link(&self) -> tokio::sync::watch::Receiver<Link> {
+        self.link_rx.clone()
     }
 
     /// Pings the agent every `every` while the channel is used by anyone else, so that an idle
@@ -459,12 +504,16 @@ impl AgentControl {
     pub fn keep_alive(&self, every: Duration) {
         // Weak: the pings must not keep the channel open once the session dropped it.
         let request_tx = self.request_tx.downgrade();
-        let (pending, next_id, timeout, closed_rx) = (
+        let (pending, next_id, link_rx, ending, stale) = (
             self.pending.clone(),
             self.next_id.clone(),
-            self.timeout,
-            self.closed_rx.clone(),
+            self.link_rx.clone(),
+            self.ending.clone(),
+            self.stale.clone(),
         );
+        // A ping is answered by the agent's task at once: one that takes this long means the
+        // connection died without a word (a port-forward whose TCP went silent).
+        let timeout = self.timeout.min(PING_TIMEOUT);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -476,25 +525,36 @@ impl AgentControl {
                     pending: pending.clone(),
                     next_id: next_id.clone(),
                     timeout,
-                    closed_rx: closed_rx.clone(),
+                    link_rx: link_rx.clone(),
+                    ending: ending.clone(),
+                    stale: stale.clone(),
                 };
-                if pinger.request(AgentRequest::Ping).await.is_err() {
-                    return;
+                let up = *link_rx.borrow() == Link::Up;
+                match pinger.request(AgentRequest::Ping).await {
+                    Ok(_) => {}
+                    // A failed ping while reconnecting is expected; only a gone agent ends them.
+                    Err(_) if pinger.is_closed() => return,
+                    Err(e) if up && *link_rx.borrow() == Link::Up => {
+                        tracing::warn!("keep-alive: {e:#}; dropping the connection");
+                        // notify_waiters: no permit is kept for the next connection.
+                        stale.notify_waiters();
+                    }
+                    Err(_) => {}
                 }
             }
         });
     }
 
-    /// Whether the channel to the agent has closed.
+    /// Whether the channel to the agent has closed for good.
     pub fn is_closed(&self) -> bool {
-        *self.closed_rx.borrow()
+        *self.link_rx.borrow() == Link::Gone
     }
 
-    /// Resolves once the channel to the agent has closed.
+    /// Resolves once the channel to the agent has closed for good.
     pub async fn closed(&self) {
-        let mut rx = self.closed_rx.clone();
-        // An error means the reader task is gone, which is a close too.
-        let _ = rx.wait_for(|closed| *closed).await;
+        let mut rx = self.link_rx.clone();
+        // An error means the supervisor task is gone, which is a close too.
+        let _ = rx.wait_for(|l| *l == Link::Gone).await;
     }
 
     pub async fn request(&self, body: AgentRequest) -> Result<AgentResponse> {
@@ -502,6 +562,9 @@ impl AgentControl {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (answer_tx, answer_rx) = oneshot::channel();
+        if *self.link_rx.borrow() == Link::Reconnecting {
+            bail!("the connection to the agent dropped; reconnecting");
+        }
         match lock_pending(&self.pending).as_mut() {
             Some(map) => map.insert(id, answer_tx),
             None => bail!("the agent is gone"),
@@ -523,6 +586,144 @@ impl AgentControl {
                 self.timeout.as_secs_f32()
             )
         })?
+    }
+}
+
+/// What the control channel's supervisor task works with, besides the connection and requests.
+struct LinkParts {
+    connector: AgentConnector,
+    reconnect: Option<Reconnect>,
+    ending: Arc<std::sync::atomic::AtomicBool>,
+    stale: Arc<tokio::sync::Notify>,
+    pending: Pending,
+    event_tx: mpsc::Sender<AgentEvent>,
+    link_tx: tokio::sync::watch::Sender<Link>,
+}
+
+/// Runs the control channel's connections, one at a time: the first, then (with `reconnect`)
+/// each one that replaces a dropped one.
+async fn supervise(
+    mut stream: AgentStream,
+    mut request_rx: mpsc::Receiver<ControlRequest>,
+    link: LinkParts,
+) {
+    let LinkParts {
+        connector,
+        reconnect,
+        ending,
+        stale,
+        pending,
+        event_tx,
+        link_tx,
+    } = link;
+    loop {
+        let session_alive = tokio::select! {
+            alive = serve_connection(stream, &mut request_rx, &pending, &event_tx) => alive,
+            // The keep-alive found the connection dead: treated as a drop.
+            _ = stale.notified() => true,
+        };
+        // Invariant: nothing asked of a dead connection stays waiting or gets sent later. The
+        // callers hear the drop now; requests still queued would reach the next connection
+        // after their callers gave up (a subscription nobody knows of).
+        if let Some(map) = lock_pending(&pending).as_mut() {
+            map.clear();
+        }
+        while request_rx.try_recv().is_ok() {}
+        let ended = ending.load(std::sync::atomic::Ordering::Relaxed);
+        let Some(policy) = reconnect.filter(|_| session_alive && !ended) else {
+            break;
+        };
+        link_tx.send_replace(Link::Reconnecting);
+        tracing::warn!("the connection to the agent dropped; reconnecting");
+        match reopen(&connector, policy, &ending).await {
+            Some(s) => {
+                // Requests that raced the drop were answered with errors already.
+                while request_rx.try_recv().is_ok() {}
+                stream = s;
+                tracing::info!("reconnected to the agent");
+                link_tx.send_replace(Link::Up);
+            }
+            None => break,
+        }
+    }
+    // Dropping the senders wakes every waiting caller with an error.
+    lock_pending(&pending).take();
+    link_tx.send_replace(Link::Gone);
+}
+
+/// Opens a resuming control channel, with growing pauses, until `policy` gives up.
+async fn reopen(
+    connector: &AgentConnector,
+    policy: Reconnect,
+    ending: &std::sync::atomic::AtomicBool,
+) -> Option<AgentStream> {
+    let deadline = tokio::time::Instant::now() + policy.give_up_after;
+    let mut pause = RECONNECT_FIRST_PAUSE;
+    loop {
+        if ending.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let attempt =
+            tokio::time::timeout_at(deadline, connector.open(AgentChannel::ResumeControl));
+        match attempt.await {
+            Ok(Ok(stream)) => return Some(stream),
+            Ok(Err(e)) => tracing::debug!("reconnecting to the agent: {e:#}"),
+            Err(_) => {}
+        }
+        if tokio::time::Instant::now() + pause >= deadline {
+            tracing::warn!(
+                "the agent could not be reached again within {}s; giving up",
+                policy.give_up_after.as_secs()
+            );
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RECONNECT_MAX_PAUSE);
+    }
+}
+
+/// Carries one connection's requests and answers until it ends. False when the session no
+/// longer listens to the agent's events (nothing to reconnect for).
+async fn serve_connection(
+    stream: AgentStream,
+    request_rx: &mut mpsc::Receiver<ControlRequest>,
+    pending: &Pending,
+    event_tx: &mpsc::Sender<AgentEvent>,
+) -> bool {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let write = async {
+        while let Some(request) = request_rx.recv().await {
+            if write_frame_async(&mut writer, &request).await.is_err() {
+                return true;
+            }
+        }
+        // Every AgentControl is gone: the session ended.
+        false
+    };
+    let read = async {
+        loop {
+            match read_frame_async::<AgentMessage, _>(&mut reader).await {
+                Ok(AgentMessage::Response { id, body }) => {
+                    let slot = lock_pending(pending).as_mut().and_then(|m| m.remove(&id));
+                    if let Some(tx) = slot {
+                        let _ = tx.send(body);
+                    }
+                }
+                Ok(AgentMessage::Event(event)) => {
+                    if event_tx.send(event).await.is_err() {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("agent control connection closed: {e}");
+                    return true;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        alive = write => alive,
+        alive = read => alive,
     }
 }
 
@@ -581,6 +782,161 @@ mod tests {
             lock_pending(&control.pending).as_ref().map(|m| m.len()),
             Some(0)
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// An agent that answers pings; the first control connection it cuts after its first
+    /// answer (a dropped port-forward), the later ones must be resumes.
+    async fn flaky_agent(name: &str) -> (AgentConnector, PathBuf, Arc<Mutex<Vec<AgentChannel>>>) {
+        let channels = Arc::new(Mutex::new(Vec::new()));
+        let seen = channels.clone();
+        let (connector, dir) = hostile_agent(name, move |mut s| {
+            let seen = seen.clone();
+            async move {
+                let hello: AgentHello = read_frame_async(&mut s).await.unwrap();
+                let first = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(hello.channel.clone());
+                    seen.len() == 1
+                };
+                let welcome = AgentWelcome::Welcome {
+                    version: PROTOCOL_VERSION,
+                    agent_pid: 1,
+                };
+                write_frame_async(&mut s, &welcome).await.unwrap();
+                while let Ok(r) = read_frame_async::<ControlRequest, _>(&mut s).await {
+                    let answer = AgentMessage::Response {
+                        id: r.id,
+                        body: AgentResponse::Pong,
+                    };
+                    if write_frame_async(&mut s, &answer).await.is_err() || first {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        (connector, dir, channels)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_control_connection_is_resumed_and_requests_work_again() {
+        let (connector, dir, channels) = flaky_agent("flaky").await;
+        let policy = Reconnect {
+            give_up_after: Duration::from_secs(10),
+        };
+        let (control, _events) =
+            AgentControl::open_with(&connector, Duration::from_secs(5), Some(policy))
+                .await
+                .unwrap();
+        let mut link = control.link();
+        // The first answer comes, then the agent cuts the connection.
+        assert!(matches!(
+            control.request(AgentRequest::Ping).await,
+            Ok(AgentResponse::Pong)
+        ));
+        link.wait_for(|l| *l == Link::Reconnecting)
+            .await
+            .expect("the drop is noticed");
+        link.wait_for(|l| *l == Link::Up).await.expect("resumed");
+        assert!(matches!(
+            control.request(AgentRequest::Ping).await,
+            Ok(AgentResponse::Pong)
+        ));
+        assert_eq!(
+            *channels.lock().unwrap(),
+            vec![AgentChannel::Control, AgentChannel::ResumeControl]
+        );
+        assert!(!control.is_closed());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_found_by_the_keep_alive_and_resumed() {
+        let channels = Arc::new(Mutex::new(Vec::new()));
+        let seen = channels.clone();
+        let (connector, dir) = hostile_agent("silent-link", move |mut s| {
+            let seen = seen.clone();
+            async move {
+                let hello: AgentHello = read_frame_async(&mut s).await.unwrap();
+                let first = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(hello.channel.clone());
+                    seen.len() == 1
+                };
+                let welcome = AgentWelcome::Welcome {
+                    version: PROTOCOL_VERSION,
+                    agent_pid: 1,
+                };
+                write_frame_async(&mut s, &welcome).await.unwrap();
+                while let Ok(r) = read_frame_async::<ControlRequest, _>(&mut s).await {
+                    // The first connection goes silent (still open, never answering), as a
+                    // port-forward whose TCP died without a FIN does.
+                    if !first {
+                        let answer = AgentMessage::Response {
+                            id: r.id,
+                            body: AgentResponse::Pong,
+                        };
+                        let _ = write_frame_async(&mut s, &answer).await;
+                    }
+                }
+            }
+        })
+        .await;
+        let policy = Reconnect {
+            give_up_after: Duration::from_secs(10),
+        };
+        let (control, _events) =
+            AgentControl::open_with(&connector, Duration::from_millis(300), Some(policy))
+                .await
+                .unwrap();
+        control.keep_alive(Duration::from_millis(200));
+        let mut link = control.link();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            link.wait_for(|l| *l == Link::Reconnecting).await.unwrap();
+            link.wait_for(|l| *l == Link::Up).await.unwrap();
+        })
+        .await
+        .expect("the keep-alive noticed the silent connection and the channel resumed");
+        assert!(matches!(
+            control.request(AgentRequest::Ping).await,
+            Ok(AgentResponse::Pong)
+        ));
+        assert_eq!(
+            channels.lock().unwrap()[..2],
+            [AgentChannel::Control, AgentChannel::ResumeControl]
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_stays_unreachable_is_given_up_and_requests_fail_at_once() {
+        let (connector, dir, _) = flaky_agent("gone").await;
+        let policy = Reconnect {
+            give_up_after: Duration::from_millis(800),
+        };
+        let (control, _events) =
+            AgentControl::open_with(&connector, Duration::from_secs(5), Some(policy))
+                .await
+                .unwrap();
+        // The agent's socket goes away: every reconnect attempt fails.
+        let AgentConnector::Unix { path, .. } = &connector else {
+            unreachable!()
+        };
+        std::fs::remove_file(path).unwrap();
+        let _ = control.request(AgentRequest::Ping).await;
+        let mut link = control.link();
+        link.wait_for(|l| *l == Link::Reconnecting).await.unwrap();
+        // While reconnecting, a request fails without waiting for its timeout.
+        let started = std::time::Instant::now();
+        let e = control.request(AgentRequest::Ping).await.unwrap_err();
+        assert!(format!("{e}").contains("reconnecting"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        tokio::time::timeout(Duration::from_secs(10), control.closed())
+            .await
+            .expect("given up within its bound");
+        assert!(control.is_closed());
+        assert!(control.request(AgentRequest::Ping).await.is_err());
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -1,6 +1,6 @@
 //! `mirrord exec`: a session around one command.
 
-use crate::session::{Session, SessionOptions};
+use crate::session::{Connection, Session, SessionOptions};
 use anyhow::{Context, Result};
 use std::os::unix::process::ExitStatusExt;
 
@@ -105,6 +105,30 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
             return Ok(code);
         }
     };
+    // One line for each change of the connection to the agent (a cluster agent's port-forward
+    // may drop; the command keeps running while the session reconnects).
+    let mut connection = session.connection.clone();
+    let connection_lines = tokio::spawn(async move {
+        while connection.changed().await.is_ok() {
+            let state = connection.borrow_and_update().clone();
+            match state {
+                Connection::Reconnecting => eprintln!(
+                    "mirrord: reconnecting: the connection to the agent dropped (the command \
+                     keeps running; its lookups and new connections fail meanwhile)"
+                ),
+                Connection::Ready => {
+                    eprintln!(
+                        "mirrord: ready: reconnected, the session resumed with the same agent"
+                    )
+                }
+                Connection::ResumedWithErrors(why) => {
+                    eprintln!("mirrord: ready: reconnected to the same agent, but {why}")
+                }
+                // wait_exit below says why.
+                Connection::Lost => return,
+            }
+        }
+    });
     // The terminal delivers Ctrl-C to the whole foreground group, the command included; the CLI
     // itself waits for the command to finish rather than dying first.
     let interrupts = tokio::spawn(async {
@@ -139,6 +163,7 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
         }
     };
     interrupts.abort();
+    connection_lines.abort();
     session.stop().await;
     Ok(status
         .code()

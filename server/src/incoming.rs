@@ -306,6 +306,63 @@ impl IncomingRouter {
         }
     }
 
+    /// The session reached its agent again after a dropped connection: the agent released
+    /// every subscription when the connection went (handing the pod its traffic back), so
+    /// each port someone still listens for is subscribed again. Ports the agent refuses now
+    /// are reported and dropped (keeping the invariant on `listening`).
+    pub async fn resubscribe(&self, control: &AgentControl) -> Result<(), String> {
+        let _changing = self.changes.lock().await;
+        let ports: Vec<(u16, bool)> = lock(&self.listening)
+            .iter()
+            .map(|(port, e)| (*port, e.listeners.iter().any(|l| l.observer.is_some())))
+            .collect();
+        let mut failures = Vec::new();
+        for (port, observed) in ports {
+            let mode = match (observed, self.config.mode) {
+                (true, _) => TrafficMode::Observe,
+                (false, IncomingMode::Steal) => TrafficMode::Steal,
+                (false, _) => TrafficMode::Mirror,
+            };
+            let filter = match mode {
+                TrafficMode::Steal if self.config.http_filter.applies_to(port) => {
+                    self.config.http_filter.to_filter()
+                }
+                _ => None,
+            };
+            let request = AgentRequest::Subscribe {
+                port,
+                mode,
+                filter,
+                tls: self.tls_of(port),
+            };
+            let why = match control.request(request).await {
+                Ok(AgentResponse::Subscribed) => {
+                    tracing::info!(port, ?mode, "port subscribed again");
+                    continue;
+                }
+                Ok(AgentResponse::Error(e)) => e,
+                Ok(other) => format!("unexpected agent answer {other:?}"),
+                Err(e) => format!("{e:#}"),
+            };
+            lock(&self.listening).remove(&port);
+            self.traffic.emit(TrafficEvent::PortSubscription {
+                time: now_ms(),
+                port,
+                mode: mode_name(mode).into(),
+                active: false,
+            });
+            failures.push(format!("port {port}: {why}"));
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "after the reconnect, the agent refused: {}",
+                failures.join("; ")
+            ))
+        }
+    }
+
     /// Ports this session's processes currently receive.
     pub fn ports(&self) -> Vec<u16> {
         let mut p: Vec<u16> = lock(&self.listening).keys().copied().collect();

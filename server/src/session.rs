@@ -1,7 +1,7 @@
 //! A session: one target, one agent, one layer proxy, and the environment that makes a program
 //! join it.
 
-use crate::agent::{AgentConnector, AgentControl, AgentHandle, AgentProcess};
+use crate::agent::{AgentConnector, AgentControl, AgentHandle, AgentProcess, Link, Reconnect};
 use crate::incoming::IncomingRouter;
 use crate::proxy::{LayerProxy, ProxyShared};
 use crate::traffic::TrafficLog;
@@ -29,6 +29,20 @@ pub struct SessionOptions {
     pub progress: Option<Arc<crate::kube::ProgressFn>>,
 }
 
+/// Whether the session reaches its agent, for the people watching (`mirrord exec`'s lines,
+/// the daemon's `sessionChanged`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connection {
+    Ready,
+    /// The connection to a cluster agent dropped; programs keep running while the session
+    /// reconnects (their lookups fail with `EAI_AGAIN`, their new flows with errors).
+    Reconnecting,
+    /// Reconnected, but some ports could not be subscribed again (why).
+    ResumedWithErrors(String),
+    /// The agent is gone for good.
+    Lost,
+}
+
 pub struct Session {
     pub id: String,
     token: String,
@@ -39,6 +53,8 @@ pub struct Session {
     pub proxy: LayerProxy,
     /// Live state of the session (processes, ports, traffic).
     pub shared: Arc<ProxyShared>,
+    /// session --connection changes--> `mirrord exec`, the daemon
+    pub connection: tokio::sync::watch::Receiver<Connection>,
     config_json: String,
     layer_path: PathBuf,
     /// The target process's environment (empty unless `feature.env` is on).
@@ -75,6 +91,49 @@ async fn fetch_target_env(
         AgentResponse::Env(vars) => Ok(vars),
         AgentResponse::Error(e) => anyhow::bail!("feature.env: {e}"),
         other => anyhow::bail!("feature.env: the agent answered {other:?}"),
+    }
+}
+
+/// Turns the control channel's link changes into the session's [`Connection`], subscribing the
+/// session's ports again after each reconnect (before it says `Ready`, so that a steal is in
+/// place again when people are told the session is back).
+async fn follow_link(
+    control: AgentControl,
+    incoming: Arc<IncomingRouter>,
+    traffic: Arc<TrafficLog>,
+    connection_tx: tokio::sync::watch::Sender<Connection>,
+) {
+    let mut link = control.link();
+    loop {
+        if link.changed().await.is_err() {
+            return;
+        }
+        let state = *link.borrow_and_update();
+        match state {
+            Link::Reconnecting => {
+                traffic.emit(mirrord_protocol::api::TrafficEvent::Error {
+                    time: mirrord_protocol::api::now_ms(),
+                    message: "the connection to the agent dropped; reconnecting".into(),
+                });
+                connection_tx.send_replace(Connection::Reconnecting);
+            }
+            Link::Up => match incoming.resubscribe(&control).await {
+                Ok(()) => {
+                    connection_tx.send_replace(Connection::Ready);
+                }
+                Err(why) => {
+                    traffic.emit(mirrord_protocol::api::TrafficEvent::Error {
+                        time: mirrord_protocol::api::now_ms(),
+                        message: why.clone(),
+                    });
+                    connection_tx.send_replace(Connection::ResumedWithErrors(why));
+                }
+            },
+            Link::Gone => {
+                connection_tx.send_replace(Connection::Lost);
+                return;
+            }
+        }
     }
 }
 
@@ -124,7 +183,22 @@ impl Session {
             };
             (AgentHandle::Local(agent), connector)
         };
-        let (control, event_rx) = match AgentControl::open(&connector).await {
+        // A cluster agent is reached through the API server, which may drop the port-forward
+        // (restarts, idle timeouts, a laptop's sleep): the session reconnects until the agent's
+        // communication timeout has passed, after which the agent has cleaned up and exited.
+        let reconnect = match &agent {
+            AgentHandle::Kube(_) => Some(Reconnect {
+                give_up_after: std::time::Duration::from_secs(
+                    u64::from(opts.config.agent.communication_timeout.unwrap_or(
+                        mirrord_protocol::config::AgentConfig::DEFAULT_COMMUNICATION_TIMEOUT,
+                    )) + 1,
+                ),
+            }),
+            AgentHandle::Local(_) => None,
+        };
+        let opened =
+            AgentControl::open_with(&connector, crate::agent::REQUEST_TIMEOUT, reconnect).await;
+        let (control, event_rx) = match opened {
             Ok(c) => c,
             Err(e) => {
                 // Invariant: a failed start leaves no agent behind (a cluster agent's Job
@@ -155,6 +229,13 @@ impl Session {
             }
         };
         tokio::spawn(incoming.clone().run(event_rx, connector.clone()));
+        let (connection_tx, connection_rx) = tokio::sync::watch::channel(Connection::Ready);
+        tokio::spawn(follow_link(
+            control.clone(),
+            incoming.clone(),
+            traffic.clone(),
+            connection_tx,
+        ));
         let shared = Arc::new(ProxyShared {
             token: token.clone(),
             connector,
@@ -201,6 +282,7 @@ impl Session {
             control,
             proxy,
             shared,
+            connection: connection_rx,
             config_json,
             layer_path: opts.layer_path,
             target_env,

@@ -39,10 +39,10 @@ fn error_kinds() -> Vec<ErrorKind> {
 
 fn session_states() -> Vec<SessionState> {
     use SessionState::*;
-    let all = vec![Starting, Ready, Error, Stopped];
+    let all = vec![Starting, Ready, Reconnecting, Error, Stopped];
     for s in &all {
         match s {
-            Starting | Ready | Error | Stopped => {}
+            Starting | Ready | Reconnecting | Error | Stopped => {}
         }
     }
     all

@@ -901,24 +901,316 @@ fn the_daemon_lists_cluster_targets_and_starts_a_session_on_one() {
     assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after stopSession");
 }
 
-/// The API server cuts every port-forward (as a restarting API server or proxy does): the
-/// session reports that it lost its agent instead of hanging, and its end still removes the
-/// agent.
-#[test]
-fn a_cut_port_forward_is_reported_and_the_agent_still_goes() {
-    let sim = sim();
-    let cfg = config(&sim, "ttl.json", r#"{"agent": {"ttl": 1}}"#);
-    let mut session = hold_session(
-        &sim,
-        "deployment/payment-api",
-        &["-f", cfg.to_str().unwrap()],
+/// `mirrord exec` of the reconnect probe (tests/services/reconnect_probe.py) on
+/// deployment/payment-api: it serves port 80 (stolen) and asks payment-service every 100 ms.
+fn reconnect_probe(sim: &SimCluster, cfg: &Path, hold: bool) -> Bg {
+    let script = service("reconnect_probe.py").display().to_string();
+    let mut bg = Bg::spawn(mirrord(
+        sim,
+        &[
+            "exec",
+            "-t",
+            "deployment/payment-api",
+            "-n",
+            "payments",
+            "-f",
+            cfg.to_str().unwrap(),
+            "--",
+            PY,
+            "-B",
+            &script,
+            "80",
+            "http://payment-service:8080/",
+            // A bound only: every test interrupts it long before.
+            "300",
+            "0.1",
+            if hold { "hold" } else { "-" },
+        ],
+    ));
+    match bg.stdout.recv_timeout(WAIT) {
+        Ok(l) if l.starts_with("listening") => bg,
+        other => {
+            let (status, err) = bg.wait_exit();
+            let agents: Vec<Option<String>> = sim
+                .agent_pods()
+                .iter()
+                .map(|p| {
+                    let name = p["metadata"]["name"].as_str().unwrap_or_default();
+                    let ns = p["metadata"]["namespace"].as_str().unwrap_or_default();
+                    sim.pod_log(ns, name, "mirrord-agent")
+                })
+                .collect();
+            panic!(
+                "the probe did not start: {other:?}; {status}; stderr: {err}; agents: {agents:?}"
+            )
+        }
+    }
+}
+
+/// The probe's next `n` results (`ok N` / `fail N KIND ...` lines).
+fn probe_results(bg: &mut Bg, n: usize) -> Vec<String> {
+    let mut results = Vec::new();
+    while results.len() < n {
+        let line = Bg::wait(&bg.stdout, &mut bg.seen, " ");
+        if line.starts_with("held ") {
+            continue;
+        }
+        assert!(
+            line.starts_with("ok ") || line.starts_with("fail "),
+            "{line}"
+        );
+        results.push(line);
+    }
+    results
+}
+
+/// After the session said it is ready again: what the probe printed meanwhile is dropped, the
+/// attempt that may have started during the outage is skipped, and the next `n` must all work.
+fn assert_probe_recovered(bg: &mut Bg, n: usize) {
+    let during: Vec<String> = bg.stdout.try_iter().collect();
+    bg.seen.extend(during);
+    let _in_flight = probe_results(bg, 1);
+    let after = probe_results(bg, n);
+    assert!(
+        after.iter().all(|l| l.starts_with("ok ")),
+        "requests fail after the reconnect: {after:?}"
     );
+}
+
+/// A daemon (`mirrord-server --stdio`) with one session on deployment/payment-api (no program
+/// launched), ready: the IDE's view of the reconnect.
+fn ide_session(sim: &SimCluster, cfg: &Path) -> (mirrord_tests::lsp_client::RpcClient, String) {
+    use mirrord_tests::lsp_client::{Framing, RpcClient};
+    use serde_json::json;
+    let mut server = sim.dev_cmd(target_dir_bin("mirrord-server"));
+    server
+        .args(["--stdio", "--log-level", "debug", "--log-file"])
+        .arg(sim.workdir().join("daemon.log"))
+        .env("KUBECONFIG", sim.kubeconfig())
+        .env("MIRRORD_RUNTIME_DIR", sim.workdir().join("run-daemon"))
+        .env_remove("MIRRORD_TARGET_NAMESPACE");
+    let d = RpcClient::spawn(
+        "daemon",
+        server,
+        Framing::ContentLength,
+        &sim.workdir().join("daemon.stderr"),
+    )
+    .unwrap();
+    d.call(
+        "initialize",
+        json!({"processId": null, "rootUri": null, "capabilities": {}}),
+    );
+    d.notify("initialized", json!({}));
+    let started = d.call(
+        "mirrord/startSession",
+        json!({"configPath": cfg, "target": "deployment/payment-api",
+               "launch": {"program": "x", "args": [], "cwd": "/", "debuggerType": "x"}}),
+    );
+    let sid = started["sessionId"].as_str().expect("a session").to_owned();
+    d.wait_notification(WAIT, session_changed(&sid, "ready"))
+        .expect("the daemon's session is ready");
+    (d, sid)
+}
+
+/// Matches `mirrord/sessionChanged` of session `sid` to `state`.
+fn session_changed(sid: &str, state: &'static str) -> impl Fn(&Value) -> bool {
+    let sid = sid.to_owned();
+    move |n: &Value| {
+        n["method"] == "mirrord/sessionChanged"
+            && n["params"]["sessionId"] == sid.as_str()
+            && n["params"]["state"] == state
+    }
+}
+
+/// The single agent Job's name.
+fn the_agent_job(sim: &SimCluster) -> String {
+    let jobs = agent_jobs(sim, "payments");
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    jobs[0]["metadata"]["name"].as_str().unwrap().to_owned()
+}
+
+/// A steal config for the reconnect tests.
+fn reconnect_config(sim: &SimCluster, agent: &str) -> PathBuf {
+    config(
+        sim,
+        "reconnect.json",
+        &format!(r#"{{"agent": {{{agent}}}, "feature": {{"network": {{"incoming": "steal"}}}}}}"#),
+    )
+}
+
+/// Issue 17 (1): the API server cuts every port-forward once (as a restarting proxy does): the
+/// program keeps running, its requests fail at most during the outage, the session resumes with
+/// the same agent and its steal works again.
+#[test]
+fn a_dropped_port_forward_is_survived_and_the_steal_resumes() {
+    let sim = sim();
+    let cfg = reconnect_config(&sim, r#""ttl": 1"#);
+    let mut app = reconnect_probe(&sim, &cfg, true);
+    let (pod, _) = targeted_pod(&sim);
+    let ip = sim.pod_ip("payments", &pod).unwrap();
+    let url = format!("http://{ip}/stolen");
+    assert_eq!(curl(&sim, &url, &[]).0, "local", "stolen before the drop");
+    app.wait_stdout("held open");
+    let before = probe_results(&mut app, 10);
+    assert!(before.iter().all(|l| l.starts_with("ok ")), "{before:?}");
+    let job = the_agent_job(&sim);
+
     sim.drop_port_forwards();
-    let lost = session.wait_stderr("was lost");
-    assert!(lost.contains("can no longer reach the target"), "{lost}");
-    let _ = session.interrupt();
-    drop(session);
+    let line = app.wait_stderr("mirrord: reconnecting");
+    assert!(line.contains("dropped"), "{line}");
+    // The flow that was open when its port-forward was cut fails as a reset connection (not
+    // an end of stream the program could take for a complete answer, not a hang).
+    let held = app.wait_stdout("held ended");
+    assert!(held.contains(": reset"), "{held}");
+    app.wait_stderr("mirrord: ready");
+    assert_probe_recovered(&mut app, 10);
+    assert_eq!(curl(&sim, &url, &[]).0, "local", "the steal resumed");
+    assert_eq!(the_agent_job(&sim), job, "the same agent");
+
+    let _ = app.interrupt();
+    drop(app);
     assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after the session ended");
+}
+
+/// Issue 17 (2, 3): the API server is down for 10 s, then back. Meanwhile the pod answers what
+/// the steal took, and the program's lookups fail with EAI_AGAIN; then the session resumes with
+/// the same agent and steals again.
+#[test]
+fn an_api_server_down_for_10s_hands_traffic_back_then_the_session_resumes() {
+    const DOWN: Duration = Duration::from_secs(10);
+    let sim = sim();
+    let cfg = reconnect_config(&sim, r#""ttl": 1, "communication_timeout": 30"#);
+    let mut app = reconnect_probe(&sim, &cfg, false);
+    let (pod, _) = targeted_pod(&sim);
+    let ip = sim.pod_ip("payments", &pod).unwrap();
+    let url = format!("http://{ip}/stolen");
+    assert_eq!(curl(&sim, &url, &[]).0, "local", "stolen before the outage");
+    let job = the_agent_job(&sim);
+    // The IDE's session on the same target (an agent of its own), through the daemon.
+    let (d, sid) = ide_session(&sim, &cfg);
+    let jobs_before = {
+        let mut j: Vec<Value> = agent_jobs(&sim, "payments")
+            .iter()
+            .map(|j| j["metadata"]["name"].clone())
+            .collect();
+        j.sort_by_key(|v| v.to_string());
+        j
+    };
+
+    let down_at = Instant::now();
+    sim.take_api_down(DOWN);
+    app.wait_stderr("mirrord: reconnecting");
+    // The agent hands the port back when it sees its session go, which it learns from its
+    // own side of the cut connection: poll (bounded) for the pod's own answer.
+    let mut by = String::new();
+    for _ in 0..50 {
+        by = curl(&sim, &url, &[]).0;
+        if by == pod {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(by, pod, "the pod answers while no session is connected");
+    assert!(down_at.elapsed() < DOWN, "checked during the outage");
+    // The program keeps running; its lookups fail with a temporary error (a request caught in
+    // the middle fails as a reset connection instead).
+    Bg::wait(&app.stdout, &mut app.seen, " dns-again ");
+
+    let reconnecting = d
+        .wait_notification(WAIT, session_changed(&sid, "reconnecting"))
+        .expect("the IDE hears of the reconnect");
+    assert_eq!(reconnecting["params"]["reason"], "connection_lost");
+
+    app.wait_stderr("mirrord: ready");
+    assert!(down_at.elapsed() >= DOWN, "ready only once the API is back");
+    let resumed = d
+        .wait_notification(WAIT, |n| {
+            session_changed(&sid, "ready")(n) && n["params"]["reason"] == "reconnected"
+        })
+        .expect("the IDE hears that the session is back");
+    assert!(down_at.elapsed() >= DOWN, "{resumed}");
+    assert_probe_recovered(&mut app, 10);
+    let permanent: Vec<&String> = app
+        .seen
+        .iter()
+        .filter(|l| l.starts_with("fail ") && l.split(' ').nth(2) == Some("dns"))
+        .collect();
+    assert!(
+        permanent.is_empty(),
+        "lookups failed for good: {permanent:?}"
+    );
+    assert_eq!(curl(&sim, &url, &[]).0, "local", "the steal resumed");
+    let mut jobs_after: Vec<Value> = agent_jobs(&sim, "payments")
+        .iter()
+        .map(|j| j["metadata"]["name"].clone())
+        .collect();
+    jobs_after.sort_by_key(|v| v.to_string());
+    assert_eq!(jobs_after, jobs_before, "the same agents, no new one");
+    assert!(jobs_after.contains(&Value::from(job)));
+
+    let _ = app.interrupt();
+    drop(app);
+    d.call("mirrord/stopSession", serde_json::json!({"sessionId": sid}));
+    assert_agents_gone_within(&sim, Duration::from_secs(1 + 5), "after the sessions ended");
+}
+
+/// Issue 17 (2): the API server is down for longer than `agent.communication_timeout`: the
+/// agent removes its rules and exits; the program (through `mirrord exec`) and the IDE (the
+/// daemon's `sessionChanged`) are told; nothing is left in the cluster.
+#[test]
+fn an_api_server_down_past_the_communication_timeout_ends_the_session_and_leaves_nothing() {
+    let sim = sim();
+    let cfg = reconnect_config(&sim, r#""ttl": 1, "communication_timeout": 3"#);
+    let mut app = reconnect_probe(&sim, &cfg, false);
+    let (pod, _) = targeted_pod(&sim);
+    let ip = sim.pod_ip("payments", &pod).unwrap();
+    let url = format!("http://{ip}/stolen");
+    assert_eq!(curl(&sim, &url, &[]).0, "local", "stolen before the outage");
+
+    // The IDE's session on the same target, through the daemon.
+    let (d, sid) = ide_session(&sim, &cfg);
+    let state = |state: &'static str| session_changed(&sid, state);
+    assert_eq!(
+        agent_jobs(&sim, "payments").len(),
+        2,
+        "one agent per session"
+    );
+
+    // Longer than the agents' communication timeout (3 s) and the sessions' patience (3 + 1 s).
+    sim.take_api_down(Duration::from_secs(8));
+    app.wait_stderr("mirrord: reconnecting");
+    let reconnecting = d
+        .wait_notification(WAIT, state("reconnecting"))
+        .expect("the IDE hears of the reconnect");
+    assert_eq!(reconnecting["params"]["reason"], "connection_lost");
+    let lost = app.wait_stderr("could not be made again");
+    assert!(lost.contains("can no longer reach the target"), "{lost}");
+    let error = d
+        .wait_notification(WAIT, state("error"))
+        .expect("the IDE hears that the session is over");
+    assert!(
+        error["params"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("communication timeout")),
+        "{error}"
+    );
+    assert!(
+        d.notifications()
+            .iter()
+            .filter(|n| n["method"] == "mirrord/sessionChanged"
+                && n["params"]["sessionId"] == sid.as_str())
+            .all(|n| n["params"]["reason"] != "reconnected"),
+        "no resume after the agent gave up"
+    );
+    // Both agents removed their rules and exited: their Jobs and pods go (their ttl, or the
+    // sessions' own deletion once the API is back).
+    assert_agents_gone_within(&sim, Duration::from_secs(8 + 10), "after the timeout");
+    assert_eq!(
+        curl(&sim, &url, &[]).0,
+        pod,
+        "the pod serves its port again"
+    );
+    let _ = app.interrupt();
 }
 
 /// The namespace comes from `-n`, else `MIRRORD_TARGET_NAMESPACE`, else `target.namespace`, else

@@ -12,6 +12,7 @@ import {
   StartSessionResult,
   TrafficHistoryResult,
 } from './logic/api';
+import { SessionConnections, statusLook } from './logic/connection';
 import { defaultConfigPath, defaultConfigText } from './logic/config';
 import { applySession, decide, LaunchConfig, startSessionParams } from './logic/launch';
 import { isNoTargetError, namespaceItems, pickerItems, rememberTarget, SWITCH_NAMESPACE } from './logic/targets';
@@ -42,14 +43,15 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   status.name = 'mirrord';
   status.command = 'mirrord.toggle';
   context.subscriptions.push(status);
+  const connections = new SessionConnections();
   const drawStatus = () => {
     const on = isEnabled();
-    status.text = on ? '$(pass-filled) mirrord' : '$(circle-large-outline) mirrord';
-    status.tooltip = on
-      ? 'mirrord is on for this workspace: launches get the target\'s network. Click to turn it off.'
-      : 'mirrord is off for this workspace. Click to turn it on.';
-    status.accessibilityInformation = { label: on ? 'mirrord: on' : 'mirrord: off', role: 'button' };
-    status.backgroundColor = on ? new vscode.ThemeColor('statusBarItem.warningBackground') : undefined;
+    const look = statusLook(on, connections.count());
+    status.text = look.text;
+    status.tooltip = look.tooltip;
+    const label = connections.count() > 0 ? 'mirrord: reconnecting' : on ? 'mirrord: on' : 'mirrord: off';
+    status.accessibilityInformation = { label, role: 'button' };
+    status.backgroundColor = look.warning ? new vscode.ThemeColor('statusBarItem.warningBackground') : undefined;
     void vscode.commands.executeCommand('setContext', 'mirrord.enabled', on);
     status.show();
   };
@@ -105,6 +107,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     }),
     srv.onSessionChanged((n) => {
       output.appendLine(`[mirrord] session ${n.sessionId}: ${n.state}${n.message ? ` — ${n.message}` : ''}`);
+      if (connections.update(n.sessionId, n.state)) {
+        drawStatus();
+      }
       if (n.state === 'error') {
         void vscode.window.showErrorMessage(`mirrord: ${n.message ?? `session ${n.sessionId} failed`}`, 'Show Log').then((c) => {
           if (c) {
@@ -113,7 +118,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
         });
       } else if (n.message && n.reason === 'config_invalid') {
         void vscode.window.showWarningMessage(`mirrord: ${n.message}`);
-      } else if (n.message && n.reason === 'config_changed') {
+      } else if (n.message && (n.reason === 'config_changed' || n.reason === 'reconnected')) {
         vscode.window.setStatusBarMessage(`mirrord: ${n.message}`, 8000);
       }
       refreshSoon();

@@ -99,6 +99,8 @@ struct ManagedSession {
     notifier: Arc<dyn Notifier>,
     /// Debug from the browser: set when the session steals with a header filter.
     browser: Option<mirrord_protocol::api::BrowserSetup>,
+    /// session --connection to its agent--> `sessionChanged` (reconnecting / ready)
+    connection: tokio::sync::watch::Receiver<crate::session::Connection>,
 }
 
 impl ManagedSession {
@@ -278,7 +280,12 @@ impl Daemon {
         let reusable = self
             .sessions()
             .values()
-            .find(|s| s.owner == client && s.key == key && s.state() == SessionState::Ready)
+            .find(|s| {
+                // A reconnecting session comes back by itself: a new launch joins it.
+                s.owner == client
+                    && s.key == key
+                    && matches!(s.state(), SessionState::Ready | SessionState::Reconnecting)
+            })
             .cloned();
         if let Some(s) = reusable {
             tracing::info!(session = %s.id, "launch reuses the running session");
@@ -380,6 +387,7 @@ impl Daemon {
             shared: session.shared.clone(),
             agent_pid: session.agent.pid(),
             agent_desc: session.agent.describe(),
+            connection: session.connection.clone(),
             session: tokio::sync::Mutex::new(Some(session)),
             notifier: notifier.clone(),
             browser,
@@ -421,6 +429,48 @@ impl Daemon {
                         tracing::warn!(session = %session_id, "traffic view dropped {n} events");
                     }
                     Err(_) => return,
+                }
+            }
+        });
+        let mut connection = s.connection.clone();
+        let followed = s.clone();
+        tokio::spawn(async move {
+            use crate::session::Connection;
+            while connection.changed().await.is_ok() {
+                let now = connection.borrow_and_update().clone();
+                // Invariant: a stopped or failed session stays so; only a live one moves
+                // between ready and reconnecting.
+                if matches!(
+                    followed.state(),
+                    SessionState::Stopped | SessionState::Error
+                ) {
+                    return;
+                }
+                match now {
+                    Connection::Reconnecting => followed.set_state(
+                        SessionState::Reconnecting,
+                        Some(format!(
+                            "the connection to the {} dropped; reconnecting (programs keep \
+                             running; their lookups and new connections fail meanwhile)",
+                            followed.agent_desc
+                        )),
+                        Some(ChangeReason::ConnectionLost),
+                    ),
+                    Connection::Ready => followed.set_state(
+                        SessionState::Ready,
+                        Some(format!("reconnected to the {}", followed.agent_desc)),
+                        Some(ChangeReason::Reconnected),
+                    ),
+                    Connection::ResumedWithErrors(why) => followed.set_state(
+                        SessionState::Ready,
+                        Some(format!(
+                            "reconnected to the {}, but {why}",
+                            followed.agent_desc
+                        )),
+                        Some(ChangeReason::Reconnected),
+                    ),
+                    // The supervisor below reports the agent's end.
+                    Connection::Lost => return,
                 }
             }
         });

@@ -11,6 +11,11 @@
 //! - **mirrord pid/**: the same client under `mirrord exec -t pid/<the pod's process>`: the
 //!   agent spawned on this machine, no API in the path (the transport of the other sections).
 //!
+//! - **reconnect** (mirrord only): the reconnect probe (`services/reconnect_probe.py`) asks
+//!   payment-service every 10 ms under `mirrord exec`; the API server goes down for
+//!   [`OUTAGE`] (every port-forward cut, new connections refused); the figure is the time from
+//!   the outage's end to the first answer after it.
+//!
 //! Nothing connects from the root namespace to a cluster address: the direct client runs in
 //! the pod, the others in dev, which reaches nothing but the API.
 
@@ -40,6 +45,8 @@ const BULK_GETS: usize = 2;
 const BULK_MIB: usize = 100;
 /// The goal of issue 11 (point 4): keep-alive p99 during the download ≤ 3× alone.
 const HOL_GOAL: f64 = 3.0;
+/// How long the API server is down in the reconnect measurement.
+const OUTAGE: std::time::Duration = std::time::Duration::from_secs(2);
 /// The system Python (the `python3` on PATH may be a pyenv shim).
 const PY: &str = "/usr/bin/python3";
 
@@ -193,6 +200,36 @@ pub fn figures(p: &Params, f: &mut Vec<Figure>) {
         )
         .baseline("direct"),
     );
+    f.push(
+        Figure::new(
+            "k8s.reconnect",
+            s,
+            "reconnect: outage end → first request served",
+            "ms",
+            Better::Lower,
+        )
+        .note(&format!(
+            "mirrord only: `services/reconnect_probe.py` asks payment-service (a new \
+             connection and lookup each time) every 10 ms under `mirrord exec -t {TARGET}`; \
+             the simulated API server goes down for {} s (every port-forward cut, new \
+             connections closed on accept), so the session loses its agent connection and \
+             reconnects with backoff. The time from the end of the outage (CLOCK_MONOTONIC) to \
+             the probe's first answer after it (its CLOCK_MONOTONIC): the reconnect backoff's \
+             wait, a new port-forward, the resume and the re-subscribes, then one request.",
+            OUTAGE.as_secs()
+        )),
+    );
+}
+
+/// Seconds of CLOCK_MONOTONIC, the clock Python's `time.monotonic()` reads.
+fn monotonic_now() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// The simulated Kubernetes cluster and what the section needs on it.
@@ -361,7 +398,79 @@ impl KubeBench {
             )?);
             head_of_line(figs, v.name(), run, r)?;
         }
+        check_interrupted()?;
+        match self.reconnect_ms() {
+            Ok(ms) => figs.put("k8s.reconnect", "mirrord", run, ms),
+            Err(e) => figs.fail("k8s.reconnect", "mirrord", run, &format!("{e:#}")),
+        }
         Ok(())
+    }
+
+    /// One reconnect measurement (see the module docs): milliseconds from the end of an API
+    /// outage to the first request served after it.
+    fn reconnect_ms(&self) -> Result<f64> {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let probe = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("services")
+            .join("reconnect_probe.py");
+        let mut cmd = self.sim.dev_cmd(&self.bins.mirrord);
+        cmd.args(["exec", "-t", TARGET, "-n", NS, "--", PY, "-B"])
+            .arg(&probe)
+            // No port of its own; 60 s at most (it is killed as soon as it answered).
+            .args(["0", &format!("http://{SVC}/"), "60", "0.01"])
+            .env("KUBECONFIG", self.sim.kubeconfig())
+            .env("MIRRORD_RUNTIME_DIR", self.sim.workdir().join("run"))
+            .env_remove("MIRRORD_TARGET_NAMESPACE")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .process_group(0);
+        no_proxy(&mut cmd);
+        let mut child = cmd.spawn().context("starting the reconnect probe")?;
+        // Killed (its whole group: mirrord and the probe) however this ends.
+        struct Group(std::process::Child);
+        impl Drop for Group {
+            fn drop(&mut self) {
+                // SAFETY: the process group this function created.
+                unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+                let _ = self.0.wait();
+            }
+        }
+        let stdout = child.stdout.take().context("piped stdout")?;
+        let _group = Group(child);
+        let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let next_ok = |after: f64| -> Result<f64> {
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let line = line_rx
+                    .recv_timeout(left)
+                    .context("the probe said nothing more in time")?;
+                let mut words = line.split_whitespace();
+                if words.next() == Some("ok") {
+                    let t: f64 = words.nth(1).context("ok N T")?.parse()?;
+                    if t > after {
+                        return Ok(t);
+                    }
+                }
+            }
+        };
+        next_ok(0.0).context("the probe never got an answer before the outage")?;
+        let outage_end = monotonic_now() + OUTAGE.as_secs_f64();
+        self.sim.take_api_down(OUTAGE);
+        let served = next_ok(outage_end).context("no answer after the outage")?;
+        Ok((served - outage_end) * 1000.0)
     }
 }
 

@@ -12,7 +12,8 @@
 //! Faults, by hand: on SIGUSR1 it reads `<state-dir>/faults.json` and makes the cluster behave
 //! that way (everything not named is switched off):
 //! `{"forbid": [["create", "jobs", "payments"]], "fail_image_pull": ["IMAGE"],
-//!   "delete_job_pods": true, "latency_ms": 200, "drop_port_forwards": true}`.
+//!   "delete_job_pods": true, "latency_ms": 200, "drop_port_forwards": true,
+//!   "api_down_ms": 10000}`.
 
 use std::fs;
 use std::path::PathBuf;
@@ -163,6 +164,7 @@ fn apply_faults(sim: &SimCluster, path: &std::path::Path) -> Result<()> {
         "delete_job_pods",
         "latency_ms",
         "drop_port_forwards",
+        "api_down_ms",
     ];
     if let Some(unknown) = f
         .as_object()
@@ -198,6 +200,9 @@ fn apply_faults(sim: &SimCluster, path: &std::path::Path) -> Result<()> {
     ));
     if f["drop_port_forwards"].as_bool().unwrap_or(false) {
         sim.drop_port_forwards();
+    }
+    if let Some(ms) = f["api_down_ms"].as_u64() {
+        sim.take_api_down(std::time::Duration::from_millis(ms));
     }
     Ok(())
 }

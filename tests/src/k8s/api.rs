@@ -95,8 +95,15 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        // The "API down" fault: the connection is closed before a byte is read.
+        if sim.faults.api_is_down() {
+            drop(tcp);
+            continue;
+        }
         let _ = tcp.set_nodelay(true);
         let (acceptor, sim) = (acceptor.clone(), sim.clone());
+        let mut downs = sim.faults.api_downs();
+        downs.borrow_and_update();
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
@@ -106,10 +113,14 @@ pub(crate) async fn serve(
                 async move { Ok::<_, Infallible>(handle(sim, req).await) }
             });
             // A client that sends garbage loses its connection only.
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
-                .with_upgrades()
-                .await;
+                .with_upgrades();
+            tokio::select! {
+                _ = conn => {}
+                // The "API down" fault cuts the connections open at that moment.
+                _ = downs.changed() => {}
+            }
         });
     }
 }

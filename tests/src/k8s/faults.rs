@@ -1,6 +1,6 @@
 //! Misbehaviour that tests switch on at runtime, as real clusters misbehave: RBAC denials,
 //! image pulls that fail, Pod Security admission deleting a starting pod, port-forward
-//! connections dropped, a slow API.
+//! connections dropped, an API server that is down for a while, a slow API.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -17,12 +17,16 @@ struct State {
     failing_images: HashSet<String>,
     delete_job_pods: bool,
     latency: Duration,
+    /// The API server is down until then: new connections are closed at once.
+    down_until: Option<std::time::Instant>,
 }
 
 pub(crate) struct Faults {
     state: Mutex<State>,
     /// faults --generation of "drop every port-forward now"--> port-forward connections
     drop_pf_tx: watch::Sender<u64>,
+    /// faults --generation of "the API server went down"--> every API connection
+    down_tx: watch::Sender<u64>,
 }
 
 impl Faults {
@@ -30,6 +34,7 @@ impl Faults {
         Faults {
             state: Mutex::new(State::default()),
             drop_pf_tx: watch::channel(0).0,
+            down_tx: watch::channel(0).0,
         }
     }
 
@@ -95,5 +100,25 @@ impl Faults {
 
     pub fn port_forward_drops(&self) -> watch::Receiver<u64> {
         self.drop_pf_tx.subscribe()
+    }
+
+    /// The API server goes down for `period`, as a restarting one does: every connection
+    /// open now (port-forwards, watches, kept-alive requests) is cut without a goodbye, and
+    /// connections made before `period` has passed are closed as soon as they are accepted.
+    pub fn take_api_down(&self, period: Duration) {
+        lock(&self.state).down_until = Some(std::time::Instant::now() + period);
+        self.drop_pf_tx.send_modify(|g| *g += 1);
+        self.down_tx.send_modify(|g| *g += 1);
+    }
+
+    /// Whether the API server is down now.
+    pub fn api_is_down(&self) -> bool {
+        lock(&self.state)
+            .down_until
+            .is_some_and(|until| std::time::Instant::now() < until)
+    }
+
+    pub fn api_downs(&self) -> watch::Receiver<u64> {
+        self.down_tx.subscribe()
     }
 }

@@ -50,7 +50,9 @@
 //!   `fail_image_pull(image)` / `restore_image_pull(image)` (ErrImagePull then
 //!   ImagePullBackOff), `delete_job_pods(bool)` (every pod a Job creates is deleted right after
 //!   it is created, as when Pod Security admission rejects it), `drop_port_forwards()` (every
-//!   port-forward connection open now is cut, once), `set_api_latency(Duration)` (added to every
+//!   port-forward connection open now is cut, once), `take_api_down(Duration)` (the API server
+//!   goes down for that long as a restart does: every open connection, port-forwards included,
+//!   is cut, and new ones are closed on accept until the period ends), `set_api_latency(Duration)` (added to every
 //!   API response), `clear_faults()` (all of them off). `k8s-sim` (and so `./scripts/cluster
 //!   fault`) applies the same faults from a JSON file on SIGUSR1.
 //!
@@ -636,6 +638,11 @@ impl SimCluster {
     /// Cuts every port-forward connection open now (later ones work).
     pub fn drop_port_forwards(&self) {
         self.sim.faults.drop_port_forwards();
+    }
+    /// The API server goes down for `period`: every connection open now is cut, and new ones
+    /// are closed on accept until `period` has passed.
+    pub fn take_api_down(&self, period: Duration) {
+        self.sim.faults.take_api_down(period);
     }
     /// Clears every fault ([`SimCluster::forbid`], [`SimCluster::fail_image_pull`],
     /// [`SimCluster::delete_job_pods`], [`SimCluster::set_api_latency`]).

@@ -46,10 +46,15 @@ export interface ProcessInfo {
 }
 
 /** Mirrors `SessionState` in protocol/src/api.rs. */
-export type SessionState = 'starting' | 'ready' | 'error' | 'stopped';
+export type SessionState = 'starting' | 'ready' | 'reconnecting' | 'error' | 'stopped';
 
 /** Mirrors `ChangeReason` in protocol/src/api.rs: why a `sessionChanged` was sent. */
-export type ChangeReason = 'config_changed' | 'config_invalid' | 'agent_exited';
+export type ChangeReason =
+  | 'config_changed'
+  | 'config_invalid'
+  | 'agent_exited'
+  | 'connection_lost'
+  | 'reconnected';
 
 /**
  * Mirrors `ErrorKind` in protocol/src/api.rs: the kind of a `mirrord/*` method's failure, in the

@@ -16,6 +16,8 @@ import java.util.concurrent.CopyOnWriteArrayList;
 public final class SessionsModel {
     public static final String STARTING = "starting";
     public static final String READY = "ready";
+    /** The connection to the agent dropped; the daemon reconnects ("ready" follows, or "error"). */
+    public static final String RECONNECTING = "reconnecting";
     public static final String ERROR = "error";
     public static final String STOPPED = "stopped";
     /** The daemon that owned the session died; so did the session. */
