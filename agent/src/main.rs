@@ -77,6 +77,7 @@ fn main() {
 fn run() -> Result<()> {
     let args = Args::parse();
     mirrord_agent::init_logging();
+    mirrord_agent::raise_open_files();
 
     let token = std::env::var(TOKEN_ENV).with_context(|| format!("{TOKEN_ENV} is not set"))?;
     if token.len() < 16 {

@@ -38,6 +38,7 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
     };
     let env = session.launch_env(std::env::var("LD_PRELOAD").ok().as_deref());
     let mut command = tokio::process::Command::new(program);
+    crate::limits::restore_in_child(&mut command);
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         if program_env

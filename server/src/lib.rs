@@ -15,6 +15,7 @@ pub mod http_sniff;
 pub mod https_delivery;
 pub mod incoming;
 pub mod kube;
+pub mod limits;
 pub mod paths;
 pub mod proxy;
 pub mod remote_env;

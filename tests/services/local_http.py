@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import os
+import resource
 import sys
 import time
 from http.server import BaseHTTPRequestHandler
@@ -23,6 +24,10 @@ args.add_argument("--delay", type=float, default=0.0)
 args.add_argument("--name", default="local")
 args.add_argument("--bind", default="0.0.0.0")
 opts = args.parse_args()
+
+# Load tests hold 1,000+ connections at once (a server in a pod usually has a high limit).
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

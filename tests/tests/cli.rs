@@ -398,3 +398,33 @@ fn a_missing_layer_or_agent_names_the_command_that_builds_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The session raises its own open-file limit (it needs two descriptors per flow) but the
+/// program starts with the limit `mirrord exec` was given.
+#[test]
+fn the_program_keeps_the_open_file_limit_it_was_given() {
+    let c = Cluster::start().unwrap();
+    let target = format!("pid/{}", c.pod_pid());
+    let mut cmd = mirrord(
+        &c,
+        &["exec", "-t", &target, "--", "/bin/sh", "-c", "ulimit -Sn"],
+    );
+    // SAFETY: two system calls between fork and exec, nothing allocated.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur = lim.rlim_max.min(1000);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+            Ok(())
+        });
+    }
+    let out = run(cmd);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "1000");
+}

@@ -1153,3 +1153,121 @@ fn an_idle_session_ends_by_itself() {
         "{sessions}"
     );
 }
+
+/// `http_mix.py` from the client namespace: `count` requests over `conns` keep-alive
+/// connections, request i of a kind going to `<path>/<i>` (see the script); returns its summary.
+fn http_mix(c: &Cluster, count: usize, conns: usize, kinds: &str) -> Value {
+    let mut cmd = c.client(PY);
+    no_proxy(&mut cmd)
+        .arg("-B")
+        .arg(service("http_mix.py"))
+        .arg(Cluster::POD_IP.to_string())
+        .arg("80")
+        .arg(count.to_string())
+        .arg(conns.to_string())
+        .arg(kinds);
+    let out = ok(run(cmd));
+    serde_json::from_str(out.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Waits until `count(lines)` reaches `n` (or WAIT passed) and returns the last count.
+fn wait_count(n: usize, mut count: impl FnMut() -> usize) -> usize {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = count();
+        if got >= n || Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 14, point 4: `mirrord dump` (observing the port beside the session) and the IDE traffic
+/// panel (`mirrord/traffic` of the session) show every request, in every incoming mode: mirror,
+/// unfiltered steal and filtered steal (the panel shows the requests the session got; dump all
+/// of them). 200 requests over 4 keep-alive connections per mode, each counted by its own path.
+#[test]
+fn dump_and_the_traffic_panel_show_every_request_in_every_mode() {
+    const N: usize = 200;
+    let c = Cluster::start().unwrap();
+    let d = stdio_daemon(&c, "daemon");
+    let target = format!("pid/{}", c.pod_pid());
+    let modes = [
+        ("mirror", r#"{"feature":{"network":{"incoming":"mirror"}}}"#),
+        ("steal", STEAL),
+        (
+            "filtered",
+            r#"{"feature":{"network":{"incoming":{"mode":"steal",
+                "http_filter":{"header_filter":"x-user: alice"}}}}}"#,
+        ),
+    ];
+    for (mode, config) in modes {
+        let cfg = write(&c, &format!("{mode}.json"), config);
+        let started = start_session(&d, json!({"target": target, "configPath": cfg}));
+        let sid = session_id(&started);
+        let mut app = local_app(&c, &started, 80);
+        let mut dump = c
+            .spawn({
+                let mut cmd = c.dev(target_dir_bin("mirrord"));
+                cmd.args(["dump", "-t", &target, "-p", "80", "--json"])
+                    .env("MIRRORD_RUNTIME_DIR", c.workdir().join("run"));
+                cmd
+            })
+            .unwrap();
+        dump.wait_stderr_line("watching port(s) 80", WAIT).unwrap();
+        let prefix = format!("/every/{mode}");
+        let (kinds, to_session) = match mode {
+            "mirror" => (
+                format!(r#"[{{"method":"GET","path":"{prefix}","expect":"pod"}}]"#),
+                N,
+            ),
+            "steal" => (
+                format!(r#"[{{"method":"GET","path":"{prefix}","expect":"local"}}]"#),
+                N,
+            ),
+            _ => (
+                format!(
+                    r#"[{{"method":"GET","path":"{prefix}/a","headers":{{"x-user":"alice"}},"expect":"local"}},
+                        {{"method":"GET","path":"{prefix}/b","expect":"pod"}}]"#
+                ),
+                0,
+            ),
+        };
+        let s = http_mix(&c, N, 4, &kinds);
+        assert_eq!(
+            (&s["sent"], &s["ok"]),
+            (&json!(N), &json!(N)),
+            "{mode}: {s}"
+        );
+        // The filtered steal gets the alice requests only (the PRNG picks the kinds).
+        let to_session = if to_session == 0 {
+            s["by"]["local"].as_u64().unwrap() as usize
+        } else {
+            to_session
+        };
+        let on_path = |e: &Value| {
+            e["type"] == "incoming_request"
+                && e["path"].as_str().is_some_and(|p| p.starts_with(&prefix))
+        };
+        let dumped = wait_count(N, || {
+            dump.stdout_lines()
+                .iter()
+                .filter(|l| serde_json::from_str::<Value>(l).is_ok_and(|e| on_path(&e)))
+                .count()
+        });
+        let panel = wait_count(to_session, || {
+            traffic_events(&d, &sid)
+                .iter()
+                .filter(|e| on_path(e))
+                .count()
+        });
+        assert_eq!(dumped, N, "{mode}: requests in mirrord dump");
+        assert_eq!(panel, to_session, "{mode}: requests in the traffic panel");
+        dump.kill().unwrap();
+        app.kill().unwrap();
+        assert_eq!(
+            d.call("mirrord/stopSession", json!({"sessionId": sid})),
+            json!({})
+        );
+    }
+}

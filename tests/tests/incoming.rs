@@ -918,3 +918,95 @@ fn ipv6_clients_are_stolen_too() {
     let (by, _) = curl_pod(&c, "/v4", &[]);
     assert_eq!(by, "local");
 }
+
+/// 1,000 connections opened at once from the client namespace, each sending one request only
+/// after all of them connected (so all 1,000 are stolen at the same time); each answer must come
+/// from the program in dev. Bounded by the script's socket timeouts and a 120 s deadline.
+const THOUSAND_CLIENTS: &str = r#"
+import asyncio, resource, sys
+N = int(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if soft < N + 64:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, N + 256), hard))
+async def main():
+    connected = 0
+    all_in = asyncio.Event()
+    errors = []
+    async def one(i):
+        nonlocal connected
+        w = None
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection("10.244.0.10", 80), 20)
+        except Exception as e:
+            errors.append(f"connect {i}: {e!r}")
+        connected += 1
+        if connected == N:
+            all_in.set()
+        await asyncio.wait_for(all_in.wait(), 60)
+        if w is None:
+            return
+        try:
+            w.write(f"GET /c/{i} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n".encode())
+            await w.drain()
+            resp = await asyncio.wait_for(r.read(), 60)
+            want = f"local: GET /c/{i}\n".encode()
+            if b"x-served-by: local" not in resp.lower() or not resp.endswith(want):
+                errors.append(f"answer {i}: {resp[:200]!r}")
+        except Exception as e:
+            errors.append(f"request {i}: {e!r}")
+        finally:
+            w.close()
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(N))), 120)
+    print(f"errors {len(errors)}", errors[:5])
+asyncio.run(main())
+"#;
+
+/// Issue 14, point 3: 1,000 concurrent connections to a stolen port, 0 errors.
+#[test]
+fn a_thousand_concurrent_connections_are_stolen_without_errors() {
+    const N: usize = 1000;
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "steal.json",
+        r#"{"feature":{"network":{"incoming":"steal"}}}"#,
+    );
+    let mut cmd = local_app_cmd(&c, &cfg, 80, &[]);
+    // The usual soft open-file limit (1,024; this machine's may be higher): the session and the
+    // agent need ~2 descriptors per stolen connection and must raise their own limit.
+    // SAFETY: one system call between fork and exec, nothing allocated.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_max >= 4096 {
+                lim.rlim_cur = 1024;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+            Ok(())
+        });
+    }
+    let mut app = c.spawn(cmd).unwrap();
+    app.wait_line("listening", WAIT).unwrap();
+    let mut cmd = c.client(PY);
+    no_proxy(&mut cmd).args(["-B", "-c", THOUSAND_CLIENTS, &N.to_string()]);
+    let out = output_within(&mut cmd, Duration::from_secs(150)).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("errors 0 "), "{stdout}");
+    // The program saw every one of them, and the pod none.
+    let seen = wait_requests(&mut app, N, WAIT);
+    assert_eq!(seen.len(), N);
+    assert!(
+        !c.pod_requests().iter().any(|r| r.contains("/c/")),
+        "{:?}",
+        c.pod_requests()
+    );
+}

@@ -57,6 +57,7 @@ fn log_path(explicit: Option<PathBuf>) -> Result<PathBuf> {
 
 fn main() {
     let args = Args::parse();
+    mirrord_server::limits::raise_open_files();
     if let Err(e) = run(args) {
         eprintln!("mirrord-server: {e:#}");
         std::process::exit(1);

@@ -102,6 +102,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    mirrord_server::limits::raise_open_files();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MIRRORD_LOG")

@@ -45,12 +45,21 @@ const MEASURE_TIMEOUT: Duration = Duration::from_secs(150);
 /// How long a service or session may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Mirror under load: the rate and length of the main step, its connections, and the rates of
+/// the shorter steps after it that look for the rate where copies start to be lost.
+const MIRROR_LOAD_RATE: usize = 2000;
+const MIRROR_LOAD_SECS: usize = 10;
+const MIRROR_LOAD_CONNS: usize = 8;
+const MIRROR_LADDER: [usize; 3] = [4000, 8000, 16000];
+const MIRROR_LADDER_SECS: usize = 3;
+
 /// The sections of the benchmark, in the order they run within a run.
 /// `kubernetes` runs on a simulated Kubernetes API of its own (see `super::kube`), after the
 /// others.
-pub const SECTIONS: [&str; 6] = [
+pub const SECTIONS: [&str; 7] = [
     "outgoing",
     "incoming",
+    "mirror-load",
     "session",
     "layer",
     "go",
@@ -482,6 +491,50 @@ pub fn figures(p: &Params, sections: &[&str]) -> Figures {
                      = \"x-user: alice\"` and the pod's program in dev; matching requests are \
                      served in dev, the others by the pod (checked).",
                 p.rps_n, p.rps_conns
+            )),
+        );
+    }
+    let mload = "Mirror under load (client namespace → pod:80)";
+    if sections.contains(&"mirror-load") {
+        f.push(
+            Figure::new(
+                "in.mirror.load",
+                mload,
+                &format!(
+                    "mirrored copies at {} req/s for {} s",
+                    MIRROR_LOAD_RATE, MIRROR_LOAD_SECS
+                ),
+                "requests",
+                Better::Higher,
+            )
+            .baseline("answered by the pod")
+            .goal("reached dev", Goal::RatioAtLeast(1.0))
+            .note(&format!(
+                "`bench_client paced` in the client namespace sends `GET /paced/<i>` to the pod \
+                 at {MIRROR_LOAD_RATE} req/s for {MIRROR_LOAD_SECS} s over \
+                 {MIRROR_LOAD_CONNS} keep-alive connections (each on its own schedule); a \
+                 session in `mirror` mode runs `pod_http.py` in dev, which logs every request \
+                 it gets. answered by the pod: requests the pod answered; reached dev: copies \
+                 the program in dev logged (counted once its log stops growing); the ratio is \
+                 the delivered fraction."
+            )),
+        );
+        f.push(
+            Figure::new(
+                "in.mirror.loss",
+                mload,
+                "offered rate up to which no mirrored copy is lost",
+                "req/s",
+                Better::Higher,
+            )
+            .note(&format!(
+                "After the {MIRROR_LOAD_RATE} req/s step, the same session takes steps of \
+                 {} s at {:?} req/s (stopping at the first step that loses copies). every copy \
+                 delivered: the highest rate really offered (answered by the pod per second) in \
+                 a step where dev logged as many copies as the pod answered; first step losing \
+                 copies: the rate offered in that step, absent when no step lost any (the load \
+                 client and the pod's own server are then the limit, not mirroring).",
+                MIRROR_LADDER_SECS, MIRROR_LADDER
             )),
         );
     }
@@ -1005,6 +1058,7 @@ impl<'c> Bench<'c> {
         match section {
             "outgoing" => self.outgoing(run, figs),
             "incoming" => self.incoming(run, figs),
+            "mirror-load" => self.mirror_load(run, figs),
             "session" => self.session(run, figs),
             "layer" => self.layer(run, figs),
             "go" => self.go(run, figs),
@@ -1412,6 +1466,101 @@ impl<'c> Bench<'c> {
             }
         }
         Ok(())
+    }
+
+    /// Mirrored copies under a paced load (see the figures `in.mirror.load`, `in.mirror.loss`).
+    fn mirror_load(&mut self, run: usize, figs: &mut Figures) -> Result<()> {
+        let py = PathBuf::from(PY);
+        let log = self.work.join(format!("mirror-load-{run}.log"));
+        let args = self.pod_http_args(&log);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let s = match self.start_session("mirror.json", &py, &args, "ready") {
+            Ok(s) => s,
+            Err(e) => {
+                figs.fail("in.mirror.load", "reached dev", run, &format!("{e:#}"));
+                figs.fail(
+                    "in.mirror.loss",
+                    "every copy delivered",
+                    run,
+                    &format!("{e:#}"),
+                );
+                return Ok(());
+            }
+        };
+        let steps = std::iter::once((MIRROR_LOAD_RATE, MIRROR_LOAD_SECS))
+            .chain(MIRROR_LADDER.iter().map(|&r| (r, MIRROR_LADDER_SECS)));
+        let pod = format!("{}:{}", Cluster::POD_IP, Cluster::POD_HTTP_PORT);
+        let mut loss_at = None;
+        let mut highest = 0.0f64;
+        let mut steps_done = 0;
+        let mut outcome = Ok(());
+        for (i, (rate, secs)) in steps.enumerate() {
+            if let Err(e) = check_interrupted() {
+                outcome = Err(e);
+                break;
+            }
+            let before = Self::lines(&log);
+            let args = [
+                "paced".to_string(),
+                pod.clone(),
+                rate.to_string(),
+                secs.to_string(),
+                MIRROR_LOAD_CONNS.to_string(),
+            ];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let r = match run_json(self.client_ns(&args)) {
+                Ok(r) => r,
+                Err(e) => {
+                    if i == 0 {
+                        figs.fail("in.mirror.load", "reached dev", run, &format!("{e:#}"));
+                        figs.fail("in.mirror.loss", "every copy delivered", run, "no step ran");
+                    }
+                    break;
+                }
+            };
+            steps_done += 1;
+            let answered = r["ok"].as_u64().unwrap_or(0) as usize;
+            // Copies still in flight: counted once the log stops growing (at most 10 s).
+            let mut last = Self::lines(&log);
+            let settle = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let now = Self::lines(&log);
+                if now == last || settle.elapsed() > Duration::from_secs(10) {
+                    last = now;
+                    break;
+                }
+                last = now;
+            }
+            let reached = last - before;
+            let offered = f64_of(&r, "rps").unwrap_or(0.0);
+            eprintln!(
+                "    mirror at {rate} req/s: offered {offered:.0} req/s, pod answered {answered}, \
+                 dev got {reached}"
+            );
+            if i == 0 {
+                figs.put(
+                    "in.mirror.load",
+                    "answered by the pod",
+                    run,
+                    answered as f64,
+                );
+                figs.put("in.mirror.load", "reached dev", run, reached as f64);
+            }
+            if reached < answered {
+                loss_at = Some(offered);
+                break;
+            }
+            highest = highest.max(offered);
+        }
+        if steps_done > 0 {
+            figs.put("in.mirror.loss", "every copy delivered", run, highest);
+        }
+        if let Some(rate) = loss_at {
+            figs.put("in.mirror.loss", "first step losing copies", run, rate);
+        }
+        self.stop_session(s)?;
+        outcome
     }
 
     /// The IDE daemon with one started session (started once, then reused).

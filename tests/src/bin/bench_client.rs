@@ -15,6 +15,8 @@
 //! bench_client loaded ADDR BULK_PATH GETS N WARMUP         keep-alive latency alone (N requests),
 //!                                                          then while a second connection GETs
 //!                                                          BULK_PATH GETS times in a row
+//! bench_client paced ADDR RATE SECS CONNS                 GETs at RATE req/s for SECS seconds over
+//!                                                          CONNS keep-alive connections
 //! bench_client first-byte ADDR PATH                        prints `first-byte` on the first byte
 //! bench_client loopback N WARMUP                           loopback connect/accept/close loop
 //! bench_client serve PORT NAME                             HTTP/1.1 keep-alive server
@@ -63,6 +65,7 @@ fn main() {
         ["loaded", addr, bulk_path, gets, n, warmup] => {
             loaded(addr, bulk_path, num(gets), num(n), num(warmup))
         }
+        ["paced", addr, rate, secs, conns] => paced(addr, num(rate), num(secs), num(conns)),
         ["first-byte", addr, path] => first_byte(addr, path),
         ["loopback", n, warmup] => loopback(num(n), num(warmup)),
         ["serve", port, name] => serve(num(port) as u16, name),
@@ -587,6 +590,75 @@ fn rps(addr: &str, n: usize, conns: usize, header: &str) -> Result<Value> {
         "secs": secs,
         "rps": ok as f64 / secs,
         "by": by,
+    }))
+}
+
+/// GETs `/paced/<i>` at `rate` requests per second for `secs` seconds, spread over `conns`
+/// keep-alive connections, each with its own schedule (request k of a connection is due at
+/// `k * conns / rate` s); a connection that falls behind sends at once, so `rps` says what was
+/// really offered. At most 60 s.
+fn paced(addr: &str, rate: usize, secs: usize, conns: usize) -> Result<Value> {
+    if rate == 0 || conns == 0 || secs == 0 || secs > 60 {
+        return Err("paced: RATE and CONNS > 0, 0 < SECS <= 60".into());
+    }
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
+    let target = resolve(addr)?;
+    let n = rate * secs;
+    let interval = Duration::from_secs_f64(conns as f64 / rate as f64);
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for k in 0..conns {
+            let (host, ok, errors) = (&host, ok.clone(), errors.clone());
+            s.spawn(move || {
+                let mut conn: Option<BufReader<TcpStream>> = None;
+                for (j, i) in (k..n).step_by(conns).enumerate() {
+                    let due = start + interval * j as u32;
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    if start.elapsed() > DEADLINE {
+                        errors.lock().unwrap().push("deadline".into());
+                        return;
+                    }
+                    let req = request(host, &format!("/paced/{i}"), false, None);
+                    let r = (|| -> Result<()> {
+                        let c = match conn.as_mut() {
+                            Some(c) => c,
+                            None => conn.insert(BufReader::new(connect(target)?)),
+                        };
+                        c.get_mut().write_all(&req)?;
+                        let resp = read_response(c)?;
+                        if resp.status != 200 {
+                            return Err(format!("status {}", resp.status).into());
+                        }
+                        Ok(())
+                    })();
+                    match r {
+                        Ok(()) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            conn = None;
+                            errors.lock().unwrap().push(e.to_string());
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let secs_taken = start.elapsed().as_secs_f64();
+    let errors = errors.lock().unwrap().clone();
+    let ok = ok.load(Ordering::Relaxed);
+    Ok(json!({
+        "n": n,
+        "ok": ok,
+        "errors": errors.len(),
+        "first_error": errors.first(),
+        "secs": secs_taken,
+        "rps": ok as f64 / secs_taken,
     }))
 }
 
