@@ -92,6 +92,8 @@ fn run(args: Args) -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::sync::Mutex::new(writer))
         .with_ansi(false)
+        // A log line that cannot be written is dropped, never reported with `eprintln!`.
+        .log_internal_errors(false)
         .init();
     tracing::info!(pid = std::process::id(), "mirrord-server starting");
 

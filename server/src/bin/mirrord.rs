@@ -109,6 +109,9 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // The program shares this stderr and may make it non-blocking (Node does): a log line
+        // that cannot be written is dropped, never reported with `eprintln!` (which panics).
+        .log_internal_errors(false)
         .init();
     let code = match run(cli) {
         Ok(code) => code,
