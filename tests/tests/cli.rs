@@ -428,3 +428,91 @@ fn the_program_keeps_the_open_file_limit_it_was_given() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "1000");
 }
+
+/// A program may make the stderr it shares with `mirrord` non-blocking (Node does): `mirrord`'s
+/// own log lines then meet `EAGAIN` once the pipe is full. They are dropped; the session and the
+/// program go on (tracing-subscriber used to report the failed write with `eprintln!`, which
+/// panics when stderr cannot be written).
+#[test]
+fn a_non_blocking_full_stderr_never_breaks_the_session() {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let c = Cluster::start().unwrap();
+    let target = format!("pid/{}", c.pod_pid());
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 just made these descriptors; nothing else owns them.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fcntl on our own pipe: the smallest buffer, and non-blocking writes (the shared
+    // open file description is what the program would change).
+    unsafe {
+        libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, 4096);
+        let flags = libc::fcntl(write_end.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(
+            write_end.as_raw_fd(),
+            libc::F_SETFL,
+            flags | libc::O_NONBLOCK,
+        );
+    }
+    let program = "import socket\n\
+                   for _ in range(20):\n    \
+                   s = socket.create_connection(('payment-service', 8080), timeout=10)\n    \
+                   s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n    \
+                   assert s.recv(4096).startswith(b'HTTP/1.')\n    \
+                   s.close()\n\
+                   print('ok')";
+    let mut cmd = mirrord(
+        &c,
+        &[
+            "exec",
+            "-t",
+            &target,
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            program,
+        ],
+    );
+    // Trace level: far more than the pipe holds, from the session's start on.
+    cmd.env("MIRRORD_LOG", "trace")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(write_end));
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    let mut child = cmd.spawn().unwrap();
+    // Let go of our copy of the write end (the Command holds it): EOF comes when mirrord exits.
+    drop(cmd);
+    let mut out = child.stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut v = String::new();
+        let _ = out.read_to_string(&mut v);
+        v
+    });
+    // Nobody reads the pipe until the program has finished.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() >= deadline {
+            // SAFETY: signalling the process group made for this child.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = stdout.join().unwrap();
+    let mut logged = vec![0u8; 4096];
+    let n = std::fs::File::from(read_end).read(&mut logged).unwrap_or(0);
+    assert!(
+        status.as_ref().is_some_and(|s| s.success()) && stdout.trim() == "ok",
+        "status {status:?}, stdout {stdout:?}, stderr (first 4 KiB) {}",
+        text(&logged[..n])
+    );
+}
