@@ -1808,3 +1808,7 @@ pub fn json_schema() -> serde_json::Value {
     // A schema is plain data; serialising it cannot fail.
     serde_json::to_value(schema).expect("schema serialises")
 }
+
+/// Set to `0` to launch `mirrord exec` programs without syscall interception (the seccomp
+/// filter): the layer alone, as before it existed.
+pub const SECCOMP_ENV: &str = "MIRRORD_SECCOMP";

@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 /// Set to `0` to launch programs without the filter (the layer alone, as before).
-pub const DISABLE_ENV: &str = "MIRRORD_SECCOMP";
+pub use mirrord_protocol::config::SECCOMP_ENV as DISABLE_ENV;
 
 /// A filter ready to go into the next spawned program.
 pub struct Prepared {
