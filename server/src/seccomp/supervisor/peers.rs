@@ -72,34 +72,29 @@ pub(super) fn write_sockaddr(
 
 /// The address our duplicate of the socket is bound to.
 pub(super) fn local_addr(sock: &OwnedFd) -> Option<SocketAddr> {
-    // SAFETY: storage is plain data and large enough for any address.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage and len are valid for the call.
-    let r = unsafe {
-        libc::getsockname(
-            sock.as_raw_fd(),
-            &mut storage as *mut _ as *mut libc::sockaddr,
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return None;
-    }
-    // SAFETY: the kernel wrote `len` bytes of the storage.
-    let bytes =
-        unsafe { std::slice::from_raw_parts(&storage as *const _ as *const u8, len as usize) };
-    addr::parse(bytes)
+    socket_address(sock, libc::getsockname)
 }
 
 /// The peer our duplicate of the socket really has.
 pub(super) fn real_peer(sock: &OwnedFd) -> Option<SocketAddr> {
+    socket_address(sock, libc::getpeername)
+}
+
+/// One of the socket's own addresses, from `getsockname` or `getpeername`.
+fn socket_address(
+    sock: &OwnedFd,
+    call: unsafe extern "C" fn(
+        libc::c_int,
+        *mut libc::sockaddr,
+        *mut libc::socklen_t,
+    ) -> libc::c_int,
+) -> Option<SocketAddr> {
     // SAFETY: storage is plain data and large enough for any address.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: storage and len are valid for the call.
     let r = unsafe {
-        libc::getpeername(
+        call(
             sock.as_raw_fd(),
             &mut storage as *mut _ as *mut libc::sockaddr,
             &mut len,
