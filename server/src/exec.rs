@@ -69,6 +69,21 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
         }
         None => None,
     };
+    // Caught before the command exists: a Ctrl-C that reaches the group as soon as the command
+    // runs must not kill mirrord first (the session would then end without removing its agent).
+    // A command started with Ctrl-C ignored (`nohup`, a background job of a script) keeps it
+    // ignored, as it would without mirrord: catching it here would otherwise hand the command
+    // the default action.
+    if sigint_ignored() {
+        // SAFETY: between fork and exec only `signal`, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     // The session's variables last: they win over anything `feature.env` brought.
     let spawned = command.args(args).envs(program_env.set).envs(env).spawn();
     if let (Ok(c), Some((prepared, files))) = (&spawned, seccomp) {
@@ -132,9 +147,7 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
     });
     // The terminal delivers Ctrl-C to the whole foreground group, the command included; the CLI
     // itself waits for the command to finish rather than dying first.
-    let interrupts = tokio::spawn(async {
-        let mut sigint =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    let interrupts = tokio::spawn(async move {
         loop {
             match sigint.as_mut() {
                 Some(s) => {
@@ -169,4 +182,14 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Whether SIGINT is ignored in this process (inherited from whoever started mirrord).
+fn sigint_ignored() -> bool {
+    // SAFETY: a query only (no new action); `old` is a valid, zeroed sigaction to fill.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGINT, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
 }

@@ -429,6 +429,49 @@ fn the_program_keeps_the_open_file_limit_it_was_given() {
     assert_eq!(text(&out.stdout).trim(), "1000");
 }
 
+/// `mirrord exec` catches Ctrl-C itself (it must outlive the command to remove its agent), but
+/// the command gets the disposition it would get without mirrord: ignored under `nohup` or in a
+/// script's background job, the default otherwise.
+#[test]
+fn the_program_keeps_the_ctrl_c_disposition_it_was_given() {
+    let c = Cluster::start().unwrap();
+    let target = format!("pid/{}", c.pod_pid());
+    // Bit 1 of SigIgn is SIGINT (bit n-1 for signal n).
+    let script = "import sys\n\
+                  line = [l for l in open('/proc/self/status') if l.startswith('SigIgn:')][0]\n\
+                  print('ignored' if int(line.split()[1], 16) & 2 else 'default')";
+    for (ignore, expect) in [(true, "ignored"), (false, "default")] {
+        let mut cmd = mirrord(
+            &c,
+            &[
+                "exec",
+                "-t",
+                &target,
+                "--",
+                "/usr/bin/python3",
+                "-c",
+                script,
+            ],
+        );
+        // SAFETY: one async-signal-safe call between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                let action = if ignore { libc::SIG_IGN } else { libc::SIG_DFL };
+                libc::signal(libc::SIGINT, action);
+                Ok(())
+            });
+        }
+        let out = run(cmd);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout).trim(),
+            expect,
+            "ignored by the caller: {ignore}"
+        );
+    }
+}
+
 /// A program may make the stderr it shares with `mirrord` non-blocking (Node does): `mirrord`'s
 /// own log lines then meet `EAGAIN` once the pipe is full. They are dropped; the session and the
 /// program go on (tracing-subscriber used to report the failed write with `eprintln!`, which

@@ -99,6 +99,16 @@ fn lines(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
 impl Bg {
     fn spawn(mut cmd: Command) -> Bg {
         use std::os::unix::process::CommandExt;
+        // As a terminal starts a command: Ctrl-C is not ignored, even when the test harness
+        // itself runs with SIGINT ignored (a background job of a non-interactive shell).
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -162,7 +172,19 @@ impl Bg {
                 let rest: Vec<String> = self.stderr.try_iter().collect();
                 return (s, rest.join("\n"));
             }
-            assert!(Instant::now() < deadline, "did not exit in time");
+            if Instant::now() >= deadline {
+                let rest: Vec<String> = self.stderr.try_iter().collect();
+                let ps = Command::new("ps")
+                    .args(["-o", "pid,ppid,stat,wchan:30,args", "--pgid"])
+                    .arg(self.child.id().to_string())
+                    .output()
+                    .map(|o| text(&o.stdout))
+                    .unwrap_or_default();
+                panic!(
+                    "did not exit in time; saw {:?} then {rest:?}; its group:\n{ps}",
+                    self.seen
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
