@@ -22,6 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long a cluster agent may take to acknowledge the end of its session.
 const SHUTDOWN_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the end of a session waits for the API server to delete a cluster agent.
+const KUBE_DELETE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the agent may take to report ready.
 pub const AGENT_START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -214,7 +216,19 @@ impl AgentHandle {
                     })
                     .await;
                 }
-                k.delete().await
+                // Bounded: Ctrl-C must end mirrord even when the API server stopped answering;
+                // the Job's TTL (and the agent's communication timeout) remove it then.
+                if tokio::time::timeout(KUBE_DELETE_TIMEOUT, k.delete())
+                    .await
+                    .is_err()
+                {
+                    eprintln!(
+                        "mirrord: the API server did not answer the deletion of the agent {} within {}s; \
+                         the cluster removes it after its TTL",
+                        k.job.as_deref().unwrap_or(&k.pod),
+                        KUBE_DELETE_TIMEOUT.as_secs()
+                    );
+                }
             }
         }
     }

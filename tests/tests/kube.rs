@@ -175,7 +175,7 @@ impl Bg {
             if Instant::now() >= deadline {
                 let rest: Vec<String> = self.stderr.try_iter().collect();
                 let ps = Command::new("ps")
-                    .args(["-o", "pid,ppid,stat,wchan:30,args", "--pgid"])
+                    .args(["-L", "-o", "pid,tid,ppid,stat,wchan:30,comm,args", "--pgid"])
                     .arg(self.child.id().to_string())
                     .output()
                     .map(|o| text(&o.stdout))

@@ -123,12 +123,27 @@ fn main() {
     std::process::exit(code);
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+fn runtime() -> Result<CommandRuntime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
+        .map(CommandRuntime)
         .context("starting the runtime")
+}
+
+/// The runtime of one command, which never holds up mirrord's exit: dropping a tokio runtime
+/// waits for every blocking task without bound (a stuck DNS lookup, a file read on a dead mount),
+/// but once the command's work is done nothing of it is worth waiting for.
+struct CommandRuntime(tokio::runtime::Runtime);
+
+impl CommandRuntime {
+    fn block_on<F: std::future::Future>(self, work: F) -> F::Output {
+        let out = self.0.block_on(work);
+        self.0
+            .shutdown_timeout(std::time::Duration::from_millis(500));
+        out
+    }
 }
 
 /// Reads the configuration and resolves the target for a command.
