@@ -128,9 +128,37 @@ pub async fn serve(listener: AgentListener, state: Arc<AgentState>) -> Result<()
 }
 
 async fn handle(mut stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
-    let hello: AgentHello = tokio::time::timeout(HELLO_TIMEOUT, read_frame_async(&mut stream))
+    let mut hello: AgentHello = tokio::time::timeout(HELLO_TIMEOUT, read_frame_async(&mut stream))
         .await
         .context("no hello in time")??;
+    if hello.channel == AgentChannel::Spare {
+        if !welcome(&mut stream, &hello, &state).await? {
+            return Ok(());
+        }
+        // Invariant: a spare is authenticated before it may idle: only its session can hold
+        // connections open here without the hello deadline.
+        hello = read_frame_async(&mut stream)
+            .await
+            .context("a spare connection ended unused")?;
+        if hello.channel == AgentChannel::Spare {
+            write_frame_async(
+                &mut stream,
+                &AgentWelcome::Refused {
+                    reason: "this connection is spare already".into(),
+                },
+            )
+            .await?;
+            return Ok(());
+        }
+    }
+    if !welcome(&mut stream, &hello, &state).await? {
+        return Ok(());
+    }
+    serve_channel(stream, hello.channel, state).await
+}
+
+/// Checks a hello and answers it; `false` when it was refused (the connection is done).
+async fn welcome(stream: &mut BoxIo, hello: &AgentHello, state: &AgentState) -> Result<bool> {
     let refusal = if !version_compatible(hello.version) {
         Some(format!(
             "protocol version {} is not supported (agent speaks {PROTOCOL_VERSION})",
@@ -143,18 +171,25 @@ async fn handle(mut stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
     };
     if let Some(reason) = refusal {
         tracing::warn!("refused a client: {reason}");
-        write_frame_async(&mut stream, &AgentWelcome::Refused { reason }).await?;
-        return Ok(());
+        write_frame_async(stream, &AgentWelcome::Refused { reason }).await?;
+        return Ok(false);
     }
     write_frame_async(
-        &mut stream,
+        stream,
         &AgentWelcome::Welcome {
             version: PROTOCOL_VERSION,
             agent_pid: std::process::id(),
         },
     )
     .await?;
-    match hello.channel {
+    Ok(true)
+}
+
+/// Serves one welcomed connection as the channel its hello named.
+async fn serve_channel(stream: BoxIo, channel: AgentChannel, state: Arc<AgentState>) -> Result<()> {
+    match channel {
+        // `handle` reads a spare's second hello instead and refuses a second spare.
+        AgentChannel::Spare => Ok(()),
         AgentChannel::Control => control(stream, state).await,
         AgentChannel::ResumeControl => {
             // The session lost its connection; a channel of it may still look open here (a

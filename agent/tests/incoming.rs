@@ -733,3 +733,61 @@ fn a_resuming_control_channel_replaces_a_half_open_one_and_steals_again() {
     assert!(ns.listening().contains(&rules[0].2), "{rules:?}");
     assert_eq!(resumed.request(AgentRequest::Ping), AgentResponse::Pong);
 }
+
+/// A spare connection (opened ahead of need by a session behind a port-forward) is
+/// authenticated at once, then waits past the hello deadline for the hello that names its
+/// channel, and serves that channel like a fresh connection.
+#[test]
+fn a_spare_connection_waits_past_the_hello_deadline_then_serves_its_channel() {
+    if !can_run("spare", &["ip"]) {
+        return;
+    }
+    let ns = Netns::new("spare");
+    let agent = Agent::start(&ns, "agent", &[]);
+    let echo: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    let _echo = Server::start(&ns, echo, None);
+    let hello = |s: &mut UnixStream, token: &str, channel: AgentChannel| {
+        write_frame(
+            s,
+            &AgentHello {
+                version: PROTOCOL_VERSION,
+                token: token.into(),
+                channel,
+            },
+        )
+        .unwrap();
+        read_frame::<AgentWelcome, _>(s).unwrap()
+    };
+
+    // The wrong token is refused before the connection may idle.
+    let mut stranger = UnixStream::connect(&agent.socket).unwrap();
+    stranger.set_read_timeout(Some(WAIT)).unwrap();
+    let answer = hello(&mut stranger, &"f".repeat(TOKEN.len()), AgentChannel::Spare);
+    assert!(
+        matches!(&answer, AgentWelcome::Refused { reason } if reason.contains("token")),
+        "{answer:?}"
+    );
+
+    let mut spare = agent.channel(AgentChannel::Spare);
+    let mut spare2 = agent.channel(AgentChannel::Spare);
+    // Longer than the agent's 5 s hello deadline: a spare is not held to it (this is the
+    // property under test, not a wait for something to happen).
+    std::thread::sleep(Duration::from_secs(6));
+    let answer = hello(&mut spare, TOKEN, AgentChannel::Tcp { remote: echo });
+    assert!(matches!(answer, AgentWelcome::Welcome { .. }), "{answer:?}");
+    match read_frame::<ConnectReply, _>(&mut spare).unwrap() {
+        ConnectReply::Connected { .. } => {}
+        other => panic!("connect through a spare failed: {other:?}"),
+    }
+    spare.write_all(b"through a spare\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&mut spare).read_line(&mut line).unwrap();
+    assert_eq!(line, "through a spare\n");
+
+    // A spare cannot be made spare again (it would idle with no end).
+    let answer = hello(&mut spare2, TOKEN, AgentChannel::Spare);
+    assert!(
+        matches!(&answer, AgentWelcome::Refused { reason } if reason.contains("spare")),
+        "{answer:?}"
+    );
+}

@@ -40,6 +40,11 @@ pub enum AgentChannel {
     /// channels (one may linger half-open) and releases what they held, so the session can
     /// subscribe again; from then on it is a [`AgentChannel::Control`].
     ResumeControl,
+    /// A connection opened ahead of need (through a port-forward a new connection costs a TLS
+    /// handshake, an HTTP upgrade and the API server's own connect). After its welcome it
+    /// waits, with no deadline, for a second hello that names what it is for; from then on it
+    /// is that channel. A second `Spare` is refused.
+    Spare,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

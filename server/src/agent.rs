@@ -43,87 +43,60 @@ pub type AgentStream = Box<dyn AgentIo>;
 /// agents on this machine, a port-forward of the agent pod's port for agents in a cluster.
 #[derive(Clone)]
 pub enum AgentConnector {
-    Unix {
-        path: PathBuf,
-        token: String,
-    },
-    PortForward {
-        client: kube::Client,
-        namespace: String,
-        pod: String,
-        port: u16,
-        token: String,
-    },
+    Unix { path: PathBuf, token: String },
+    PortForward(Arc<crate::kube::spares::AgentPortForward>),
 }
-
-/// Attempts to open one port-forward stream: a dropped WebSocket upgrade is retried, since the
-/// API server (or a proxy before it) may refuse one now and then.
-const PORT_FORWARD_ATTEMPTS: u32 = 3;
 
 impl AgentConnector {
     /// A new connection to the agent, past the hello.
     pub async fn open(&self, channel: AgentChannel) -> Result<AgentStream> {
-        let (mut stream, token): (AgentStream, &str) = match self {
+        match self {
             AgentConnector::Unix { path, token } => {
                 let stream = UnixStream::connect(path)
                     .await
                     .with_context(|| format!("the agent is unreachable at {}", path.display()))?;
-                (Box::new(stream), token)
+                let mut stream: AgentStream = Box::new(stream);
+                hello_exchange(&mut stream, token, channel, HELLO_TIMEOUT).await?;
+                Ok(stream)
             }
-            AgentConnector::PortForward {
-                client,
-                namespace,
-                pod,
-                port,
-                token,
-            } => {
-                let mut attempt = 1;
-                let stream = loop {
-                    match crate::kube::portforward::open(client, namespace, pod, *port).await {
-                        Ok(s) => break s,
-                        Err(e)
-                            if attempt < PORT_FORWARD_ATTEMPTS
-                                && !matches!(&e, kube::Error::Api(s) if s.code == 403 || s.code == 404) =>
-                        {
-                            tracing::debug!(attempt, "port-forward to the agent failed: {e}");
-                            attempt += 1;
-                            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt)))
-                                .await;
-                        }
-                        Err(e) => {
-                            return Err(anyhow!(
-                                "cannot port-forward to the agent (pod {pod} port {port} in \
-                                 {namespace}): {}",
-                                crate::kube::resolve::describe_kube_error(&e)
-                            ))
-                        }
-                    }
-                };
-                (Box::new(stream), token)
-            }
-        };
-        let hello = AgentHello {
-            version: PROTOCOL_VERSION,
-            token: token.to_owned(),
-            channel,
-        };
-        // A stuck agent must not hold the caller: the hello exchange is bounded.
-        let welcome = tokio::time::timeout(HELLO_TIMEOUT, async {
-            write_frame_async(&mut stream, &hello).await?;
-            read_frame_async::<AgentWelcome, _>(&mut stream).await
-        })
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "the agent did not answer the hello within {}s",
-                HELLO_TIMEOUT.as_secs()
-            )
-        })?;
-        match welcome {
-            Ok(AgentWelcome::Welcome { .. }) => Ok(stream),
-            Ok(AgentWelcome::Refused { reason }) => bail!("the agent refused us: {reason}"),
-            Err(e) => Err(anyhow!("the agent closed the connection: {e}")),
+            AgentConnector::PortForward(transport) => transport.open(channel).await,
         }
+    }
+}
+
+/// The agent said no to a hello (an error of [`hello_exchange`] that a retry cannot fix).
+#[derive(Debug, thiserror::Error)]
+#[error("the agent refused us: {0}")]
+pub struct Refused(pub String);
+
+/// Says `hello` for `channel` on `stream` and reads the welcome, within `limit` (a stuck agent
+/// must not hold the caller).
+pub async fn hello_exchange(
+    stream: &mut AgentStream,
+    token: &str,
+    channel: AgentChannel,
+    limit: Duration,
+) -> Result<()> {
+    let hello = AgentHello {
+        version: PROTOCOL_VERSION,
+        token: token.to_owned(),
+        channel,
+    };
+    let welcome = tokio::time::timeout(limit, async {
+        write_frame_async(stream, &hello).await?;
+        read_frame_async::<AgentWelcome, _>(stream).await
+    })
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "the agent did not answer the hello within {}s",
+            limit.as_secs_f32()
+        )
+    })?;
+    match welcome {
+        Ok(AgentWelcome::Welcome { .. }) => Ok(()),
+        Ok(AgentWelcome::Refused { reason }) => Err(Refused(reason).into()),
+        Err(e) => Err(anyhow!("the agent closed the connection: {e}")),
     }
 }
 

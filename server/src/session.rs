@@ -164,13 +164,16 @@ impl Session {
                 &report,
             )
             .await?;
-            let connector = AgentConnector::PortForward {
-                client: kube_agent.client.clone(),
-                namespace: kube_agent.namespace.clone(),
-                pod: kube_agent.pod.clone(),
-                port: kube_agent.port,
-                token: token.clone(),
-            };
+            let transport = crate::kube::spares::AgentPortForward::new(
+                kube_agent.client.clone(),
+                kube_agent.namespace.clone(),
+                kube_agent.pod.clone(),
+                kube_agent.port,
+                token.clone(),
+            );
+            // The first flows find spares too.
+            transport.refill();
+            let connector = AgentConnector::PortForward(transport);
             (AgentHandle::Kube(kube_agent), connector)
         } else {
             let agent_socket = opts.runtime_dir.join(format!("{id}.agent.sock"));

@@ -1,6 +1,7 @@
 //! Kubernetes targets: the cluster connection ([`client`]), target resolution ([`resolve`]),
 //! the agent's Job or ephemeral container ([`agent_pod`]), the port-forward transport
-//! ([`portforward`]) and the target list for IDEs ([`targets`]).
+//! ([`portforward`], with streams opened ahead of need: [`spares`]) and the target list for IDEs
+//! ([`targets`]).
 //!
 //! Nothing here knows whether the API server is a real cluster or the tests' simulated one.
 
@@ -8,6 +9,7 @@ pub mod agent_pod;
 pub mod client;
 pub mod portforward;
 pub mod resolve;
+pub mod spares;
 pub mod targets;
 
 use agent_pod::{AgentPlan, KubeAgent};
