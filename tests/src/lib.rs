@@ -195,6 +195,23 @@ pub fn output_within(
     })
 }
 
+/// Starts `cmd` as a terminal starts a foreground command: Ctrl-C and Ctrl-\\ at their default
+/// actions, even when the caller runs with them ignored (a background job of a non-interactive
+/// shell, as CI runners start scripts). `mirrord exec` hands its command the disposition it
+/// was given, so a test that ends a session with Ctrl-C needs this.
+pub fn as_from_a_terminal(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only `signal`, which is async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// Removes proxy settings inherited from the caller's environment: HTTP clients in the tests
 /// must connect themselves.
 pub fn no_proxy(cmd: &mut std::process::Command) -> &mut std::process::Command {

@@ -7,7 +7,7 @@
 //! reaches nothing but the API (on its loopback).
 
 use mirrord_tests::k8s::{ImageRule, SimCluster, SimOptions};
-use mirrord_tests::{no_proxy, output_within, target_dir_bin};
+use mirrord_tests::{as_from_a_terminal, no_proxy, output_within, target_dir_bin};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -99,17 +99,7 @@ fn lines(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
 impl Bg {
     fn spawn(mut cmd: Command) -> Bg {
         use std::os::unix::process::CommandExt;
-        // As a terminal starts a command: Ctrl-C is not ignored, even when the test harness
-        // itself runs with SIGINT ignored (a background job of a non-interactive shell).
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
-                Ok(())
-            });
-        }
-        let mut child = cmd
+        let mut child = as_from_a_terminal(&mut cmd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

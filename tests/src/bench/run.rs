@@ -640,7 +640,9 @@ fn timed_lines<R: Read + Send + 'static>(r: R) -> Receiver<(Instant, String)> {
 
 impl Proc {
     fn spawn(mut cmd: Command) -> Result<Proc> {
-        cmd.stdin(Stdio::null())
+        // Sessions end with Ctrl-C to the group (`stop_session`).
+        crate::as_from_a_terminal(&mut cmd)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);

@@ -140,7 +140,7 @@ fn run() -> Result<()> {
     );
     use std::os::unix::process::CommandExt;
     let app_log = sim.workdir().join("local-server.log");
-    let mut app = app
+    let mut app = mirrord_tests::as_from_a_terminal(&mut app)
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -182,7 +182,19 @@ fn run() -> Result<()> {
     // deletes its agent Job.
     // SAFETY: a signal to the process group of the child we started and have not reaped.
     unsafe { libc::kill(-(app.id() as i32), libc::SIGINT) };
-    let _ = app.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            // SAFETY: as above; the group is still ours (the child is not reaped).
+            unsafe { libc::kill(-(app.id() as i32), libc::SIGKILL) };
+            let _ = app.wait();
+            bail!(
+                "mirrord exec did not end within 30 s of Ctrl-C: {}",
+                std::fs::read_to_string(&app_log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let stolen = String::from_utf8_lossy(&alice.stdout).contains("developer-laptop");
     let kept = String::from_utf8_lossy(&bob.stdout).starts_with(&format!("{pod}:"));
     if !stolen || !kept {
