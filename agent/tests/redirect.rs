@@ -364,6 +364,15 @@ impl Probe {
         if own_group {
             use std::os::unix::process::CommandExt;
             cmd.process_group(0);
+            // A group of its own is for the Ctrl-C test: Ctrl-C at its default action, as in a
+            // terminal, even when the test runs with it ignored (a script's background job).
+            // SAFETY: only `signal`, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::signal(libc::SIGINT, libc::SIG_DFL);
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -699,7 +708,12 @@ fn guard_survives_the_process_group_signal() {
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let status = a.child.wait().unwrap();
+    let mut status = None;
+    poll_until(GUARD_DEADLINE, || {
+        status = a.child.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.expect("the probe did not die of SIGINT");
     assert!(!status.success(), "the probe was expected to die of SIGINT");
     let took = poll_until(GUARD_DEADLINE, || {
         lines_of(&ns.save(default_tool()), "MIRRORD_sigint1").is_empty()
