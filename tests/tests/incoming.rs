@@ -1010,3 +1010,143 @@ fn a_thousand_concurrent_connections_are_stolen_without_errors() {
         c.pod_requests()
     );
 }
+
+/// Packet sockets open in the pod's network namespace (`/proc/net/packet` lists them per
+/// namespace), the header line left out.
+fn pod_packet_sockets(c: &Cluster) -> usize {
+    let table = run_ok(c.pod("cat").arg("/proc/net/packet")).unwrap();
+    table.lines().skip(1).filter(|l| !l.trim().is_empty()).count()
+}
+
+/// Mirror by capture (the default): the pod's port is not redirected (no chain of the agent in
+/// the pod's nat table, no nft table), a packet socket captures it instead, the program still
+/// gets its copy with the real client, and when the session ends the socket is gone too.
+#[test]
+fn mirror_by_capture_adds_no_rule_and_leaves_no_socket() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "mirror.json",
+        r#"{"feature":{"network":{"incoming":"mirror"}}}"#,
+    );
+    assert_eq!(pod_packet_sockets(&c), 0);
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    let nat = run_ok(c.pod("iptables-save").args(["-t", "nat"])).unwrap();
+    assert!(!nat.contains("MIRRORD"), "a redirect while mirroring: {nat}");
+    assert!(
+        !pod_rules(&c).contains("mirrord"),
+        "a rule while mirroring: {}",
+        pod_rules(&c)
+    );
+    assert_eq!(pod_packet_sockets(&c), 1, "no capture socket in the pod");
+    let (by, _) = curl_pod(&c, "/captured", &[]);
+    assert_eq!(by, "pod");
+    let line = app.wait_line("\"path\": \"/captured\"", WAIT).unwrap();
+    let seen = json_line(&line);
+    assert!(
+        seen["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", Cluster::CLIENT_IP)),
+        "{seen}"
+    );
+    app.kill().unwrap();
+    let gone = poll_until(WAIT, || pod_packet_sockets(&c) == 0);
+    assert!(gone.is_some(), "the capture socket outlived the session");
+    assert!(!pod_rules(&c).contains("mirrord"), "{}", pod_rules(&c));
+}
+
+/// Mirror by capture: a large body (many segments, in both directions of the window) and
+/// pipelined requests (several in one segment) reach the program intact and in order.
+#[test]
+fn mirror_by_capture_delivers_large_bodies_and_pipelined_requests_intact() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "mirror.json",
+        r#"{"feature":{"network":{"incoming":"mirror"}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    // 900 KB of numbered lines (the program reads bodies up to 1 MiB).
+    let body: String = (0..30_000).map(|i| format!("line {i:08} of the body\n")).collect();
+    assert_eq!(body.len(), 900_000);
+    let file = c.workdir().join("large-body");
+    std::fs::write(&file, &body).unwrap();
+    let data = format!("@{}", file.display());
+    let (by, _) = curl_pod(&c, "/large", &["--data-binary", &data]);
+    assert_eq!(by, "pod");
+    let line = app.wait_line("\"path\": \"/large\"", WAIT).unwrap();
+    let seen = json_line(&line);
+    assert_eq!(seen["body"].as_str().map(str::len), Some(body.len()));
+    assert!(seen["body"] == body.as_str(), "the body's copy differs");
+
+    // 20 requests written at once on one connection; the last one closes it.
+    let script = r#"
+import socket, sys
+host, n = sys.argv[1], int(sys.argv[2])
+reqs = b"".join(
+    b"GET /pipelined/%d HTTP/1.1\r\nHost: pod\r\n%s\r\n"
+    % (i, b"Connection: close\r\n" if i == n - 1 else b"")
+    for i in range(n)
+)
+s = socket.create_connection((host, 80), timeout=10)
+s.sendall(reqs)
+got = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    got += chunk
+print(got.count(b"HTTP/1.1 200"))
+"#;
+    let mut cmd = c.client(PY);
+    no_proxy(&mut cmd)
+        .args(["-c", script])
+        .arg(Cluster::POD_IP.to_string())
+        .arg("20");
+    let out = output_within(&mut cmd, WAIT).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "20",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = poll_until(WAIT, || {
+        app.stdout_lines()
+            .iter()
+            .filter(|l| l.contains("/pipelined/"))
+            .count()
+            >= 20
+    });
+    assert!(seen.is_some(), "{:?}", app.stdout_lines());
+    let paths: Vec<String> = app
+        .stdout_lines()
+        .iter()
+        .filter(|l| l.contains("/pipelined/"))
+        .map(|l| json_line(l)["path"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| format!("/pipelined/{i}")).collect();
+    assert_eq!(paths, expected);
+}
+
+/// `mirror_capture: false`: the relay mode still mirrors, through the agent's redirect (its
+/// chain is in the pod's nat table while it does).
+#[test]
+fn mirror_through_the_relay_when_capture_is_off() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "mirror-relay.json",
+        r#"{"feature":{"network":{"incoming":{"mode":"mirror","mirror_capture":false}}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    let ids = agent_ids(&c);
+    assert_eq!(ids.len(), 1, "{}", pod_rules(&c));
+    assert_eq!(pod_packet_sockets(&c), 0);
+    let (by, body) = curl_pod(&c, "/relayed", &["--data-binary", "relayed body"]);
+    assert_eq!((by.as_str(), body.as_str()), ("pod", "pod: POST /relayed\n"));
+    let line = app.wait_line("\"path\": \"/relayed\"", WAIT).unwrap();
+    assert_eq!(json_line(&line)["body"], "relayed body");
+    app.kill().unwrap();
+    wait_no_agents(&c);
+}

@@ -1,0 +1,254 @@
+//! Mirror by capture: the ports whose subscribers only copy (mirror, observe) are not
+//! redirected; their packets are captured in the target's network namespace (`socket`, with the
+//! filter of `bpf`), put back into byte streams (`reassembly`) and fed to the same copy queues
+//! the relay feeds (`passthrough::CopySinks`), so the target's own traffic never crosses the
+//! agent.
+//!
+//! One socket serves every captured port, its filter rebuilt when the set changes: one packet
+//! copy per packet whatever the number of ports, and one task to read it. The socket exists
+//! while at least one port is captured (`Capture::stop` closes it with the last one).
+//!
+//! What capture can lose, and counts: packets the kernel drops when the socket's receive
+//! buffer is full (the agent fell behind; `tp_drops`), connections whose out-of-order buffer
+//! overflows (a segment lost to such a drop never comes back), connections evicted from a full
+//! table, packets longer than the read buffer. A lost copy never affects the target.
+
+mod bpf;
+pub mod reassembly;
+mod socket;
+
+use super::passthrough::CopySinks;
+use super::IncomingState;
+use crate::redirect::AGENT_MARK;
+use anyhow::{Context, Result};
+use mirrord_protocol::agent::TrafficMode;
+use reassembly::{ConnKey, Event, Limits, Reassembler};
+use socket::PacketSocket;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+pub use bpf::MAX_PORTS;
+
+/// Bounds of the reassembly (see `reassembly::Limits`): 16 Ki connections at once, 4 MiB of
+/// out-of-order bytes per direction.
+const LIMITS: Limits = Limits {
+    max_connections: 16 * 1024,
+    max_pending_bytes: 4 << 20,
+};
+/// A connection with no packet for this long is dropped from the table (its FIN or RST was
+/// lost, or it is simply idle: a later segment of it is then ignored).
+const IDLE: Duration = Duration::from_secs(600);
+/// How often idle connections and the kernel's drop counter are looked at.
+const SWEEP: Duration = Duration::from_secs(1);
+/// Largest packet read whole: a GSO packet of 64 KiB plus headers.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// The capture of this agent's mirror-only ports.
+pub struct Capture {
+    socket: Arc<PacketSocket>,
+    /// The captured ports; the task reads it at each SYN, `set_ports` writes it.
+    ports: Arc<Mutex<BTreeSet<u16>>>,
+    lo_index: u32,
+    task: JoinHandle<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Capture {
+    /// Opens the capture socket (in the agent's namespace, the target's) for `ports` and starts
+    /// reading it.
+    pub fn start(state: Weak<IncomingState>, ports: BTreeSet<u16>) -> Result<Capture> {
+        let lo_index = socket::loopback_index().context("finding the loopback interface")?;
+        let filter = filter_for(&ports, lo_index)?;
+        let socket = Arc::new(
+            PacketSocket::open(&filter)
+                .context("opening the capture socket (AF_PACKET needs CAP_NET_RAW)")?,
+        );
+        let ports = Arc::new(Mutex::new(ports));
+        let task = tokio::spawn(read_loop(socket.clone(), ports.clone(), state));
+        Ok(Capture {
+            socket,
+            ports,
+            lo_index,
+            task,
+        })
+    }
+
+    /// Captures exactly `ports` from now on.
+    pub fn set_ports(&self, ports: BTreeSet<u16>) -> Result<()> {
+        let filter = filter_for(&ports, self.lo_index)?;
+        self.socket
+            .set_filter(&filter)
+            .context("replacing the capture filter")?;
+        *lock(&self.ports) = ports;
+        Ok(())
+    }
+
+    /// Stops reading and closes the socket (once the task, its other owner, is gone).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+fn filter_for(ports: &BTreeSet<u16>, lo_index: u32) -> Result<Vec<socket2::SockFilter>> {
+    let ports: Vec<u16> = ports.iter().copied().collect();
+    bpf::program(&ports, lo_index, AGENT_MARK)
+        .with_context(|| format!("more than {} captured ports", bpf::MAX_PORTS))
+}
+
+/// One captured connection's copy queues, and which of its directions already ended.
+struct Copied {
+    sinks: CopySinks,
+    ended: [bool; 2],
+}
+
+async fn read_loop(
+    socket: Arc<PacketSocket>,
+    ports: Arc<Mutex<BTreeSet<u16>>>,
+    state: Weak<IncomingState>,
+) {
+    let mut reassembler = Reassembler::new(LIMITS);
+    let mut copies: HashMap<ConnKey, Copied> = HashMap::new();
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut events = Vec::new();
+    let start = Instant::now();
+    let mut sweep = tokio::time::interval(SWEEP);
+    let mut truncated = 0u64;
+    let mut kernel_drops = 0u64;
+    let mut kernel_packets = 0u64;
+    loop {
+        tokio::select! {
+            ready = socket.readable() => {
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => {
+                        tracing::warn!("capture socket failed, mirror copies stop: {e}");
+                        return;
+                    }
+                };
+                let now = start.elapsed().as_millis() as u64;
+                // A snapshot per batch: a port added meanwhile is seen at the next batch.
+                let captured = lock(&ports).clone();
+                loop {
+                    match socket.recv(&mut buf) {
+                        Ok(n) if n > buf.len() => truncated += 1,
+                        Ok(n) => {
+                            if let Some(seg) = socket::decode(&buf[..n]) {
+                                reassembler.handle(&seg, now, |p| captured.contains(&p), &mut events);
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            guard.clear_ready();
+                            break;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            tracing::warn!("reading the capture socket: {e}");
+                            guard.clear_ready();
+                            break;
+                        }
+                    }
+                    if events.len() >= 256 {
+                        let Some(state) = state.upgrade() else { return };
+                        dispatch(&state, &mut events, &mut copies);
+                    }
+                }
+                let Some(state) = state.upgrade() else { return };
+                dispatch(&state, &mut events, &mut copies);
+            }
+            _ = sweep.tick() => {
+                let now = start.elapsed().as_millis() as u64;
+                let idle_before = now.saturating_sub(IDLE.as_millis() as u64);
+                let captured = lock(&ports).clone();
+                reassembler.expire(idle_before, |p| captured.contains(&p), &mut events);
+                let Some(state) = state.upgrade() else { return };
+                dispatch(&state, &mut events, &mut copies);
+                if let Ok(stats) = socket.stats() {
+                    kernel_packets += stats.packets;
+                    if stats.drops > 0 {
+                        kernel_drops += stats.drops;
+                        tracing::warn!(
+                            dropped = stats.drops,
+                            total = kernel_drops,
+                            "the capture socket's buffer overflowed: mirror copies lost packets"
+                        );
+                    }
+                }
+                let c = reassembler.counters;
+                tracing::trace!(
+                    connections = reassembler.connections(),
+                    opened = c.opened,
+                    evicted = c.evicted,
+                    overflowed = c.overflowed,
+                    expired = c.expired,
+                    truncated,
+                    packets = kernel_packets,
+                    "capture"
+                );
+            }
+        }
+    }
+}
+
+/// Feeds reassembly's events to the copy queues: a new connection is announced to the port's
+/// mirroring and observing subscribers (as a relayed one is), its bytes follow.
+fn dispatch(
+    state: &Arc<IncomingState>,
+    events: &mut Vec<Event>,
+    copies: &mut HashMap<ConnKey, Copied>,
+) {
+    for event in events.drain(..) {
+        match event {
+            Event::Opened(key) => {
+                let port = key.server.port();
+                let mirrors: Vec<_> = state
+                    .registry
+                    .subscribers(port)
+                    .into_iter()
+                    .filter(|s| matches!(s.mode, TrafficMode::Mirror | TrafficMode::Observe))
+                    .collect();
+                let sinks = state.copy_sinks(&mirrors, key.client, key.server, port);
+                if !sinks.is_empty() {
+                    copies.insert(
+                        key,
+                        Copied {
+                            sinks,
+                            ended: [false; 2],
+                        },
+                    );
+                }
+            }
+            Event::Data {
+                key,
+                from_client,
+                data,
+            } => {
+                if let Some(c) = copies.get_mut(&key) {
+                    c.sinks.send(from_client, &data);
+                }
+            }
+            Event::End { key, from_client } => {
+                if let Some(c) = copies.get_mut(&key) {
+                    c.ended[usize::from(from_client)] = true;
+                    c.sinks.end(from_client);
+                }
+            }
+            Event::Closed { key, reason } => {
+                if let Some(mut c) = copies.remove(&key) {
+                    if reason != reassembly::CloseReason::Finished {
+                        tracing::debug!(client = %key.client, ?reason, "capture dropped a connection");
+                    }
+                    for from_client in [true, false] {
+                        if !c.ended[usize::from(from_client)] {
+                            c.sinks.end(from_client);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
