@@ -1067,9 +1067,11 @@ fn mirror_by_capture_delivers_large_bodies_and_pipelined_requests_intact() {
         r#"{"feature":{"network":{"incoming":"mirror"}}}"#,
     );
     let mut app = local_app(&c, &cfg, 80, &[]);
-    // 900 KB of numbered lines (the program reads bodies up to 1 MiB).
-    let body: String = (0..30_000).map(|i| format!("line {i:08} of the body\n")).collect();
-    assert_eq!(body.len(), 900_000);
+    // 780 KB of numbered lines (the program reads bodies up to 1 MiB).
+    let body: String = (0..30_000)
+        .map(|i| format!("line {i:08} of the body\n"))
+        .collect();
+    assert_eq!(body.len(), 780_000);
     let file = c.workdir().join("large-body");
     std::fs::write(&file, &body).unwrap();
     let data = format!("@{}", file.display());
@@ -1149,4 +1151,47 @@ fn mirror_through_the_relay_when_capture_is_off() {
     assert_eq!(json_line(&line)["body"], "relayed body");
     app.kill().unwrap();
     wait_no_agents(&c);
+}
+
+/// A capturing mirror next to another session's filtered steal of the same port: the stealing
+/// agent does not hand connections to the capturing one (it copies them from the packets), and
+/// its own connections to the pod carry the agent mark the capture leaves out, so the mirror
+/// sees every request of the client exactly once (stolen ones included: capture sees what the
+/// client sent to the pod's port), while each request is still served by the right side.
+#[test]
+fn a_capturing_mirror_and_another_sessions_filtered_steal_share_a_port() {
+    let c = Cluster::start().unwrap();
+    let mirror = config(
+        &c,
+        "mirror.json",
+        r#"{"feature":{"network":{"incoming":"mirror"}}}"#,
+    );
+    let alice = config(
+        &c,
+        "alice.json",
+        r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice"}}}}}"#,
+    );
+    let mut m = local_app(&c, &mirror, 80, &["--name", "mirror"]);
+    let _a = local_app(&c, &alice, 80, &["--name", "alice"]);
+    let kinds = r#"[
+        {"method":"GET","path":"/a","headers":{"x-user":"alice"},"expect":"alice"},
+        {"method":"POST","path":"/n","body":"n","expect":"pod"}
+    ]"#;
+    let s = http_mix(&c, 80, 300, 3, kinds);
+    assert_all_ok(&s, 300, "mirror next to a filtered steal");
+    let n_alice = s["by"]["alice"].as_u64().unwrap() as usize;
+    let n_pod = s["by"]["pod"].as_u64().unwrap() as usize;
+    assert!(n_alice > 50 && n_pod > 50, "{s}");
+    // Everything the client sent, once; a copy too many would show up within the wait.
+    let seen = wait_requests(&mut m, 301, Duration::from_secs(3));
+    assert_eq!(seen.len(), 300, "{s}");
+    let stolen = seen
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().starts_with("/a/"))
+        .count();
+    assert_eq!((stolen, seen.len() - stolen), (n_alice, n_pod));
+    assert!(seen
+        .iter()
+        .all(|r| r["peer"].as_str().unwrap().starts_with("10.244.0.20:")));
+    assert_eq!(c.pod_requests().len(), n_pod);
 }
