@@ -202,9 +202,8 @@ fn mirror_capture_defaults_on_and_survives_the_env_roundtrip_when_off() {
     assert!(!off.feature.network.incoming.mirror_capture);
     let json = serde_json::to_string(&off).unwrap();
     assert_eq!(MirrordConfig::from_json(&json).unwrap(), off);
-    let e = MirrordConfig::from_json(
-        r#"{"feature":{"network":{"incoming":{"mirror_capture":"no"}}}}"#,
-    )
-    .unwrap_err();
+    let e =
+        MirrordConfig::from_json(r#"{"feature":{"network":{"incoming":{"mirror_capture":"no"}}}}"#)
+            .unwrap_err();
     assert!(e.to_string().contains("expected a boolean"), "{e}");
 }

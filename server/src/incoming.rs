@@ -242,7 +242,7 @@ impl IncomingRouter {
             mode: TrafficMode::Observe,
             filter: None,
             tls: self.tls_of(port),
-                capture: self.config.mirror_capture,
+            capture: self.config.mirror_capture,
         };
         let _changing = self.changes.lock().await;
         match control.request(request).await {

@@ -1015,7 +1015,11 @@ fn a_thousand_concurrent_connections_are_stolen_without_errors() {
 /// namespace), the header line left out.
 fn pod_packet_sockets(c: &Cluster) -> usize {
     let table = run_ok(c.pod("cat").arg("/proc/net/packet")).unwrap();
-    table.lines().skip(1).filter(|l| !l.trim().is_empty()).count()
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count()
 }
 
 /// Mirror by capture (the default): the pod's port is not redirected (no chain of the agent in
@@ -1032,7 +1036,10 @@ fn mirror_by_capture_adds_no_rule_and_leaves_no_socket() {
     assert_eq!(pod_packet_sockets(&c), 0);
     let mut app = local_app(&c, &cfg, 80, &[]);
     let nat = run_ok(c.pod("iptables-save").args(["-t", "nat"])).unwrap();
-    assert!(!nat.contains("MIRRORD"), "a redirect while mirroring: {nat}");
+    assert!(
+        !nat.contains("MIRRORD"),
+        "a redirect while mirroring: {nat}"
+    );
     assert!(
         !pod_rules(&c).contains("mirrord"),
         "a rule while mirroring: {}",
@@ -1146,7 +1153,10 @@ fn mirror_through_the_relay_when_capture_is_off() {
     assert_eq!(ids.len(), 1, "{}", pod_rules(&c));
     assert_eq!(pod_packet_sockets(&c), 0);
     let (by, body) = curl_pod(&c, "/relayed", &["--data-binary", "relayed body"]);
-    assert_eq!((by.as_str(), body.as_str()), ("pod", "pod: POST /relayed\n"));
+    assert_eq!(
+        (by.as_str(), body.as_str()),
+        ("pod", "pod: POST /relayed\n")
+    );
     let line = app.wait_line("\"path\": \"/relayed\"", WAIT).unwrap();
     assert_eq!(json_line(&line)["body"], "relayed body");
     app.kill().unwrap();
@@ -1194,4 +1204,36 @@ fn a_capturing_mirror_and_another_sessions_filtered_steal_share_a_port() {
         .iter()
         .all(|r| r["peer"].as_str().unwrap().starts_with("10.244.0.20:")));
     assert_eq!(c.pod_requests().len(), n_pod);
+}
+
+/// Mirror by capture sees the pod's own connections to itself (over `lo`, as the redirect's
+/// OUTPUT rule did), each request once although `lo` shows every packet leaving and arriving.
+#[test]
+fn mirror_by_capture_copies_the_pods_own_loopback_connections_once() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "mirror.json",
+        r#"{"feature":{"network":{"incoming":"mirror"}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    for (host, path) in [
+        ("127.0.0.1", "/lo/1"),
+        (&*Cluster::POD_IP.to_string(), "/lo/2"),
+    ] {
+        let mut cmd = c.pod("curl");
+        no_proxy(&mut cmd).args(["-sS", "--max-time", "10", "-D", "-"]);
+        cmd.arg(format!("http://{host}{path}"));
+        let out = output_within(&mut cmd, WAIT).unwrap();
+        assert_eq!(
+            served_by(&String::from_utf8_lossy(&out.stdout)).0,
+            "pod",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Both copies, and no second copy of either within the wait.
+    let seen = wait_requests(&mut app, 3, Duration::from_secs(3));
+    let paths: Vec<&str> = seen.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/lo/1", "/lo/2"]);
 }

@@ -208,7 +208,9 @@ impl Registry {
             );
             if let Err(e) = self.sync_capture(start_capture) {
                 lock(&self.ports).remove(&port);
-                return Err(e.context("capturing the port's traffic (set mirror_capture: false to relay it instead)"));
+                return Err(e.context(
+                    "capturing the port's traffic (set mirror_capture: false to relay it instead)",
+                ));
             }
             return Ok(());
         }

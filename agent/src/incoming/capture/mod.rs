@@ -32,10 +32,12 @@ use tokio::task::JoinHandle;
 pub use bpf::MAX_PORTS;
 
 /// Bounds of the reassembly (see `reassembly::Limits`): 16 Ki connections at once, 4 MiB of
-/// out-of-order bytes per direction.
+/// out-of-order bytes per direction and 64 MiB in all (a gap is a lost packet: waiting longer
+/// for it only delays the copy's end).
 const LIMITS: Limits = Limits {
     max_connections: 16 * 1024,
     max_pending_bytes: 4 << 20,
+    max_total_pending_bytes: 64 << 20,
 };
 /// A connection with no packet for this long is dropped from the table (its FIN or RST was
 /// lost, or it is simply idle: a later segment of it is then ignored).

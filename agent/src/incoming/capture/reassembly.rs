@@ -62,8 +62,14 @@ pub enum Event {
         data: Bytes,
     },
     /// One direction ended (its FIN was reached in order).
-    End { key: ConnKey, from_client: bool },
-    Closed { key: ConnKey, reason: CloseReason },
+    End {
+        key: ConnKey,
+        from_client: bool,
+    },
+    Closed {
+        key: ConnKey,
+        reason: CloseReason,
+    },
 }
 
 /// Bounds on what reassembly keeps.
@@ -73,6 +79,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Out-of-order bytes buffered per direction.
     pub max_pending_bytes: usize,
+    /// Out-of-order bytes buffered over all connections.
+    pub max_total_pending_bytes: usize,
 }
 
 /// What was dropped, for the logs.
@@ -117,6 +125,8 @@ struct Conn {
 pub struct Reassembler {
     limits: Limits,
     conns: HashMap<ConnKey, Conn>,
+    // Invariant: the sum of every tracked direction's `pending_bytes`.
+    total_pending: usize,
     pub counters: Counters,
 }
 
@@ -214,6 +224,7 @@ impl Reassembler {
         Reassembler {
             limits,
             conns: HashMap::new(),
+            total_pending: 0,
             counters: Counters::default(),
         }
     }
@@ -260,16 +271,10 @@ impl Reassembler {
             };
             events.push(Event::Opened(forward));
             self.counters.opened += 1;
-            // Data on a SYN (TCP Fast Open) starts the stream.
-            let at = 0;
-            match conn.to_server.accept(
-                at,
-                seg.payload,
-                seg.fin,
-                self.limits.max_pending_bytes,
-            ) {
-                Ok(chunks) => push_data(events, forward, true, chunks),
-                Err(()) => {}
+            // Data on a SYN (TCP Fast Open) starts the stream; at the stream's position it is
+            // delivered at once, never buffered.
+            if let Ok(chunks) = conn.to_server.accept(0, seg.payload, seg.fin, 0) {
+                push_data(events, forward, true, chunks);
             }
             self.conns.insert(forward, conn);
             self.after_segment(forward, true, events);
@@ -315,8 +320,13 @@ impl Reassembler {
             self.counters.wild_segments += 1;
             return;
         };
-        match dir.accept(at, seg.payload, seg.fin, max_pending) {
-            Ok(chunks) => push_data(events, key, from_client, chunks),
+        let room = self.limits.max_total_pending_bytes - self.total_pending;
+        let before = dir.pending_bytes;
+        match dir.accept(at, seg.payload, seg.fin, max_pending.min(before + room)) {
+            Ok(chunks) => {
+                self.total_pending = self.total_pending + dir.pending_bytes - before;
+                push_data(events, key, from_client, chunks)
+            }
             Err(()) => {
                 self.counters.overflowed += 1;
                 self.close(key, CloseReason::Overflow, events);
@@ -340,16 +350,13 @@ impl Reassembler {
             events.push(Event::End { key, from_client });
         }
         if conn.to_server.ended && conn.to_client.ended {
-            self.conns.remove(&key);
-            events.push(Event::Closed {
-                key,
-                reason: CloseReason::Finished,
-            });
+            self.close(key, CloseReason::Finished, events);
         }
     }
 
     fn close(&mut self, key: ConnKey, reason: CloseReason, events: &mut Vec<Event>) {
-        if self.conns.remove(&key).is_some() {
+        if let Some(conn) = self.conns.remove(&key) {
+            self.total_pending -= conn.to_server.pending_bytes + conn.to_client.pending_bytes;
             events.push(Event::Closed { key, reason });
         }
     }
@@ -367,7 +374,12 @@ impl Reassembler {
     }
 
     /// Closes the connections quiet since before `idle_before`, or whose port `keep` refuses.
-    pub fn expire(&mut self, idle_before: u64, keep: impl Fn(u16) -> bool, events: &mut Vec<Event>) {
+    pub fn expire(
+        &mut self,
+        idle_before: u64,
+        keep: impl Fn(u16) -> bool,
+        events: &mut Vec<Event>,
+    ) {
         let gone: Vec<ConnKey> = self
             .conns
             .iter()
@@ -405,6 +417,7 @@ mod tests {
         Limits {
             max_connections: 4,
             max_pending_bytes: 64,
+            max_total_pending_bytes: 100,
         }
     }
 
@@ -470,7 +483,12 @@ mod tests {
     fn in_order_both_directions() {
         let mut run = Run::new();
         run.feed(seg(true, CISN + 1, "A", b"GET / HTTP/1.1\r\n\r\n"));
-        run.feed(seg(false, SISN.wrapping_add(1), "A", b"HTTP/1.1 200 OK\r\n"));
+        run.feed(seg(
+            false,
+            SISN.wrapping_add(1),
+            "A",
+            b"HTTP/1.1 200 OK\r\n",
+        ));
         assert_eq!(run.stream(true), b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(run.stream(false), b"HTTP/1.1 200 OK\r\n");
         assert!(matches!(run.events[0], Event::Opened(_)));
@@ -514,10 +532,7 @@ mod tests {
         let mut run = Run::new();
         // The client's FIN arrives before its last data.
         run.feed(seg(true, CISN + 1 + 2, "AF", b"c"));
-        assert!(!run
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::End { .. })));
+        assert!(!run.events.iter().any(|e| matches!(e, Event::End { .. })));
         run.feed(seg(true, CISN + 1, "A", b"ab"));
         assert!(run.events.iter().any(|e| matches!(
             e,
@@ -564,6 +579,17 @@ mod tests {
         run.feed(seg(true, CISN + 1 + 70, "A", &[b'y'; 10]));
         assert_eq!(run.closed(), Some(CloseReason::Overflow));
         assert_eq!(run.r.counters.overflowed, 1);
+    }
+
+    #[test]
+    fn the_buffers_of_all_connections_share_one_limit() {
+        let mut run = Run::new();
+        // The client's direction waits with 60 bytes; the server's may add only 40 more.
+        run.feed(seg(true, CISN + 1 + 10, "A", &[b'x'; 60]));
+        assert_eq!(run.closed(), None);
+        run.feed(seg(false, SISN.wrapping_add(11), "A", &[b'y'; 41]));
+        assert_eq!(run.closed(), Some(CloseReason::Overflow));
+        assert_eq!(run.r.total_pending, 0);
     }
 
     #[test]
@@ -644,10 +670,14 @@ mod tests {
                 s.fin = flags & 4 != 0;
                 s.rst = flags & 8 != 0;
                 r.handle(&s, *now, |p| p == 80, &mut events);
+                let mut total = 0;
                 for c in r.conns.values() {
                     prop_assert!(c.to_server.pending_bytes <= limits().max_pending_bytes);
                     prop_assert!(c.to_client.pending_bytes <= limits().max_pending_bytes);
+                    total += c.to_server.pending_bytes + c.to_client.pending_bytes;
                 }
+                prop_assert_eq!(total, r.total_pending);
+                prop_assert!(total <= limits().max_total_pending_bytes);
                 prop_assert!(r.connections() <= limits().max_connections);
             }
         }
@@ -676,6 +706,7 @@ mod tests {
             }
             let mut run = Run::new();
             run.r.limits.max_pending_bytes = 1 << 20;
+            run.r.limits.max_total_pending_bytes = 1 << 20;
             for (a, b) in pieces {
                 run.feed(seg(true, CISN + 1 + a as u32, "A", &data[a..b]));
             }
