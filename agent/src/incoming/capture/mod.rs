@@ -27,7 +27,7 @@ use socket::PacketSocket;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 pub use bpf::MAX_PORTS;
 
@@ -44,16 +44,21 @@ const LIMITS: Limits = Limits {
 const IDLE: Duration = Duration::from_secs(600);
 /// How often idle connections and the kernel's drop counter are looked at.
 const SWEEP: Duration = Duration::from_secs(1);
+/// Events handed to the copy queues at once while a backlog is read.
+const DISPATCH_EVERY: usize = 64;
+/// Pause between two reads of the socket (see `read_loop`).
+const BATCH_WAIT: Duration = Duration::from_millis(2);
 /// Largest packet read whole: a GSO packet of 64 KiB plus headers.
 const READ_BUFFER: usize = 256 * 1024;
 
 /// The capture of this agent's mirror-only ports.
 pub struct Capture {
     socket: Arc<PacketSocket>,
-    /// The captured ports; the task reads it at each SYN, `set_ports` writes it.
+    /// The captured ports; the read loop reads it at each batch, `set_ports` writes it.
     ports: Arc<Mutex<BTreeSet<u16>>>,
     lo_index: u32,
-    task: JoinHandle<()>,
+    /// registry --stop (by being dropped)--> the capture thread
+    _stop_tx: oneshot::Sender<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -62,7 +67,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Capture {
     /// Opens the capture socket (in the agent's namespace, the target's) for `ports` and starts
-    /// reading it.
+    /// reading it on a thread of its own at a lower priority (nice [`CAPTURE_NICE`]): on a busy
+    /// machine the target's own work preempts the copies, never the other way round. The
+    /// copies' tasks (announce, writes to the clients' channels) run on that thread too.
     pub fn start(state: Weak<IncomingState>, ports: BTreeSet<u16>) -> Result<Capture> {
         let lo_index = socket::loopback_index().context("finding the loopback interface")?;
         let filter = filter_for(&ports, lo_index)?;
@@ -70,13 +77,31 @@ impl Capture {
             PacketSocket::open(&filter)
                 .context("opening the capture socket (AF_PACKET needs CAP_NET_RAW)")?,
         );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("making the capture's runtime")?;
         let ports = Arc::new(Mutex::new(ports));
-        let task = tokio::spawn(read_loop(socket.clone(), ports.clone(), state));
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (thread_socket, thread_ports) = (socket.clone(), ports.clone());
+        std::thread::Builder::new()
+            .name("mirrord-capture".into())
+            .spawn(move || {
+                lower_this_threads_priority();
+                runtime.block_on(async move {
+                    tokio::select! {
+                        _ = read_loop(thread_socket, thread_ports, state) => {}
+                        // Dropped with the Capture: the last captured port was released.
+                        _ = stop_rx => {}
+                    }
+                });
+            })
+            .context("starting the capture thread")?;
         Ok(Capture {
             socket,
             ports,
             lo_index,
-            task,
+            _stop_tx: stop_tx,
         })
     }
 
@@ -90,9 +115,27 @@ impl Capture {
         Ok(())
     }
 
-    /// Stops reading and closes the socket (once the task, its other owner, is gone).
+    /// Stops reading; the socket closes when the capture thread lets go of it.
     pub fn stop(self) {
-        self.task.abort();
+        drop(self);
+    }
+}
+
+/// Nice value of the capture thread (the relay's bulk threads use the same idea).
+const CAPTURE_NICE: libc::c_int = 10;
+
+/// Raises this thread's nice value (Linux schedules threads, so the agent's other threads keep
+/// theirs). A failure only costs the priority.
+fn lower_this_threads_priority() {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority on our own thread id; no memory is passed.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CAPTURE_NICE) };
+    if r != 0 {
+        tracing::debug!(
+            "the capture thread keeps its priority: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -122,9 +165,16 @@ async fn read_loop(
     let mut truncated = 0u64;
     let mut kernel_drops = 0u64;
     let mut kernel_packets = 0u64;
+    let fd = match socket.register() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("capture socket not readable, mirror copies stop: {e}");
+            return;
+        }
+    };
     loop {
         tokio::select! {
-            ready = socket.readable() => {
+            ready = fd.readable() => {
                 let mut guard = match ready {
                     Ok(g) => g,
                     Err(e) => {
@@ -154,13 +204,22 @@ async fn read_loop(
                             break;
                         }
                     }
-                    if events.len() >= 256 {
+                    if events.len() >= DISPATCH_EVERY {
                         let Some(state) = state.upgrade() else { return };
                         dispatch(&state, &mut events, &mut copies);
+                        drop(state);
+                        // The copies' writers run on this thread too: let them drain their
+                        // queues before more is pushed (a full queue ends that copy).
+                        tokio::task::yield_now().await;
                     }
                 }
                 let Some(state) = state.upgrade() else { return };
                 dispatch(&state, &mut events, &mut copies);
+                drop(state);
+                // Let packets gather in the kernel's buffer before the next read: the agent
+                // wakes at most once per BATCH_WAIT instead of once per packet, which leaves
+                // the CPU to the target (the copies are BATCH_WAIT later, nothing else).
+                tokio::time::sleep(BATCH_WAIT).await;
             }
             _ = sweep.tick() => {
                 let now = start.elapsed().as_millis() as u64;

@@ -8,6 +8,7 @@ use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -17,7 +18,7 @@ use tokio::io::Interest;
 const RECV_BUFFER: usize = 32 << 20;
 
 pub struct PacketSocket {
-    fd: AsyncFd<Socket>,
+    socket: Arc<Socket>,
 }
 
 /// Packets the kernel counted for the socket since the last read of the counters.
@@ -38,19 +39,22 @@ impl PacketSocket {
             .or_else(|_| socket.set_recv_buffer_size(RECV_BUFFER))?;
         socket.set_nonblocking(true)?;
         socket.bind(&all_interfaces())?;
-        // SAFETY: `socket` owns its descriptor and moves into the AsyncFd, which keeps it open
-        // (and the same) until the AsyncFd is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE)? };
-        Ok(PacketSocket { fd })
+        Ok(PacketSocket {
+            socket: Arc::new(socket),
+        })
+    }
+
+    /// Registers the socket with the current tokio runtime (the one that reads it).
+    pub fn register(&self) -> io::Result<AsyncFd<Arc<Socket>>> {
+        // SAFETY: the descriptor is owned by the `Socket` in the Arc; this PacketSocket keeps
+        // an Arc (so the descriptor stays open and the same) for as long as the AsyncFd, which
+        // the read loop drops before it gives the PacketSocket up.
+        Ok(unsafe { AsyncFd::register_with_interest(self.socket.clone(), Interest::READABLE)? })
     }
 
     /// Replaces the filter (atomically, for packets not queued yet).
     pub fn set_filter(&self, filter: &[socket2::SockFilter]) -> io::Result<()> {
-        self.fd.get_ref().attach_filter(filter)
-    }
-
-    pub async fn readable(&self) -> io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, Socket>> {
-        self.fd.readable().await
+        self.socket.attach_filter(filter)
     }
 
     /// One packet into `buf`: its length, or `WouldBlock`. A packet longer than `buf` is
@@ -60,7 +64,7 @@ impl PacketSocket {
         // kernel writes at most that many.
         let n = unsafe {
             libc::recv(
-                self.fd.get_ref().as_raw_fd(),
+                self.socket.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 libc::MSG_TRUNC | libc::MSG_DONTWAIT,
@@ -82,7 +86,7 @@ impl PacketSocket {
         // SAFETY: `stats` and `len` are live locals; `len` is the size of `stats`.
         let r = unsafe {
             libc::getsockopt(
-                self.fd.get_ref().as_raw_fd(),
+                self.socket.as_raw_fd(),
                 libc::SOL_PACKET,
                 libc::PACKET_STATISTICS,
                 (&mut stats as *mut libc::tpacket_stats).cast(),
