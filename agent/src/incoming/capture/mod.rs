@@ -165,6 +165,7 @@ async fn read_loop(
     let mut truncated = 0u64;
     let mut kernel_drops = 0u64;
     let mut kernel_packets = 0u64;
+    let mut last_lost = (0u64, 0u64, 0u64);
     let fd = match socket.register() {
         Ok(fd) => fd,
         Err(e) => {
@@ -240,13 +241,22 @@ async fn read_loop(
                     }
                 }
                 let c = reassembler.counters;
+                let lost = (c.evicted, c.overflowed, truncated);
+                if lost != last_lost {
+                    last_lost = lost;
+                    tracing::warn!(
+                        evicted = c.evicted,
+                        overflowed = c.overflowed,
+                        truncated,
+                        "capture dropped connections' copies (totals since it started)"
+                    );
+                }
                 tracing::trace!(
                     connections = reassembler.connections(),
                     opened = c.opened,
-                    evicted = c.evicted,
-                    overflowed = c.overflowed,
                     expired = c.expired,
-                    truncated,
+                    untracked = c.untracked_segments,
+                    wild = c.wild_segments,
                     packets = kernel_packets,
                     "capture"
                 );
