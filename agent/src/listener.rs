@@ -296,10 +296,11 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
                     mode,
                     filter,
                     tls,
+                    capture,
                 } => {
                     match state
                         .incoming
-                        .subscribe(&client, port, mode, filter, tls)
+                        .subscribe(&client, port, mode, filter, tls, capture)
                         .await
                     {
                         Ok(()) => AgentResponse::Subscribed,

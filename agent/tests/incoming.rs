@@ -427,6 +427,8 @@ impl Control {
             mode: TrafficMode::Mirror,
             filter: None,
             tls: None,
+            // These tests are about the redirect rules: the relay mode.
+            capture: false,
         });
         assert_eq!(r, AgentResponse::Subscribed);
     }
@@ -544,6 +546,8 @@ fn rule_changes_waiting_for_the_xtables_lock_do_not_stall_the_data_path() {
                 mode: TrafficMode::Mirror,
                 filter: None,
                 tls: None,
+                // These tests are about the redirect rules: the relay mode.
+                capture: false,
             })
         })
         .collect();
@@ -558,6 +562,8 @@ fn rule_changes_waiting_for_the_xtables_lock_do_not_stall_the_data_path() {
         mode: TrafficMode::Mirror,
         filter: None,
         tls: None,
+        // These tests are about the redirect rules: the relay mode.
+        capture: false,
     });
     drop(doomed);
 
@@ -704,6 +710,8 @@ fn a_resuming_control_channel_replaces_a_half_open_one_and_steals_again() {
         mode: TrafficMode::Steal,
         filter: None,
         tls: None,
+        // These tests are about the redirect rules: the relay mode.
+        capture: false,
     };
     let mut old = agent.control();
     assert_eq!(old.request(steal.clone()), AgentResponse::Subscribed);

@@ -77,6 +77,10 @@ pub enum AgentRequest {
         filter: Option<HttpFilter>,
         /// The target terminates TLS on this port: where its certificate chain and key are.
         tls: Option<TlsPort>,
+        /// For mirror and observe: copy the port's traffic by capturing its packets in the
+        /// target's namespace instead of redirecting the port through the agent
+        /// (`feature.network.incoming.mirror_capture`). Ignored for steal and TLS ports.
+        capture: bool,
     },
     Unsubscribe {
         port: u16,

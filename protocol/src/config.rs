@@ -690,6 +690,14 @@ fn agent_image<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Err
     d.deserialize_any(V)
 }
 
+fn default_true() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 /// `feature.network.incoming`: `"mirror" | "steal" | "off"` or the full object.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -728,6 +736,12 @@ struct IncomingConfigMap {
     /// re-encrypted (`tls`).
     #[serde(default)]
     https_delivery: HttpsDelivery,
+    /// Mirror (and `mirrord dump`) by capturing the port's packets in the target's network
+    /// namespace (`true`, the default), so the target's own traffic never crosses the agent;
+    /// `false`: redirect the port through the agent, which relays every connection and copies
+    /// it (slower for the target, but no copy is ever lost to a full capture buffer).
+    #[serde(default = "default_true")]
+    mirror_capture: bool,
     /// Accepted for compatibility with mirrord; ignored by this product.
     #[serde(default, skip_serializing)]
     http_header_filter: Option<Ignored>,
@@ -745,7 +759,7 @@ impl<'de> Deserialize<'de> for IncomingConfigFull {
         impl<'de> Visitor<'de> for V {
             type Value = IncomingConfigFull;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("\"mirror\", \"steal\", \"off\" or {mode, port_mapping, ignore_localhost, ignore_ports, ports, listen_ports, http_filter, tls_ports, https_delivery}")
+                f.write_str("\"mirror\", \"steal\", \"off\" or {mode, port_mapping, ignore_localhost, ignore_ports, ports, listen_ports, http_filter, tls_ports, https_delivery, mirror_capture}")
             }
             /// mirrord's toggle: `true` is the default mode, `false` is off.
             fn visit_bool<E: de::Error>(self, on: bool) -> Result<IncomingConfigFull, E> {
@@ -784,6 +798,7 @@ impl<'de> Deserialize<'de> for IncomingConfigFull {
                     http_filter: m.http_filter,
                     tls_ports: m.tls_ports,
                     https_delivery: m.https_delivery,
+                    mirror_capture: m.mirror_capture,
                 })
             }
         }
@@ -818,6 +833,10 @@ pub struct IncomingConfigFull {
     pub tls_ports: Vec<TlsPortConfig>,
     #[serde(default, skip_serializing_if = "HttpsDelivery::is_default")]
     pub https_delivery: HttpsDelivery,
+    /// Mirror and observe by packet capture in the target's namespace (`true`) or through the
+    /// agent's relay (`false`).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub mirror_capture: bool,
 }
 
 pub type IncomingConfig = IncomingConfigFull;
@@ -898,6 +917,7 @@ impl Default for IncomingConfigFull {
             http_filter: HttpFilterConfig::default(),
             tls_ports: Vec::new(),
             https_delivery: HttpsDelivery::default(),
+            mirror_capture: true,
         }
     }
 }

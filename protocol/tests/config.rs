@@ -190,3 +190,20 @@ fn kubernetes_keys_parse_and_stay_strict() {
         .to_string();
     assert!(e.contains("line 1"), "{e}");
 }
+
+#[test]
+fn mirror_capture_defaults_on_and_survives_the_env_roundtrip_when_off() {
+    let on = MirrordConfig::from_json(r#"{"feature":{"network":{"incoming":"mirror"}}}"#).unwrap();
+    assert!(on.feature.network.incoming.mirror_capture);
+    let off = MirrordConfig::from_json(
+        r#"{"feature":{"network":{"incoming":{"mode":"mirror","mirror_capture":false}}}}"#,
+    )
+    .unwrap();
+    assert!(!off.feature.network.incoming.mirror_capture);
+    let json = serde_json::to_string(&off).unwrap();
+    assert_eq!(MirrordConfig::from_json(&json).unwrap(), off);
+    let e =
+        MirrordConfig::from_json(r#"{"feature":{"network":{"incoming":{"mirror_capture":"no"}}}}"#)
+            .unwrap_err();
+    assert!(e.to_string().contains("expected a boolean"), "{e}");
+}

@@ -195,6 +195,7 @@ impl IncomingRouter {
                 mode,
                 filter,
                 tls: self.tls_of(port),
+                capture: self.config.mirror_capture,
             })
             .await
         {
@@ -241,6 +242,7 @@ impl IncomingRouter {
             mode: TrafficMode::Observe,
             filter: None,
             tls: self.tls_of(port),
+            capture: self.config.mirror_capture,
         };
         let _changing = self.changes.lock().await;
         match control.request(request).await {
@@ -334,6 +336,7 @@ impl IncomingRouter {
                 mode,
                 filter,
                 tls: self.tls_of(port),
+                capture: self.config.mirror_capture,
             };
             let why = match control.request(request).await {
                 Ok(AgentResponse::Subscribed) => {

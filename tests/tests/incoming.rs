@@ -1010,3 +1010,230 @@ fn a_thousand_concurrent_connections_are_stolen_without_errors() {
         c.pod_requests()
     );
 }
+
+/// Packet sockets open in the pod's network namespace (`/proc/net/packet` lists them per
+/// namespace), the header line left out.
+fn pod_packet_sockets(c: &Cluster) -> usize {
+    let table = run_ok(c.pod("cat").arg("/proc/net/packet")).unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// Mirror by capture (the default): the pod's port is not redirected (no chain of the agent in
+/// the pod's nat table, no nft table), a packet socket captures it instead, the program still
+/// gets its copy with the real client, and when the session ends the socket is gone too.
+#[test]
+fn mirror_by_capture_adds_no_rule_and_leaves_no_socket() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "mirror.json",
+        r#"{"feature":{"network":{"incoming":"mirror"}}}"#,
+    );
+    assert_eq!(pod_packet_sockets(&c), 0);
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    let nat = run_ok(c.pod("iptables-save").args(["-t", "nat"])).unwrap();
+    assert!(
+        !nat.contains("MIRRORD"),
+        "a redirect while mirroring: {nat}"
+    );
+    assert!(
+        !pod_rules(&c).contains("mirrord"),
+        "a rule while mirroring: {}",
+        pod_rules(&c)
+    );
+    assert_eq!(pod_packet_sockets(&c), 1, "no capture socket in the pod");
+    let (by, _) = curl_pod(&c, "/captured", &[]);
+    assert_eq!(by, "pod");
+    let line = app.wait_line("\"path\": \"/captured\"", WAIT).unwrap();
+    let seen = json_line(&line);
+    assert!(
+        seen["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", Cluster::CLIENT_IP)),
+        "{seen}"
+    );
+    app.kill().unwrap();
+    let gone = poll_until(WAIT, || pod_packet_sockets(&c) == 0);
+    assert!(gone.is_some(), "the capture socket outlived the session");
+    assert!(!pod_rules(&c).contains("mirrord"), "{}", pod_rules(&c));
+}
+
+/// Mirror by capture: a large body (many segments, in both directions of the window) and
+/// pipelined requests (several in one segment) reach the program intact and in order.
+#[test]
+fn mirror_by_capture_delivers_large_bodies_and_pipelined_requests_intact() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "mirror.json",
+        r#"{"feature":{"network":{"incoming":"mirror"}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    // 780 KB of numbered lines (the program reads bodies up to 1 MiB).
+    let body: String = (0..30_000)
+        .map(|i| format!("line {i:08} of the body\n"))
+        .collect();
+    assert_eq!(body.len(), 780_000);
+    let file = c.workdir().join("large-body");
+    std::fs::write(&file, &body).unwrap();
+    let data = format!("@{}", file.display());
+    let (by, _) = curl_pod(&c, "/large", &["--data-binary", &data]);
+    assert_eq!(by, "pod");
+    let line = app.wait_line("\"path\": \"/large\"", WAIT).unwrap();
+    let seen = json_line(&line);
+    assert_eq!(seen["body"].as_str().map(str::len), Some(body.len()));
+    assert!(seen["body"] == body.as_str(), "the body's copy differs");
+
+    // 20 requests written at once on one connection; the last one closes it.
+    let script = r#"
+import socket, sys
+host, n = sys.argv[1], int(sys.argv[2])
+reqs = b"".join(
+    b"GET /pipelined/%d HTTP/1.1\r\nHost: pod\r\n%s\r\n"
+    % (i, b"Connection: close\r\n" if i == n - 1 else b"")
+    for i in range(n)
+)
+s = socket.create_connection((host, 80), timeout=10)
+s.sendall(reqs)
+got = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    got += chunk
+print(got.count(b"HTTP/1.1 200"))
+"#;
+    let mut cmd = c.client(PY);
+    no_proxy(&mut cmd)
+        .args(["-c", script])
+        .arg(Cluster::POD_IP.to_string())
+        .arg("20");
+    let out = output_within(&mut cmd, WAIT).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "20",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = poll_until(WAIT, || {
+        app.stdout_lines()
+            .iter()
+            .filter(|l| l.contains("/pipelined/"))
+            .count()
+            >= 20
+    });
+    assert!(seen.is_some(), "{:?}", app.stdout_lines());
+    let paths: Vec<String> = app
+        .stdout_lines()
+        .iter()
+        .filter(|l| l.contains("/pipelined/"))
+        .map(|l| json_line(l)["path"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| format!("/pipelined/{i}")).collect();
+    assert_eq!(paths, expected);
+}
+
+/// `mirror_capture: false`: the relay mode still mirrors, through the agent's redirect (its
+/// chain is in the pod's nat table while it does).
+#[test]
+fn mirror_through_the_relay_when_capture_is_off() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "mirror-relay.json",
+        r#"{"feature":{"network":{"incoming":{"mode":"mirror","mirror_capture":false}}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    let ids = agent_ids(&c);
+    assert_eq!(ids.len(), 1, "{}", pod_rules(&c));
+    assert_eq!(pod_packet_sockets(&c), 0);
+    let (by, body) = curl_pod(&c, "/relayed", &["--data-binary", "relayed body"]);
+    assert_eq!(
+        (by.as_str(), body.as_str()),
+        ("pod", "pod: POST /relayed\n")
+    );
+    let line = app.wait_line("\"path\": \"/relayed\"", WAIT).unwrap();
+    assert_eq!(json_line(&line)["body"], "relayed body");
+    app.kill().unwrap();
+    wait_no_agents(&c);
+}
+
+/// A capturing mirror next to another session's filtered steal of the same port: the stealing
+/// agent does not hand connections to the capturing one (it copies them from the packets), and
+/// its own connections to the pod carry the agent mark the capture leaves out, so the mirror
+/// sees every request of the client exactly once (stolen ones included: capture sees what the
+/// client sent to the pod's port), while each request is still served by the right side.
+#[test]
+fn a_capturing_mirror_and_another_sessions_filtered_steal_share_a_port() {
+    let c = Cluster::start().unwrap();
+    let mirror = config(
+        &c,
+        "mirror.json",
+        r#"{"feature":{"network":{"incoming":"mirror"}}}"#,
+    );
+    let alice = config(
+        &c,
+        "alice.json",
+        r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice"}}}}}"#,
+    );
+    let mut m = local_app(&c, &mirror, 80, &["--name", "mirror"]);
+    let _a = local_app(&c, &alice, 80, &["--name", "alice"]);
+    let kinds = r#"[
+        {"method":"GET","path":"/a","headers":{"x-user":"alice"},"expect":"alice"},
+        {"method":"POST","path":"/n","body":"n","expect":"pod"}
+    ]"#;
+    let s = http_mix(&c, 80, 300, 3, kinds);
+    assert_all_ok(&s, 300, "mirror next to a filtered steal");
+    let n_alice = s["by"]["alice"].as_u64().unwrap() as usize;
+    let n_pod = s["by"]["pod"].as_u64().unwrap() as usize;
+    assert!(n_alice > 50 && n_pod > 50, "{s}");
+    // Everything the client sent, once; a copy too many would show up within the wait.
+    let seen = wait_requests(&mut m, 301, Duration::from_secs(3));
+    assert_eq!(seen.len(), 300, "{s}");
+    let stolen = seen
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().starts_with("/a/"))
+        .count();
+    assert_eq!((stolen, seen.len() - stolen), (n_alice, n_pod));
+    assert!(seen
+        .iter()
+        .all(|r| r["peer"].as_str().unwrap().starts_with("10.244.0.20:")));
+    assert_eq!(c.pod_requests().len(), n_pod);
+}
+
+/// Mirror by capture sees the pod's own connections to itself (over `lo`, as the redirect's
+/// OUTPUT rule did), each request once although `lo` shows every packet leaving and arriving.
+#[test]
+fn mirror_by_capture_copies_the_pods_own_loopback_connections_once() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "mirror.json",
+        r#"{"feature":{"network":{"incoming":"mirror"}}}"#,
+    );
+    let mut app = local_app(&c, &cfg, 80, &[]);
+    for (host, path) in [
+        ("127.0.0.1", "/lo/1"),
+        (&*Cluster::POD_IP.to_string(), "/lo/2"),
+    ] {
+        let mut cmd = c.pod("curl");
+        no_proxy(&mut cmd).args(["-sS", "--max-time", "10", "-D", "-"]);
+        cmd.arg(format!("http://{host}{path}"));
+        let out = output_within(&mut cmd, WAIT).unwrap();
+        assert_eq!(
+            served_by(&String::from_utf8_lossy(&out.stdout)).0,
+            "pod",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Both copies, and no second copy of either within the wait.
+    let seen = wait_requests(&mut app, 3, Duration::from_secs(3));
+    let paths: Vec<&str> = seen.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/lo/1", "/lo/2"]);
+}

@@ -73,7 +73,13 @@ impl IncomingState {
                 mut visited,
             } => {
                 let subscribers = self.registry.subscribers(port);
-                if subscribers.is_empty() || visited.contains(&self.agent_id) {
+                // A captured port: this agent copies the connection from the packets it sees in
+                // the namespace wherever the connection goes, so it needs no hand-over (taking it
+                // would only add a hop and a second copy).
+                if subscribers.is_empty()
+                    || visited.contains(&self.agent_id)
+                    || self.registry.is_captured(port)
+                {
                     stream.write_all(b"no\n").await?;
                     return Ok(());
                 }

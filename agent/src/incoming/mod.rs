@@ -1,7 +1,10 @@
 //! Incoming traffic: ports of the target that clients subscribed, mirrored or stolen.
 //!
-//! A subscribed port is redirected (see `redirect`) to a listener of the agent. For each
-//! redirected connection the agent looks at the port's subscribers:
+//! A port whose subscribers only copy (mirror, observe) is captured in the target's namespace
+//! (see `capture`: no redirect, the target's traffic never crosses the agent) unless they asked
+//! for the relay (`mirror_capture: false`). Any other subscribed port is redirected (see
+//! `redirect`) to a listener of the agent. For each redirected connection the agent looks at the
+//! port's subscribers:
 //! - no stealer: the connection passes through to its original destination (the target keeps
 //!   serving) and the client's bytes are copied to every mirroring client;
 //! - stealers and the connection speaks HTTP: every request is routed on its own, to the first
@@ -20,14 +23,15 @@
 //! that cannot coexist is refused (see `mesh`).
 
 //!
-//! Files, one job each: `registry` (who subscribed which port; the ONE owner of a port's state
-//! and its redirect rule), `mesh_server` (answering and asking the other agents of the target),
+//! Files, one job each: `registry` (who subscribed which port; the ONE owner of a port's state,
+//! its redirect rule and its capture), `capture` (copies by packet capture), `mesh_server` (answering and asking the other agents of the target),
 //! `leftovers` (removing the rules of dead agents at start), `passthrough` (pass-through with
 //! mirror and observe copies), `sniff` (HTTP or not), `original_dst` (`SO_ORIGINAL_DST`,
 //! unredirected connections to the target), `http_route` (per-request routing of filtered
 //! steals), `filter` (HTTP filters), `tls` (ports where the target terminates TLS: the agent
 //! terminates it with the target's certificate, then serves the decrypted streams as above).
 
+mod capture;
 mod filter;
 mod http_route;
 mod leftovers;
@@ -82,6 +86,8 @@ struct Subscriber {
     filter: Option<Arc<CompiledFilter>>,
     /// The target terminates TLS on this port: its certificate and key, loaded by the agent.
     tls: Option<Arc<tls::TlsTermination>>,
+    /// Asked for its copies by capture rather than by the relay (mirror and observe only).
+    capture: bool,
 }
 
 pub struct IncomingState {
@@ -136,6 +142,7 @@ impl IncomingState {
         mode: TrafficMode,
         filter: Option<HttpFilter>,
         tls: Option<TlsPort>,
+        capture: bool,
     ) -> Result<()> {
         let filter = match filter {
             Some(f) => Some(Arc::new(CompiledFilter::compile(&f)?)),
@@ -154,6 +161,7 @@ impl IncomingState {
             mode,
             filter,
             tls,
+            capture,
         };
         self.registry.precheck(port, &sub)?;
         // Other agents may ask this one from now on. (Two agents stealing one port at the very
@@ -161,10 +169,15 @@ impl IncomingState {
         let mesh = self.ensure_mesh()?;
         self.check_other_agents(port, &sub).await?;
         let me = self.clone();
+        let weak = Arc::downgrade(self);
         self.registry
-            .subscribe(port, sub, &mesh, move |listener| {
-                tokio::spawn(async move { me.accept_loop(listener, port).await })
-            })
+            .subscribe(
+                port,
+                sub,
+                &mesh,
+                move |listener| tokio::spawn(async move { me.accept_loop(listener, port).await }),
+                move |ports| capture::Capture::start(weak, ports),
+            )
             .await?;
         tracing::info!(port, ?mode, client = client.id, "subscribed");
         Ok(())

@@ -6,6 +6,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use mirrord_protocol::agent::{Observed, TrafficMode};
 use mirrord_protocol::codec::write_frame_async;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -30,17 +31,16 @@ impl IncomingState {
         self.relay(stream, upstream, &hop, mirrors).await
     }
 
-    /// Relays a connection and its `upstream` (the next agent or the target) with the copies
-    /// for `mirrors` (see [`Self::pass_through`]).
-    pub(super) async fn relay(
+    /// Announces one connection to every mirroring and observing subscriber in `mirrors` and
+    /// returns the queues of their copies (each drained by its own task into the subscriber's
+    /// channel). Fed by the relay below and by packet capture (`capture`) alike.
+    pub(super) fn copy_sinks(
         self: &Arc<Self>,
-        stream: BoxIo,
-        upstream: BoxIo,
-        hop: &Hop,
         mirrors: &[Subscriber],
-    ) -> Result<()> {
-        let (peer, original, port) = (hop.peer, hop.original, hop.port);
-        // Copies of the client's bytes for mirrors; of both directions for observers (dump).
+        peer: SocketAddr,
+        original: SocketAddr,
+        port: u16,
+    ) -> CopySinks {
         let mut copies: Vec<mpsc::Sender<Bytes>> = Vec::new();
         let mut observers: Vec<mpsc::Sender<(bool, Bytes)>> = Vec::new();
         for m in mirrors {
@@ -91,6 +91,22 @@ impl IncomingState {
                 let _ = write.shutdown().await;
             });
         }
+        CopySinks { copies, observers }
+    }
+
+    /// Relays a connection and its `upstream` (the next agent or the target) with the copies
+    /// for `mirrors` (see [`Self::pass_through`]).
+    pub(super) async fn relay(
+        self: &Arc<Self>,
+        stream: BoxIo,
+        upstream: BoxIo,
+        hop: &Hop,
+        mirrors: &[Subscriber],
+    ) -> Result<()> {
+        let CopySinks {
+            mut copies,
+            mut observers,
+        } = self.copy_sinks(mirrors, hop.peer, hop.original, hop.port);
         let mut response_observers = observers.clone();
         let (mut client_r, mut client_w) = tokio::io::split(stream);
         let (mut up_r, mut up_w) = tokio::io::split(upstream);
@@ -138,5 +154,41 @@ impl IncomingState {
         };
         tokio::join!(to_target, from_target);
         Ok(())
+    }
+}
+
+/// The copy queues of one connection (see [`IncomingState::copy_sinks`]).
+pub(super) struct CopySinks {
+    /// The client's bytes, for each mirroring subscriber.
+    pub copies: Vec<mpsc::Sender<Bytes>>,
+    /// Both directions (`true`: from the client), for each observer (`mirrord dump`); an empty
+    /// chunk ends a direction.
+    pub observers: Vec<mpsc::Sender<(bool, Bytes)>>,
+}
+
+impl CopySinks {
+    pub fn is_empty(&self) -> bool {
+        self.copies.is_empty() && self.observers.is_empty()
+    }
+
+    /// Queues a chunk of one direction; a subscriber whose queue is full loses the rest of this
+    /// connection's copy (as with the relay: a copy never slows the target).
+    pub fn send(&mut self, from_client: bool, data: &Bytes) {
+        if from_client {
+            self.copies.retain(|c| c.try_send(data.clone()).is_ok());
+        }
+        self.observers
+            .retain(|o| o.try_send((from_client, data.clone())).is_ok());
+    }
+
+    /// One direction ended: observers get its end marker, mirrors (which copy the client's
+    /// direction only) their end of stream once the client's direction ends.
+    pub fn end(&mut self, from_client: bool) {
+        for o in &self.observers {
+            let _ = o.try_send((from_client, Bytes::new()));
+        }
+        if from_client {
+            self.copies.clear();
+        }
     }
 }

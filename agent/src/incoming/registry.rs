@@ -1,25 +1,30 @@
-//! The subscription registry: which clients subscribed which port, and the port's redirect rule
-//! and listener. This is the ONE owner of a port's state and its rule: nothing else adds or
-//! removes either.
+//! The subscription registry: which clients subscribed which port, and how the port's traffic
+//! reaches the agent: its redirect rule and listener, or its packet capture (a port whose
+//! subscribers all copy, see `capture`). This is the ONE owner of a port's state, its rule and
+//! its place in the capture: nothing else adds or removes any of them.
 //!
 //! Invariants:
 //! - Every change (subscribe, unsubscribe) holds `changes` from its first look at the port to
 //!   its last step, rule commands included; so two changes of one port never interleave: two
 //!   concurrent subscribes cannot both install a rule, and a subscribe cannot slip between an
 //!   unsubscribe's removal of the port and of its rule.
-//! - A port has an entry in `ports` exactly while its rule exists (a change in progress aside),
-//!   and its rule always points at the entry's listener.
+//! - A port has an entry in `ports` exactly while its rule exists or it is captured (a change in
+//!   progress aside), never both; its rule always points at the entry's listener, and the
+//!   capture's port set is exactly the entries marked `captured`.
+//! - A port is captured only while none of its subscribers steals, terminates TLS or asked for
+//!   the relay; the first one that does moves the port to a redirect for good (until released).
 //! - Rule commands (`iptables`, `nft`, which may wait seconds for the xtables lock) run on the
 //!   blocking pool, never on the async workers, and no std mutex is held across an `.await`:
 //!   the data path keeps flowing while a rule change waits.
 
+use super::capture::{self, Capture};
 use super::mesh_server::MeshBound;
 use super::{Client, Subscriber};
 use crate::mesh::PortUse;
 use crate::redirect::Redirector;
 use anyhow::{bail, Context, Result};
 use mirrord_protocol::agent::TrafficMode;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -31,8 +36,11 @@ use tokio::task::JoinHandle;
 const LISTENER_LINGER: Duration = Duration::from_secs(1);
 
 struct PortState {
-    /// Set right after the entry is inserted (the accept loop reads the entry).
+    /// Set right after the entry is inserted (the accept loop reads the entry); `None` for a
+    /// captured port.
     accept_task: Option<JoinHandle<()>>,
+    /// Copied by capture rather than redirected.
+    captured: bool,
     subscribers: Vec<Subscriber>,
 }
 
@@ -44,6 +52,8 @@ pub(super) struct Registry {
     redirector: OnceLock<Arc<Redirector>>,
     /// Read by the data path (accept loops, mesh requests); written only under `changes`.
     ports: Mutex<HashMap<u16, PortState>>,
+    /// The capture of the captured ports; exists while one is. Written only under `changes`.
+    capture: Mutex<Option<Capture>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -66,7 +76,39 @@ impl Registry {
             changes: tokio::sync::Mutex::new(()),
             redirector: OnceLock::new(),
             ports: Mutex::new(HashMap::new()),
+            capture: Mutex::new(None),
         }
+    }
+
+    /// Whether `port` is copied by capture (its connections are never redirected here).
+    pub(super) fn is_captured(&self, port: u16) -> bool {
+        lock(&self.ports).get(&port).is_some_and(|s| s.captured)
+    }
+
+    /// The ports marked captured, after a change of `ports`.
+    fn captured_ports(&self) -> BTreeSet<u16> {
+        lock(&self.ports)
+            .iter()
+            .filter(|(_, s)| s.captured)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Makes the capture follow the entries marked captured: started by the first, closed
+    /// with the last. Under `changes`.
+    fn sync_capture(&self, start: impl FnOnce(BTreeSet<u16>) -> Result<Capture>) -> Result<()> {
+        let ports = self.captured_ports();
+        let mut capture = lock(&self.capture);
+        match capture.as_ref() {
+            _ if ports.is_empty() => {
+                if let Some(c) = capture.take() {
+                    c.stop();
+                }
+            }
+            Some(c) => c.set_ports(ports)?,
+            None => *capture = Some(start(ports)?),
+        }
+        Ok(())
     }
 
     /// The port's subscribers now (a connection is served with the ones it found).
@@ -121,28 +163,56 @@ impl Registry {
         Ok(self.redirector.get_or_init(|| Arc::new(r)).clone())
     }
 
-    /// Adds `sub` to `port`; the first subscriber gets the port a listener and its rule, and
-    /// `start` runs the listener's accept loop. `_mesh`: the agent's mesh socket exists, so
-    /// another agent that finds this agent's rules also finds it alive (see `leftovers`).
+    /// Adds `sub` to `port`. The first subscriber decides how the port reaches the agent: by
+    /// capture (`start_capture` opens it on first use) when it only copies and asked for capture,
+    /// else by a listener and its rule, whose accept loop `start` runs. A captured port moves to
+    /// a redirect when a subscriber that needs one joins. `_mesh`: the agent's mesh socket
+    /// exists, so another agent that finds this agent's rules also finds it alive (see
+    /// `leftovers`).
     pub(super) async fn subscribe(
         &self,
         port: u16,
         sub: Subscriber,
         _mesh: &MeshBound,
         start: impl FnOnce(TcpListener) -> JoinHandle<()>,
+        start_capture: impl FnOnce(BTreeSet<u16>) -> Result<Capture>,
     ) -> Result<()> {
         let _changing = self.changes.lock().await;
         if sub.client.gone.load(Ordering::SeqCst) {
             bail!("the client's channel closed");
         }
-        {
+        let wants_capture = sub.capture && sub.mode != TrafficMode::Steal && sub.tls.is_none();
+        let upgrade = {
             let mut ports = lock(&self.ports);
-            if let Some(state) = ports.get_mut(&port) {
-                check_conflict(&state.subscribers, &sub, port)?;
-                state.subscribers.retain(|s| s.client.id != sub.client.id);
-                state.subscribers.push(sub);
-                return Ok(());
+            match ports.get_mut(&port) {
+                Some(state) => {
+                    check_conflict(&state.subscribers, &sub, port)?;
+                    if !state.captured || wants_capture {
+                        state.subscribers.retain(|s| s.client.id != sub.client.id);
+                        state.subscribers.push(sub.clone());
+                        return Ok(());
+                    }
+                    true
+                }
+                None => false,
             }
+        };
+        if !upgrade && wants_capture && self.captured_ports().len() < capture::MAX_PORTS {
+            lock(&self.ports).insert(
+                port,
+                PortState {
+                    accept_task: None,
+                    captured: true,
+                    subscribers: vec![sub],
+                },
+            );
+            if let Err(e) = self.sync_capture(start_capture) {
+                lock(&self.ports).remove(&port);
+                return Err(e.context(
+                    "capturing the port's traffic (set mirror_capture: false to relay it instead)",
+                ));
+            }
+            return Ok(());
         }
         // Dual-stack where the kernel has IPv6, so the port's IPv6 redirect (ip6tables) lands
         // on this listener too; IPv4-only otherwise.
@@ -155,12 +225,27 @@ impl Registry {
         let to_port = listener.local_addr()?.port();
         let redirector = self.redirector().await?;
         off_runtime(move || redirector.add(port, to_port)).await?;
+        let mut subscribers = vec![];
+        if upgrade {
+            // The port's connections come through the listener from now on: the capture lets
+            // go of it (connections it was copying end there).
+            if let Some(state) = lock(&self.ports).get_mut(&port) {
+                state.captured = false;
+                subscribers = std::mem::take(&mut state.subscribers);
+            }
+            if let Err(e) = self.sync_capture(|_| bail!("no capture to update")) {
+                tracing::warn!(port, "releasing the port from capture: {e:#}");
+            }
+            subscribers.retain(|s| s.client.id != sub.client.id);
+        }
+        subscribers.push(sub);
         let mut ports = lock(&self.ports);
         ports.insert(
             port,
             PortState {
                 accept_task: None,
-                subscribers: vec![sub],
+                captured: false,
+                subscribers,
             },
         );
         // Started after the entry exists, so the first connection already finds its
@@ -173,19 +258,28 @@ impl Registry {
     }
 
     /// Removes `client_id` from `port`; the last one out removes the rule, then the port's
-    /// state, and closes the listener a moment later.
+    /// state, and closes the listener a moment later (or takes the port out of the capture).
     pub(super) async fn unsubscribe(&self, client_id: u64, port: u16) {
         let _changing = self.changes.lock().await;
-        let last = match lock(&self.ports).get(&port) {
-            Some(state) if state.subscribers.iter().any(|s| s.client.id == client_id) => {
-                state.subscribers.iter().all(|s| s.client.id == client_id)
-            }
+        let (last, captured) = match lock(&self.ports).get(&port) {
+            Some(state) if state.subscribers.iter().any(|s| s.client.id == client_id) => (
+                state.subscribers.iter().all(|s| s.client.id == client_id),
+                state.captured,
+            ),
             _ => return,
         };
         if !last {
             if let Some(state) = lock(&self.ports).get_mut(&port) {
                 state.subscribers.retain(|s| s.client.id != client_id);
             }
+            return;
+        }
+        if captured {
+            lock(&self.ports).remove(&port);
+            if let Err(e) = self.sync_capture(|_| bail!("no capture to update")) {
+                tracing::warn!(port, "releasing the port from capture: {e:#}");
+            }
+            tracing::info!(port, "port released");
             return;
         }
         // The rule goes first, the listener after a moment: connections the rule sent here
@@ -210,6 +304,9 @@ impl Registry {
 
     /// Removes every rule of this agent (on a clean exit; the guard covers the others).
     pub(super) fn cleanup(&self) {
+        if let Some(c) = lock(&self.capture).take() {
+            c.stop();
+        }
         let Some(r) = self.redirector.get().cloned() else {
             return;
         };

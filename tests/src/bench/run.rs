@@ -462,7 +462,9 @@ pub fn figures(p: &Params, sections: &[&str]) -> Figures {
             .note(
                 "The pod serves every request itself; mirror on: a session in `mirror` mode \
                  with a local program (`bench_client serve`) listening on port 80 gets a copy \
-                 of the traffic.",
+                 of the traffic, by packet capture in the pod's namespace (the default); mirror \
+                 on (relay): the same with `mirror_capture: false` (the port redirected through \
+                 the agent, which relays every connection).",
             ),
         );
         f.push(
@@ -973,6 +975,10 @@ impl<'c> Bench<'c> {
                 r#"{"feature":{"network":{"incoming":"mirror"}}}"#,
             ),
             (
+                "mirror-relay.json",
+                r#"{"feature":{"network":{"incoming":{"mode":"mirror","mirror_capture":false}}}}"#,
+            ),
+            (
                 "filtered.json",
                 r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice"}}}}}"#,
             ),
@@ -1392,14 +1398,20 @@ impl<'c> Bench<'c> {
                 );
             }
         }
-        // The pod's own latency with a mirroring session and without.
-        for on in rotated(&[false, true], run + 1) {
-            if !on {
+        // The pod's own latency with a mirroring session (by capture, the default, and through
+        // the relay) and without.
+        let variants = [
+            None,
+            Some(("mirror.json", "mirror on")),
+            Some(("mirror-relay.json", "mirror on (relay)")),
+        ];
+        for variant in rotated(&variants, run + 1) {
+            let Some((config, name)) = variant else {
                 self.pod_latency(figs, ["in.mirror.ka", "in.mirror.nc"], "mirror off", run)?;
                 continue;
-            }
+            };
             let s = match self.start_session(
-                "mirror.json",
+                config,
                 &self.bins.client.clone(),
                 &["serve", "80", "local"],
                 "listening",
@@ -1407,13 +1419,12 @@ impl<'c> Bench<'c> {
                 Ok(s) => s,
                 Err(e) => {
                     for id in ["in.mirror.ka", "in.mirror.nc"] {
-                        figs.fail(id, "mirror on", run, &format!("{e:#}"));
+                        figs.fail(id, name, run, &format!("{e:#}"));
                     }
                     continue;
                 }
             };
-            let measured =
-                self.pod_latency(figs, ["in.mirror.ka", "in.mirror.nc"], "mirror on", run);
+            let measured = self.pod_latency(figs, ["in.mirror.ka", "in.mirror.nc"], name, run);
             self.stop_session(s)?;
             measured?;
         }
