@@ -45,6 +45,9 @@ const BULK_GETS: usize = 2;
 const BULK_MIB: usize = 100;
 /// The goal of issue 11 (point 4): keep-alive p99 during the download ≤ 3× alone.
 const HOL_GOAL: f64 = 3.0;
+/// Requests (and warm-up) of the paced new-connection figure: 2 s per variant and run.
+const PACED_N: usize = 100;
+const PACED_WARMUP: usize = 10;
 /// How long the API server is down in the reconnect measurement.
 const OUTAGE: std::time::Duration = std::time::Duration::from_secs(2);
 /// The system Python (the `python3` on PATH may be a pyenv shim).
@@ -127,6 +130,19 @@ pub fn figures(p: &Params, f: &mut Vec<Figure>) {
             "{} sequential requests (after {} warm-up), each on a new connection (through \
              mirrord: a new port-forward stream each).",
             p.newconn_n, p.newconn_warmup
+        )),
+    );
+    f.push(
+        Figure::new(
+            "k8s.ncp.p50",
+            s,
+            "new-connection request p50, one every 20 ms",
+            "µs",
+            Better::Lower,
+        )
+        .baseline("direct")
+        .note(&format!(
+            "{PACED_N} requests (after {PACED_WARMUP} warm-up), each on a new connection opened              20 ms after the last one ended: a program that connects now and then, where the              session's spare port-forward streams (opened ahead of need, refilled after each              take) are ready; back to back (the row above) the pool runs dry and every              connection waits for a new port-forward's TLS handshake."
         )),
     );
     f.push(
@@ -374,6 +390,7 @@ impl KubeBench {
         for (mode, n, w, key) in [
             ("keepalive", p.req_n, p.req_warmup, "ka"),
             ("newconn", p.newconn_n, p.newconn_warmup, "nc"),
+            ("newconn-paced", PACED_N, PACED_WARMUP, "ncp"),
         ] {
             for &v in &order {
                 check_interrupted()?;

@@ -198,13 +198,19 @@ fn latency_summary(mut us: Vec<f64>, errors: usize, extra: Value) -> Value {
     v
 }
 
+/// The pause before each request of `newconn-paced`.
+const NEWCONN_PACE: Duration = Duration::from_millis(20);
+
 /// Sequential small GETs, on one keep-alive connection or one new connection each.
 fn http(addr: &str, path: &str, n: usize, warmup: usize, mode: &str) -> Result<Value> {
     let keepalive = match mode {
         "keepalive" => true,
-        "newconn" => false,
-        _ => return Err(format!("mode {mode}: keepalive or newconn").into()),
+        "newconn" | "newconn-paced" => false,
+        _ => return Err(format!("mode {mode}: keepalive, newconn or newconn-paced").into()),
     };
+    // A program that opens a connection now and then (not counted in the samples), rather than
+    // a storm of them back to back.
+    let pace = (mode == "newconn-paced").then_some(NEWCONN_PACE);
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let target = resolve(addr)?;
     let req = request(host, path, false, None);
@@ -216,6 +222,9 @@ fn http(addr: &str, path: &str, n: usize, warmup: usize, mode: &str) -> Result<V
     for i in 0..warmup + n {
         if start.elapsed() > DEADLINE {
             return Err(format!("deadline passed after {i} requests").into());
+        }
+        if let Some(pace) = pace {
+            std::thread::sleep(pace);
         }
         let t = Instant::now();
         let one = (|| -> Result<()> {

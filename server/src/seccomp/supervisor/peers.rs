@@ -24,6 +24,16 @@ impl Supervisor {
 
     /// The address the program connected a redirected socket to (and the socket's domain).
     pub(super) fn peer_of(&self, n: &Notif) -> Option<(i32, SocketAddr)> {
+        // Nothing redirected (the layer did the program's connects): nothing to look up.
+        if self
+            .redirected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_inode
+            .is_empty()
+        {
+            return None;
+        }
         let pidfd = notify::pidfd(n.pid).ok()?;
         let sock = notify::take_fd(&pidfd, n.data.args[0]).ok()?;
         let inode = notify::inode(&sock).ok()?;
