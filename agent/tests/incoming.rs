@@ -10,6 +10,8 @@
 //! Every test makes its own namespaces (`mrdi-<pid>-<n>`), deleted on drop; namespaces are
 //! joined only to each other (a veth pair, no default route), so no packet leaves them.
 
+mod common;
+
 use mirrord_protocol::agent::{
     AgentChannel, AgentHello, AgentMessage, AgentRequest, AgentResponse, AgentWelcome,
     ControlRequest, TrafficMode,
@@ -88,6 +90,7 @@ struct Netns {
 
 impl Netns {
     fn new(tag: &str) -> Netns {
+        common::sweep_dead_namespaces("mrdi-");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("mrdi-{}-{n}{tag}", std::process::id());
         run("ip", &["netns", "add", &name]);
