@@ -772,6 +772,22 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// Reads a hello, records its channel and welcomes it; whether it was the first connection.
+    async fn welcome_and_record(s: &mut UnixStream, seen: &Mutex<Vec<AgentChannel>>) -> bool {
+        let hello: AgentHello = read_frame_async(s).await.unwrap();
+        let first = {
+            let mut seen = seen.lock().unwrap();
+            seen.push(hello.channel);
+            seen.len() == 1
+        };
+        let welcome = AgentWelcome::Welcome {
+            version: PROTOCOL_VERSION,
+            agent_pid: 1,
+        };
+        write_frame_async(s, &welcome).await.unwrap();
+        first
+    }
+
     /// An agent that answers pings; the first control connection it cuts after its first
     /// answer (a dropped port-forward), the later ones must be resumes.
     async fn flaky_agent(name: &str) -> (AgentConnector, PathBuf, Arc<Mutex<Vec<AgentChannel>>>) {
@@ -780,17 +796,7 @@ mod tests {
         let (connector, dir) = hostile_agent(name, move |mut s| {
             let seen = seen.clone();
             async move {
-                let hello: AgentHello = read_frame_async(&mut s).await.unwrap();
-                let first = {
-                    let mut seen = seen.lock().unwrap();
-                    seen.push(hello.channel.clone());
-                    seen.len() == 1
-                };
-                let welcome = AgentWelcome::Welcome {
-                    version: PROTOCOL_VERSION,
-                    agent_pid: 1,
-                };
-                write_frame_async(&mut s, &welcome).await.unwrap();
+                let first = welcome_and_record(&mut s, &seen).await;
                 while let Ok(r) = read_frame_async::<ControlRequest, _>(&mut s).await {
                     let answer = AgentMessage::Response {
                         id: r.id,
@@ -845,17 +851,7 @@ mod tests {
         let (connector, dir) = hostile_agent("silent-link", move |mut s| {
             let seen = seen.clone();
             async move {
-                let hello: AgentHello = read_frame_async(&mut s).await.unwrap();
-                let first = {
-                    let mut seen = seen.lock().unwrap();
-                    seen.push(hello.channel.clone());
-                    seen.len() == 1
-                };
-                let welcome = AgentWelcome::Welcome {
-                    version: PROTOCOL_VERSION,
-                    agent_pid: 1,
-                };
-                write_frame_async(&mut s, &welcome).await.unwrap();
+                let first = welcome_and_record(&mut s, &seen).await;
                 while let Ok(r) = read_frame_async::<ControlRequest, _>(&mut s).await {
                     // The first connection goes silent (still open, never answering), as a
                     // port-forward whose TCP died without a FIN does.
