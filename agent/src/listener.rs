@@ -97,11 +97,13 @@ pub enum AgentListener {
 impl AgentListener {
     async fn accept(&self) -> std::io::Result<BoxIo> {
         Ok(match self {
-            AgentListener::Unix(l) => Box::new(l.accept().await?.0),
+            // Following: a channel that carries a download moves its socket's registration to
+            // the bulk runtime with the flow (no hand-over per readiness event).
+            AgentListener::Unix(l) => Box::new(mirrord_relay::Following::new(l.accept().await?.0)),
             AgentListener::Tcp(l) => {
                 let (s, _) = l.accept().await?;
                 let _ = s.set_nodelay(true);
-                Box::new(s)
+                Box::new(mirrord_relay::Following::new(s))
             }
         })
     }

@@ -132,6 +132,7 @@ pub async fn tcp(mut client: BoxIo, remote: SocketAddr) -> Result<()> {
     write_frame_async(&mut client, &reply).await?;
     if let Some(stream) = stream {
         // A download continues on the relay's bulk threads, behind other flows' requests.
+        let stream = mirrord_relay::Following::new(stream);
         let _ = mirrord_relay::relay(client, stream, RELAY_BUFFER).await;
     }
     Ok(())

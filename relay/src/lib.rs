@@ -14,6 +14,8 @@
 //! move together (one [`copy::Relay`] value), and a move happens only between two polls.
 
 pub mod copy;
+pub mod follow;
 pub mod priority;
 
+pub use follow::Following;
 pub use priority::{relay, relay_and_return};

@@ -514,12 +514,13 @@ async fn data_connection(mut stream: TcpStream, shared: Arc<ProxyShared>) -> Res
     if let (ConnectReply::Connected { .. }, Some(agent)) = (reply, agent) {
         // Both directions until both end, each half-close passed on; a download continues on
         // the relay's bulk threads so it never holds up other flows' requests.
+        let stream = mirrord_relay::Following::new(stream);
         if let (Err(_), Some((stream, _agent))) =
             mirrord_relay::relay_and_return(stream, agent, RELAY_BUFFER).await
         {
             // The flow broke rather than ended (its port-forward was cut, the agent went): the
             // program gets a reset, not an end of stream it could take for a complete answer.
-            let _ = stream.set_zero_linger();
+            let _ = stream.get_ref().set_zero_linger();
         }
     }
     Ok(())

@@ -108,7 +108,7 @@ fn build_client(config: Config) -> Result<Client> {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(config.connect_timeout);
-    let https = config.rustls_https_connector_with_connector(http)?;
+    let https = config.rustls_https_connector_with_connector(following::Connector(http))?;
     let hyper: hyper_util::client::legacy::Client<_, kube::client::Body> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(https);
@@ -124,6 +124,94 @@ fn build_client(config: Config) -> Result<Client> {
         )
         .service(hyper);
     Ok(Client::new(service, config.default_namespace))
+}
+
+/// Connections to the API server whose sockets follow their flow to the relay's bulk runtime
+/// (`mirrord_relay::Following`): a port-forward that carries a download is then read and
+/// written, TLS included, by the bulk threads alone.
+mod following {
+    use hyper::rt::{Read, ReadBufCursor, Write};
+    use hyper::Uri;
+    use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+    use hyper_util::rt::TokioIo;
+    use mirrord_relay::Following;
+    use std::future::Future;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::net::TcpStream;
+
+    #[derive(Clone)]
+    pub struct Connector(pub HttpConnector);
+
+    pub struct Io(TokioIo<Following<TcpStream>>);
+
+    type Connecting = Pin<Box<dyn Future<Output = Result<Io, BoxError>> + Send>>;
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+    impl tower5::Service<Uri> for Connector {
+        type Response = Io;
+        type Error = BoxError;
+        type Future = Connecting;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            tower5::Service::<Uri>::poll_ready(&mut self.0, cx).map_err(Into::into)
+        }
+
+        fn call(&mut self, uri: Uri) -> Connecting {
+            let connecting = tower5::Service::call(&mut self.0, uri);
+            Box::pin(async move {
+                let tcp = connecting.await?.into_inner();
+                Ok(Io(TokioIo::new(Following::new(tcp))))
+            })
+        }
+    }
+
+    impl Connection for Io {
+        fn connected(&self) -> Connected {
+            Connected::new()
+        }
+    }
+
+    impl Read for Io {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: ReadBufCursor<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl Write for Io {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.0.is_write_vectored()
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
 }
 
 fn expand_home(p: &str) -> PathBuf {

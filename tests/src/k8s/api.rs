@@ -104,6 +104,8 @@ pub(crate) async fn serve(
         let (acceptor, sim) = (acceptor.clone(), sim.clone());
         let mut downs = sim.faults.api_downs();
         downs.borrow_and_update();
+        // A port-forward that carries a download moves its socket to the relay's bulk runtime.
+        let tcp = mirrord_relay::Following::new(tcp);
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;

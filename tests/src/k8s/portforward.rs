@@ -177,6 +177,7 @@ where
         match connect_in_pod(&netns, port).await {
             Ok(stream) => {
                 let channel = super::portforward_stream::DataChannel::new(ws);
+                let stream = mirrord_relay::Following::new(stream);
                 let _ = mirrord_relay::relay(channel, stream, CHUNK).await;
             }
             Err(e) => {
