@@ -436,6 +436,40 @@ fn go_http_server_steals_the_pods_port() {
     }
 }
 
+/// A server the layer sees only in part (raw `socket`/`bind`, libc's `listen`, `accept4` and
+/// `getpeername`): the supervisor bound its socket, so those libc calls are left unmarked and
+/// the supervisor still subscribes the pod's port and shows the real client.
+#[test]
+fn raw_bound_server_keeps_the_supervisors_answers() {
+    let c = Cluster::start().unwrap();
+    let bin = built_into_place("rawbind-c", |partial| {
+        let mut cmd = Command::new("gcc");
+        cmd.arg("-O1")
+            .arg("-o")
+            .arg(partial)
+            .arg(programs_dir().join("rawbind.c"));
+        ok(output_within(&mut cmd, Duration::from_secs(120)).unwrap());
+    });
+    let mut app = c
+        .spawn(mirrord_with(
+            &c,
+            Some(r#"{"feature":{"network":{"incoming":"steal"}}}"#),
+            &bin,
+            &["80"],
+        ))
+        .unwrap();
+    app.wait_line("listening", TIMEOUT).unwrap();
+    assert_eq!(
+        curl_pod(&c, "/raw", None),
+        ("local-c".to_owned(), "raw-bind".to_owned())
+    );
+    app.wait_line(
+        &format!("accept={0} getpeername={0}", Cluster::CLIENT_IP),
+        TIMEOUT,
+    )
+    .unwrap();
+}
+
 #[test]
 fn go_http_server_steals_by_header_filter() {
     let c = Cluster::start().unwrap();
