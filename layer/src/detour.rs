@@ -107,6 +107,30 @@ pub mod real {
         fn select(nfds: c_int, read: *mut libc::fd_set, write: *mut libc::fd_set, except: *mut libc::fd_set, timeout: *mut libc::timeval) -> c_int;
         fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int;
         fn ppoll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: *const libc::timespec, sigmask: *const libc::sigset_t) -> c_int;
+        fn __open_2(path: *const c_char, flags: c_int) -> c_int;
+        fn __open64_2(path: *const c_char, flags: c_int) -> c_int;
+        fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int;
+        fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int;
+    }
+
+    /// `openat` is variadic (the mode); called with its C signature, as [`fcntl`].
+    pub unsafe fn openat(
+        dirfd: c_int,
+        path: *const c_char,
+        flags: c_int,
+        mode: libc::mode_t,
+    ) -> c_int {
+        static PTR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let mut p = PTR.load(std::sync::atomic::Ordering::Relaxed);
+        if p == 0 {
+            p = crate::detour::next_symbol(b"openat\0");
+            PTR.store(p, std::sync::atomic::Ordering::Relaxed);
+        }
+        // SAFETY: libc's openat, declared with its variadic C signature; `mode` is promoted
+        // to an unsigned int as C's default argument promotions do.
+        let f: unsafe extern "C" fn(c_int, *const c_char, c_int, ...) -> c_int =
+            std::mem::transmute(p);
+        f(dirfd, path, flags, mode as libc::c_uint)
     }
 
     /// `fcntl` is variadic; calling a variadic function is allowed where defining one is not.

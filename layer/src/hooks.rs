@@ -5,6 +5,7 @@
 
 use crate::caddr;
 use crate::detour::{after, hook, real, set_errno};
+use crate::marked::{self, Seen};
 use crate::outgoing::{self, Outcome};
 use crate::sockets::{self, Managed, TcpState};
 use crate::{control, dns, incoming, pending, udp};
@@ -25,9 +26,11 @@ fn handled(o: Outcome) -> Option<c_int> {
 /// libc's `connect(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // Whatever comes of it, this connect is the layer's and never the supervisor's.
+    marked::set(fd, Seen::Peer, true);
     hook(
         "connect",
-        || real::connect(fd, addr, len),
+        || marked::connect(fd, addr, len),
         |st| {
             let Some(remote) = caddr::read(addr, len) else {
                 udp::forget_connected(fd);
@@ -52,6 +55,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     let fd = real::socket(domain, ty, protocol);
     if fd >= 0 {
+        marked::forget(fd);
         after("socket", |_| {
             sockets::remove(fd);
             pending::forget(fd);
@@ -64,14 +68,18 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
 /// libc's `bind(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    hook(
+    let r = hook(
         "bind",
-        || real::bind(fd, addr, len),
+        || marked::bind(fd, addr, len),
         |st| {
             let (requested, domain) = (caddr::read(addr, len)?, caddr::socket_domain(fd)?);
             handled(incoming::bind(st, fd, requested, domain))
         },
-    )
+    );
+    if r == 0 {
+        marked::set(fd, Seen::Bound, true);
+    }
+    r
 }
 
 /// # Safety
@@ -80,7 +88,7 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     hook(
         "listen",
-        || real::listen(fd, backlog),
+        || marked::listen(fd, backlog),
         |_| handled(incoming::listen(fd, backlog)),
     )
 }
@@ -89,7 +97,7 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
 /// libc's `accept(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    let r = real::accept(fd, addr, len);
+    let r = marked::accept4(fd, addr, len, 0, true);
     if r >= 0 {
         after("accept", |_| incoming::accepted(fd, r, addr, len));
     }
@@ -105,7 +113,7 @@ pub unsafe extern "C" fn accept4(
     len: *mut socklen_t,
     flags: c_int,
 ) -> c_int {
-    let r = real::accept4(fd, addr, len, flags);
+    let r = marked::accept4(fd, addr, len, flags, false);
     if r >= 0 {
         after("accept4", |_| incoming::accepted(fd, r, addr, len));
     }
@@ -118,7 +126,7 @@ pub unsafe extern "C" fn accept4(
 pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     hook(
         "getpeername",
-        || real::getpeername(fd, addr, len),
+        || marked::getpeername(fd, addr, len),
         |_| {
             let entry = sockets::get(fd)?;
             let peer = match &*sockets::lock_entry(&entry) {
@@ -217,6 +225,7 @@ pub unsafe extern "C" fn getsockopt(
 /// libc's `close(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    marked::forget(fd);
     let mut entry = None;
     after("close", |_| {
         entry = sockets::remove(fd);
@@ -261,6 +270,7 @@ enum Release {
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     let r = real::dup(fd);
     if r >= 0 {
+        marked::duplicate(fd, r);
         after("dup", |_| sockets::duplicate(fd, r));
     }
     r
@@ -272,6 +282,7 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 pub unsafe extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
     let r = real::dup2(fd, new);
     if r >= 0 && fd != new {
+        marked::duplicate(fd, new);
         after("dup2", |_| sockets::duplicate(fd, new));
     }
     r
@@ -283,6 +294,7 @@ pub unsafe extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
 pub unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
     let r = real::dup3(fd, new, flags);
     if r >= 0 {
+        marked::duplicate(fd, new);
         after("dup3", |_| sockets::duplicate(fd, new));
     }
     r
@@ -297,6 +309,7 @@ pub unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     let r = real::fcntl(fd, cmd, arg);
     if r >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
+        marked::duplicate(fd, r);
         after("fcntl", |_| sockets::duplicate(fd, r));
     }
     r
@@ -661,4 +674,120 @@ pub unsafe extern "C" fn select(
         || real::select(nfds, read, write, except, timeout),
         |_| pending::select(nfds, read, write, except, timeout),
     )
+}
+
+/// Every `open` flavour: no body of the layer's own; the pass-through is the point (see
+/// [`marked::openat`]: marked, so the seccomp supervisor does not stop it, unless the
+/// supervisor serves the file).
+///
+/// # Safety
+/// libc's `openat(2)` contract.
+unsafe fn open_hook(
+    name: &'static str,
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: libc::mode_t,
+) -> c_int {
+    hook(name, || marked::openat(dirfd, path, flags, mode), |_| None)
+}
+
+/// `open` is variadic in C: the mode is read as a third argument, and only with `O_CREAT` or
+/// `O_TMPFILE` (when the caller passes one). That is sound on the two ABIs the layer is built
+/// for: on x86-64 (System V) and on AArch64 Linux (AAPCS64; Apple's variant differs) a variadic
+/// integer argument travels in the same register as a named one would (`rdx`, `x2`), so a
+/// caller that passed a mode put it exactly there, and one that did not left a value the
+/// layer never uses.
+///
+/// # Safety
+/// libc's `open(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
+    open_hook("open", libc::AT_FDCWD, path, flags, mode)
+}
+
+/// As [`open`] (64-bit offsets are every open's on 64-bit Linux).
+///
+/// # Safety
+/// libc's `open(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
+    open_hook("open64", libc::AT_FDCWD, path, flags, mode)
+}
+
+/// As [`open`], with the mode as the fourth argument (`rcx`, `x3`).
+///
+/// # Safety
+/// libc's `openat(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn openat(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: libc::mode_t,
+) -> c_int {
+    open_hook("openat", dirfd, path, flags, mode)
+}
+
+/// As [`openat`].
+///
+/// # Safety
+/// libc's `openat(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn openat64(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: libc::mode_t,
+) -> c_int {
+    open_hook("openat64", dirfd, path, flags, mode)
+}
+
+/// `_FORTIFY_SOURCE`'s `open` without a mode. With `O_CREAT`/`O_TMPFILE` glibc's own aborts the
+/// program ("invalid open call"), so that case goes to it unchanged.
+///
+/// # Safety
+/// glibc's `__open_2` contract.
+#[no_mangle]
+pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
+    if marked::takes_mode(flags) {
+        return real::__open_2(path, flags);
+    }
+    open_hook("__open_2", libc::AT_FDCWD, path, flags, 0)
+}
+
+/// As [`__open_2`].
+///
+/// # Safety
+/// glibc's `__open64_2` contract.
+#[no_mangle]
+pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
+    if marked::takes_mode(flags) {
+        return real::__open64_2(path, flags);
+    }
+    open_hook("__open64_2", libc::AT_FDCWD, path, flags, 0)
+}
+
+/// As [`__open_2`].
+///
+/// # Safety
+/// glibc's `__openat_2` contract.
+#[no_mangle]
+pub unsafe extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    if marked::takes_mode(flags) {
+        return real::__openat_2(dirfd, path, flags);
+    }
+    open_hook("__openat_2", dirfd, path, flags, 0)
+}
+
+/// As [`__open_2`].
+///
+/// # Safety
+/// glibc's `__openat64_2` contract.
+#[no_mangle]
+pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    if marked::takes_mode(flags) {
+        return real::__openat64_2(dirfd, path, flags);
+    }
+    open_hook("__openat64_2", dirfd, path, flags, 0)
 }

@@ -49,7 +49,7 @@ pub unsafe fn bind(st: &LayerState, fd: c_int, requested: SocketAddr, domain: c_
     let mut last_errno = libc::EADDRINUSE;
     for port in candidates {
         let (c, len) = caddr::to_c(SocketAddr::new(loopback, port), domain);
-        if real::bind(fd, &c as *const _ as *const sockaddr, len) == 0 {
+        if crate::marked::bind(fd, &c as *const _ as *const sockaddr, len) == 0 {
             let mut storage: libc::sockaddr_storage = std::mem::zeroed();
             let mut slen = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
             real::getsockname(fd, &mut storage as *mut _ as *mut sockaddr, &mut slen);
@@ -89,7 +89,7 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> Outcome {
         } => (*bound, *remote_port),
         _ => return Outcome::Bypass,
     };
-    let r = real::listen(fd, backlog);
+    let r = crate::marked::listen(fd, backlog);
     if r != 0 {
         return Outcome::Return(r);
     }
@@ -145,7 +145,7 @@ pub unsafe fn accepted(listener_fd: c_int, fd: c_int, addr: *mut sockaddr, len: 
     };
     let mut storage: libc::sockaddr_storage = std::mem::zeroed();
     let mut slen = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
-    if real::getpeername(fd, &mut storage as *mut _ as *mut sockaddr, &mut slen) != 0 {
+    if crate::marked::getpeername(fd, &mut storage as *mut _ as *mut sockaddr, &mut slen) != 0 {
         return;
     }
     let Some(source) = caddr::read(&storage as *const _ as *const sockaddr, slen) else {

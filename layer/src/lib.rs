@@ -26,6 +26,7 @@ mod detour;
 mod dns;
 mod hooks;
 mod incoming;
+mod marked;
 mod outgoing;
 mod pending;
 mod sockets;

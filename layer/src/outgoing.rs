@@ -184,7 +184,7 @@ fn still_connected(fd: c_int) -> bool {
     unsafe {
         let mut storage: libc::sockaddr_storage = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        real::getpeername(fd, &mut storage as *mut _ as *mut libc::sockaddr, &mut len) == 0
+        crate::marked::getpeername(fd, &mut storage as *mut _ as *mut libc::sockaddr, &mut len) == 0
     }
 }
 
@@ -219,7 +219,7 @@ unsafe fn send_hello(
     hostname: Option<String>,
 ) -> Result<(), i32> {
     let (addr, len) = caddr::to_c(data_addr, domain);
-    if real::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
+    if crate::marked::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
         let e = errno();
         crate::state::complain(&format!(
             "cannot reach the mirrord session's data listener {data_addr}: errno {e}"

@@ -343,7 +343,7 @@ pub unsafe fn apply(fd: c_int, m: &mut Managed, outcome: Result<ConnectReply, i3
 pub unsafe fn disconnect(fd: c_int) {
     let mut unspec: libc::sockaddr = std::mem::zeroed();
     unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
-    real::connect(
+    crate::marked::connect(
         fd,
         &unspec,
         std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,

@@ -22,6 +22,12 @@ pub fn state() -> Option<&'static LayerState> {
     STATE.get_or_init(load).as_ref()
 }
 
+/// The session was read and this process has none (e.g. an invalid `MIRRORD_CONFIG`): the
+/// layer decides nothing. Never reads the session itself (safe inside its own loading).
+pub fn known_inert() -> bool {
+    matches!(STATE.get(), Some(None))
+}
+
 fn load() -> Option<LayerState> {
     // A panic inside the layer is caught at the hook boundary; its message goes out the same
     // way as every other diagnostic (the default hook writes through Rust's stderr handle).

@@ -113,7 +113,7 @@ pub unsafe fn connect_udp(
         }
     };
     let (addr, len) = caddr::to_c(relay, domain);
-    let r = real::connect(fd, &addr as *const _ as *const sockaddr, len);
+    let r = crate::marked::connect(fd, &addr as *const _ as *const sockaddr, len);
     if r == 0 {
         if let Some(e) = sockets::get(fd) {
             if let Managed::Udp { connected, .. } = &mut *sockets::lock_entry(&e) {

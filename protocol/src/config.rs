@@ -1832,3 +1832,19 @@ pub fn json_schema() -> serde_json::Value {
 /// Set to `0` to launch `mirrord exec` programs without syscall interception (the seccomp
 /// filter): the layer alone, as before it existed.
 pub const SECCOMP_ENV: &str = "MIRRORD_SECCOMP";
+
+/// The session's seccomp mark (16 hex digits), set for a `mirrord exec` program only when the
+/// filter is armed. The layer passes it as the sixth argument of the watched calls it already
+/// decided (`connect`, `bind`, `open`...), which the filter then lets through without stopping
+/// them at the supervisor. Not a secret: the filter routes, it does not confine.
+pub const SECCOMP_MARK_ENV: &str = "MIRRORD_SECCOMP_MARK";
+
+/// The target's resolver file behind `/etc/resolv.conf`.
+pub const RESOLV_CONF_PATH: &str = "/etc/resolv.conf";
+/// The target's hosts file behind `/etc/hosts`.
+pub const HOSTS_PATH: &str = "/etc/hosts";
+
+/// The paths whose opens the seccomp supervisor serves with the target's content (exact
+/// strings: relative paths and other spellings are not served). The layer opens these without
+/// the mark, so the supervisor still sees them; every other open of the layer carries the mark.
+pub const SUPERVISOR_SERVED_FILES: [&str; 2] = [RESOLV_CONF_PATH, HOSTS_PATH];

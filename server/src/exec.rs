@@ -85,7 +85,15 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
     }
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     // The session's variables last: they win over anything `feature.env` brought.
-    let spawned = command.args(args).envs(program_env.set).envs(env).spawn();
+    command.args(args).envs(program_env.set).envs(env);
+    // The layer marks the calls it decided only when this session's filter is armed; a mark
+    // inherited from an enclosing session would be the wrong one.
+    match &seccomp {
+        Some((prepared, _)) => command.env(crate::seccomp::MARK_ENV, prepared.mark()),
+        None => command.env_remove(crate::seccomp::MARK_ENV),
+    };
+    let spawned = command.spawn();
+    let mut supervisor = None;
     if let (Ok(c), Some((prepared, files))) = (&spawned, seccomp) {
         match prepared.outcome() {
             crate::seccomp::Outcome::Supervised(listener) => {
@@ -95,15 +103,14 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
                     c.id().unwrap_or(0),
                     format!("{program} (system calls)"),
                 );
-                crate::seccomp::supervise(
-                    listener,
-                    crate::seccomp::Supervisor::new(
-                        link,
-                        session.shared.clone(),
-                        session.network.clone(),
-                        files,
-                    ),
-                );
+                let served = std::sync::Arc::new(crate::seccomp::Supervisor::new(
+                    link,
+                    session.shared.clone(),
+                    session.network.clone(),
+                    files,
+                ));
+                crate::seccomp::supervise(listener, served.clone());
+                supervisor = Some(served);
             }
             crate::seccomp::Outcome::Unavailable(why) => eprintln!("mirrord: {why}"),
         }
@@ -178,6 +185,14 @@ pub async fn exec(mut opts: SessionOptions, command: &[String]) -> Result<i32> {
     };
     interrupts.abort();
     connection_lines.abort();
+    if let Some(supervisor) = supervisor {
+        // Tests read this line to see which calls reached the supervisor.
+        tracing::debug!(
+            target: "mirrord_server::seccomp",
+            "seccomp: stopped calls: {}",
+            supervisor.stopped_calls()
+        );
+    }
     session.stop().await;
     Ok(status
         .code()

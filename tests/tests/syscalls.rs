@@ -146,6 +146,113 @@ fn c_netcheck() -> PathBuf {
         .clone()
 }
 
+/// `netcheck.c` linked dynamically: the layer is loaded and sees every call.
+fn c_netcheck_dyn() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            built_into_place("netcheck-c-dyn", |partial| {
+                let mut cmd = Command::new("gcc");
+                cmd.arg("-O1")
+                    .arg("-o")
+                    .arg(partial)
+                    .arg(programs_dir().join("netcheck.c"));
+                ok(output_within(&mut cmd, Duration::from_secs(120)).unwrap());
+            })
+        })
+        .clone()
+}
+
+/// Runs `cmd` (a [`mirrord`] command) with the supervisor's count of stopped calls logged, and
+/// returns the program's stdout and the count by kind (`connect`, `open`, ...).
+fn with_stopped_calls(mut cmd: Command) -> (String, std::collections::HashMap<String, u64>) {
+    cmd.env("MIRRORD_LOG", "mirrord_server::seccomp=debug");
+    let o = run(cmd);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let out = ok(o);
+    let line = stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once("seccomp: stopped calls:")
+                .map(|(_, rest)| rest)
+        })
+        .unwrap_or_else(|| panic!("no count of stopped calls in: {stderr}"));
+    let counts = line
+        .split_whitespace()
+        .filter_map(|pair| {
+            let (kind, n) = pair.split_once('=')?;
+            // The log line may end in a terminal escape sequence.
+            let digits: String = n.chars().take_while(char::is_ascii_digit).collect();
+            Some((kind.to_owned(), digits.parse().ok()?))
+        })
+        .collect::<std::collections::HashMap<_, _>>();
+    for kind in ["connect", "getpeername", "open", "bind", "listen", "accept"] {
+        assert!(counts.contains_key(kind), "{kind} missing in: {line}");
+    }
+    (out, counts)
+}
+
+/// The calls a program's layer already decided carry the session's mark and never stop at the
+/// supervisor; the same program without the layer (linked statically) stops at it for each
+/// connect and getpeername, and the layer's opens of the resolver files still stop there (the
+/// supervisor serves the target's version), while its other opens do not.
+#[test]
+fn calls_the_layer_decided_do_not_stop_at_the_supervisor() {
+    let c = Cluster::start().unwrap();
+    let expected = "tcp peer=10.96.0.50:8080 body=payment-service: hello\n\
+                    udp peer=10.96.0.50:9001 reply=ping-c\n\
+                    udp-unconnected from=10.96.0.50:9001 reply=ping-c-unconnected\n";
+
+    let (out, with_layer) = with_stopped_calls(mirrord(&c, &c_netcheck_dyn(), &[]));
+    assert_eq!(out, expected);
+    assert_eq!(
+        (with_layer["connect"], with_layer["getpeername"]),
+        (0, 0),
+        "with the layer: {with_layer:?}"
+    );
+
+    let (out, without_layer) = with_stopped_calls(mirrord(&c, &c_netcheck(), &[]));
+    assert_eq!(out, expected);
+    // A TCP and a UDP connect, a getpeername of each.
+    assert!(
+        without_layer["connect"] >= 2 && without_layer["getpeername"] >= 2,
+        "without the layer: {without_layer:?}"
+    );
+
+    // `cat` opens its one file through the layer: the resolver file stops (and is the
+    // target's), another file does not. The loader's opens before the layer runs stop in both.
+    let (resolv, served) = with_stopped_calls(mirrord(&c, Path::new("cat"), &["/etc/resolv.conf"]));
+    assert_eq!(resolv, Cluster::RESOLV_CONF);
+    let (_, other) = with_stopped_calls(mirrord(&c, Path::new("cat"), &["/etc/passwd"]));
+    assert_eq!(
+        served["open"],
+        other["open"] + 1,
+        "cat /etc/resolv.conf: {served:?}, cat /etc/passwd: {other:?}"
+    );
+}
+
+/// The layer makes blocking calls (`accept`, `open`) as raw, marked system calls under
+/// `mirrord exec`; `pthread_cancel` still ends a thread blocked in them, as in libc's.
+#[test]
+fn blocking_calls_the_layer_makes_stay_cancellation_points() {
+    let c = Cluster::start().unwrap();
+    let bin = built_into_place("cancel-c", |partial| {
+        let mut cmd = Command::new("gcc");
+        cmd.arg("-O1")
+            .arg("-pthread")
+            .arg("-o")
+            .arg(partial)
+            .arg(programs_dir().join("cancel.c"));
+        ok(output_within(&mut cmd, Duration::from_secs(120)).unwrap());
+    });
+    let fifo = c.workdir().join("cancel.fifo");
+    let fifo = fifo.to_str().expect("the workdir is a UTF-8 path");
+    let (out, stopped) = with_stopped_calls(mirrord(&c, &bin, &[fifo]));
+    assert_eq!(out, "accept cancelled\nopen cancelled\n");
+    // The calls really were the layer's marked ones.
+    assert_eq!(stopped["accept"], 0, "{stopped:?}");
+}
+
 const GO_ACTIONS: [&str; 12] = [
     "get=http://payment-service:8080/",
     "get=http://payment-service.payments:8080/",
@@ -327,6 +434,40 @@ fn go_http_server_steals_the_pods_port() {
         .unwrap();
         assert!(!c.pod_requests().iter().any(|r| r.contains("/hello")));
     }
+}
+
+/// A server the layer sees only in part (raw `socket`/`bind`, libc's `listen`, `accept4` and
+/// `getpeername`): the supervisor bound its socket, so those libc calls are left unmarked and
+/// the supervisor still subscribes the pod's port and shows the real client.
+#[test]
+fn raw_bound_server_keeps_the_supervisors_answers() {
+    let c = Cluster::start().unwrap();
+    let bin = built_into_place("rawbind-c", |partial| {
+        let mut cmd = Command::new("gcc");
+        cmd.arg("-O1")
+            .arg("-o")
+            .arg(partial)
+            .arg(programs_dir().join("rawbind.c"));
+        ok(output_within(&mut cmd, Duration::from_secs(120)).unwrap());
+    });
+    let mut app = c
+        .spawn(mirrord_with(
+            &c,
+            Some(r#"{"feature":{"network":{"incoming":"steal"}}}"#),
+            &bin,
+            &["80"],
+        ))
+        .unwrap();
+    app.wait_line("listening", TIMEOUT).unwrap();
+    assert_eq!(
+        curl_pod(&c, "/raw", None),
+        ("local-c".to_owned(), "raw-bind".to_owned())
+    );
+    app.wait_line(
+        &format!("accept={0} getpeername={0}", Cluster::CLIENT_IP),
+        TIMEOUT,
+    )
+    .unwrap();
 }
 
 #[test]

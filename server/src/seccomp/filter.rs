@@ -16,8 +16,11 @@ const AUDIT_ARCH: u32 = 0xc000_003e; // AUDIT_ARCH_X86_64
 #[cfg(target_arch = "aarch64")]
 const AUDIT_ARCH: u32 = 0xc000_00b7; // AUDIT_ARCH_AARCH64
 
-/// The calls the session looks at. `open` exists only on some architectures (aarch64 has
-/// `openat` alone).
+/// The calls the session looks at, unless they carry the session's mark in `args[5]`. `open`
+/// exists only on some architectures (aarch64 has `openat` alone).
+///
+/// Invariant: every call here takes at most five arguments, so the kernel ignores `args[5]`
+/// and the layer may put the mark there without changing what the call does.
 fn watched_calls() -> Vec<i64> {
     let mut calls = vec![
         libc::SYS_connect,
@@ -49,6 +52,7 @@ enum To {
     Allow,
     Notify,
     CheckAddress,
+    CheckMark,
 }
 
 /// One instruction before the jump offsets are known.
@@ -59,14 +63,19 @@ struct Ins {
     jf: To,
 }
 
-/// The BPF program: notify the session of the watched calls of this architecture, allow the
-/// rest.
-pub fn program() -> Vec<sock_filter> {
-    // Offsets in struct seccomp_data (little-endian halves of args[4]).
+/// The BPF program: notify the session of the watched calls of this architecture, except those
+/// whose `args[5]` is `mark` (the layer's, already decided), allow the rest.
+///
+/// Invariant: `mark` is not 0 (see [`new_mark`]): every ordinary call of a program has 0 in
+/// its unused sixth argument register often enough that a zero mark would let them all pass.
+pub fn program(mark: u64) -> Vec<sock_filter> {
+    // Offsets in struct seccomp_data (little-endian halves of args[4] and args[5]).
     const NR: u32 = 0;
     const ARCH: u32 = 4;
     const ARG4_LO: u32 = 16 + 8 * 4;
     const ARG4_HI: u32 = ARG4_LO + 4;
+    const ARG5_LO: u32 = 16 + 8 * 5;
+    const ARG5_HI: u32 = ARG5_LO + 4;
     let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     let ja = (libc::BPF_JMP | libc::BPF_JA) as u16;
@@ -90,7 +99,7 @@ pub fn program() -> Vec<sock_filter> {
         op(ld, NR),
     ];
     for nr in watched_calls() {
-        p.push(test(nr as u32, To::Notify, To::Next));
+        p.push(test(nr as u32, To::CheckMark, To::Next));
     }
     for nr in calls_with_address() {
         p.push(test(nr as u32, To::CheckAddress, To::Next));
@@ -106,6 +115,12 @@ pub fn program() -> Vec<sock_filter> {
     p.push(test(0, To::Next, To::Notify));
     p.push(op(ld, ARG4_HI));
     p.push(test(0, To::Allow, To::Notify));
+    // A watched call with the mark in args[5] (both halves) is the layer's: allowed.
+    let check_mark = p.len();
+    p.push(op(ld, ARG5_LO));
+    p.push(test(mark as u32, To::Next, To::Notify));
+    p.push(op(ld, ARG5_HI));
+    p.push(test((mark >> 32) as u32, To::Allow, To::Notify));
     let allow = p.len();
     p.push(op(ret, libc::SECCOMP_RET_ALLOW));
     let notify = p.len();
@@ -116,6 +131,7 @@ pub fn program() -> Vec<sock_filter> {
             To::Allow => allow,
             To::Notify => notify,
             To::CheckAddress => check_address,
+            To::CheckMark => check_mark,
         };
         target - (at + 1)
     };
@@ -138,6 +154,26 @@ pub fn program() -> Vec<sock_filter> {
             }
         })
         .collect()
+}
+
+/// A fresh random mark for one session's filter, never 0 (see [`program`]).
+pub fn new_mark() -> std::io::Result<u64> {
+    loop {
+        let mut bytes = [0u8; 8];
+        // SAFETY: `bytes` has room for the 8 bytes asked for.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        let mark = u64::from_ne_bytes(bytes);
+        if n as usize == bytes.len() && mark != 0 {
+            return Ok(mark);
+        }
+    }
 }
 
 const fn stmt(code: u16, k: u32) -> sock_filter {
@@ -301,12 +337,15 @@ pub fn receive(session_end: &OwnedFd) -> Installed {
 mod tests {
     use super::*;
 
+    const MARK: u64 = 0x0123_4567_89ab_cdef;
+
     /// Runs the program the way the kernel does for the instructions it uses.
-    fn verdict(p: &[sock_filter], arch: u32, nr: i64, arg4: u64) -> u32 {
+    fn verdict(p: &[sock_filter], arch: u32, nr: i64, arg4: u64, arg5: u64) -> u32 {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&(nr as u32).to_ne_bytes());
         data[4..8].copy_from_slice(&arch.to_ne_bytes());
         data[48..56].copy_from_slice(&arg4.to_le_bytes());
+        data[56..64].copy_from_slice(&arg5.to_le_bytes());
         let (mut pc, mut acc) = (0usize, 0u32);
         loop {
             let i = p[pc];
@@ -327,22 +366,35 @@ mod tests {
     }
 
     #[test]
-    fn notifies_exactly_the_watched_calls() {
-        let p = program();
+    fn notifies_exactly_the_watched_calls_without_the_mark() {
+        let p = program(MARK);
         let (allow, notify) = (libc::SECCOMP_RET_ALLOW, libc::SECCOMP_RET_USER_NOTIF);
         for nr in watched_calls() {
-            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0), notify, "call {nr}");
+            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0, 0), notify, "call {nr}");
+            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0, MARK), allow, "call {nr}");
+            // Both halves must match.
+            let halves = [
+                MARK & 0xffff_ffff,
+                MARK & !0xffff_ffff,
+                MARK ^ 1,
+                MARK ^ (1 << 40),
+            ];
+            for wrong in halves {
+                assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0, wrong), notify, "call {nr}");
+            }
             // Another ABI's call with the same number is allowed.
-            assert_eq!(verdict(&p, 0x4000_0003, nr, 0), allow, "call {nr}");
+            assert_eq!(verdict(&p, 0x4000_0003, nr, 0, 0), allow, "call {nr}");
         }
         for nr in calls_with_address() {
             assert_eq!(
-                verdict(&p, AUDIT_ARCH, nr, 0),
+                verdict(&p, AUDIT_ARCH, nr, 0, 0),
                 allow,
                 "call {nr} without address"
             );
-            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0x7ffd_0000_1000), notify);
-            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0x1_0000_0000), notify);
+            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0x7ffd_0000_1000, 0), notify);
+            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0x1_0000_0000, 0), notify);
+            // All six arguments are theirs: args[5] says nothing.
+            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0x7ffd_0000_1000, MARK), notify);
         }
         for nr in [
             libc::SYS_read,
@@ -350,7 +402,93 @@ mod tests {
             libc::SYS_close,
             libc::SYS_sendmsg,
         ] {
-            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0x1000), allow, "call {nr}");
+            assert_eq!(verdict(&p, AUDIT_ARCH, nr, 0x1000, 0), allow, "call {nr}");
         }
+    }
+
+    #[test]
+    fn marks_are_random_and_never_zero() {
+        let (a, b) = (new_mark().unwrap(), new_mark().unwrap());
+        assert!(a != 0 && b != 0 && a != b);
+    }
+
+    /// The real kernel, not the interpreter above: a child installs the filter with a listener
+    /// and makes marked and unmarked calls on a bad descriptor; only the unmarked ones reach
+    /// the listener (answered with "continue", they fail with EBADF as without the filter).
+    #[test]
+    fn the_kernel_notifies_only_unmarked_calls() {
+        use std::os::fd::AsFd;
+        let filter = program(MARK);
+        let h = handover().unwrap();
+        // SAFETY: the child makes only raw system calls (install_in_child is
+        // async-signal-safe and uses the filter built before fork) and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: see above; every pointer argument is NULL (the descriptor is bad anyway).
+            unsafe {
+                install_in_child(&filter, h.child.as_raw_fd());
+                let mut bad = 0;
+                for (nr, mark) in [
+                    (libc::SYS_getpeername, MARK),
+                    (libc::SYS_connect, MARK),
+                    (libc::SYS_getpeername, 0),
+                    (libc::SYS_connect, 0),
+                ] {
+                    let r = libc::syscall(nr, -1, 0, 0, 0, 0, mark as i64);
+                    if r != -1 || *libc::__errno_location() != libc::EBADF {
+                        bad += 1;
+                    }
+                }
+                libc::_exit(bad);
+            }
+        }
+        drop(h.child);
+        // The child sends the listener right after installing the filter.
+        let mut pfd = libc::pollfd {
+            fd: h.session.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1);
+        let listener = match receive(&h.session) {
+            Installed::Listener(fd) => fd,
+            Installed::Refused(e) => panic!("the kernel refused the filter: errno {e}"),
+            Installed::Missing => panic!("the child sent no listener"),
+        };
+        let mut seen = Vec::new();
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+            assert_eq!(r, 1, "the child neither called nor exited within 10 s");
+            if pfd.revents & libc::POLLIN == 0 {
+                // POLLHUP: the child is gone.
+                break;
+            }
+            if let Some(n) = super::super::notify::receive(&listener).unwrap() {
+                seen.push((n.data.nr as i64, n.data.args[5]));
+                super::super::notify::proceed(&listener, n.id);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "child status {status:#x}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "calls that did not fail with EBADF"
+        );
+        assert_eq!(
+            seen,
+            [(libc::SYS_getpeername, 0), (libc::SYS_connect, 0)],
+            "notifications"
+        );
     }
 }

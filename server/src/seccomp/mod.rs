@@ -24,9 +24,12 @@ use std::sync::Arc;
 
 /// Set to `0` to launch programs without the filter (the layer alone, as before).
 pub use mirrord_protocol::config::SECCOMP_ENV as DISABLE_ENV;
+/// Where the program's layer finds the mark (16 hex digits).
+pub use mirrord_protocol::config::SECCOMP_MARK_ENV as MARK_ENV;
 
 /// A filter ready to go into the next spawned program.
 pub struct Prepared {
+    mark: u64,
     filter: Arc<Vec<libc::sock_filter>>,
     handover: filter::Handover,
 }
@@ -47,10 +50,19 @@ impl Prepared {
         let handover = filter::handover()
             .map_err(|e| tracing::warn!("seccomp: no socketpair: {e}"))
             .ok()?;
+        let mark = filter::new_mark()
+            .map_err(|e| tracing::warn!("seccomp: no random mark: {e}"))
+            .ok()?;
         Some(Prepared {
-            filter: Arc::new(filter::program()),
+            mark,
+            filter: Arc::new(filter::program(mark)),
             handover,
         })
+    }
+
+    /// The value of [`MARK_ENV`] for the program: calls with this mark in `args[5]` pass.
+    pub fn mark(&self) -> String {
+        format!("{:016x}", self.mark)
     }
 
     /// Makes `command` install the filter in its child just before `exec`.
@@ -87,9 +99,8 @@ impl Prepared {
 }
 
 /// Serves the program's intercepted calls on a thread of its own until it and all its
-/// descendants are gone.
-pub fn supervise(listener: OwnedFd, supervisor: Supervisor) {
-    let supervisor = Arc::new(supervisor);
+/// descendants are gone. The supervisor stays readable (its [`Supervisor::stopped_calls`]).
+pub fn supervise(listener: OwnedFd, supervisor: Arc<Supervisor>) {
     let spawned = std::thread::Builder::new()
         .name("mirrord-seccomp".into())
         .spawn(move || supervisor.serve(listener));

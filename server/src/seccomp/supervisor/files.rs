@@ -39,11 +39,28 @@ impl Supervisor {
         }
         // Longer than any name we serve: not ours.
         let name = notify::read_c_string(tid, path, 32)?;
-        match name.as_slice() {
-            b"/etc/resolv.conf" => Some(&files.resolv_conf),
-            b"/etc/hosts" => Some(&files.hosts),
-            _ => None,
-        }
+        // Invariant: the paths served here are exactly `SUPERVISOR_SERVED_FILES`, the list
+        // the layer opens without the mark (a test checks every listed path is served).
+        served(&name).map(|which| match which {
+            Served::ResolvConf => files.resolv_conf.as_slice(),
+            Served::Hosts => files.hosts.as_slice(),
+        })
+    }
+}
+
+enum Served {
+    ResolvConf,
+    Hosts,
+}
+
+fn served(path: &[u8]) -> Option<Served> {
+    use mirrord_protocol::config::{HOSTS_PATH, RESOLV_CONF_PATH};
+    if path == RESOLV_CONF_PATH.as_bytes() {
+        Some(Served::ResolvConf)
+    } else if path == HOSTS_PATH.as_bytes() {
+        Some(Served::Hosts)
+    } else {
+        None
     }
 }
 
@@ -73,4 +90,22 @@ pub(super) fn memfd_with(content: &[u8]) -> std::io::Result<OwnedFd> {
         )
     };
     Ok(OwnedFd::from(file))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn serves_exactly_the_shared_list() {
+        for path in mirrord_protocol::config::SUPERVISOR_SERVED_FILES {
+            assert!(super::served(path.as_bytes()).is_some(), "{path}");
+        }
+        for path in [
+            "/etc/passwd",
+            "/etc/hosts.allow",
+            "etc/hosts",
+            "/etc/resolv.conf/",
+        ] {
+            assert!(super::served(path.as_bytes()).is_none(), "{path}");
+        }
+    }
 }

@@ -21,7 +21,7 @@ use mirrord_protocol::PROTOCOL_VERSION;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,7 +58,21 @@ pub struct Supervisor {
     /// the session's relay for it).
     udp: Mutex<HashMap<u64, Vec<(SocketAddr, SocketAddr)>>>,
     workers: AtomicUsize,
+    /// Notifications received, per kind of call (see [`CALL_KINDS`]).
+    stopped: [AtomicU64; CALL_KINDS.len()],
 }
+
+/// The kinds of watched calls, as [`Supervisor::stopped_calls`] names them.
+const CALL_KINDS: [&str; 8] = [
+    "connect",
+    "getpeername",
+    "open",
+    "bind",
+    "listen",
+    "accept",
+    "sendto",
+    "recvfrom",
+];
 
 /// What to do with a slow call when every worker thread is busy.
 #[derive(Clone, Copy)]
@@ -100,6 +114,24 @@ impl Supervisor {
             listeners: Mutex::default(),
             udp: Mutex::default(),
             workers: AtomicUsize::new(0),
+            stopped: Default::default(),
+        }
+    }
+
+    /// How many calls of each kind stopped at the supervisor so far, as `kind=N` pairs
+    /// (`connect=2 getpeername=1 open=5 ...`, every kind always present).
+    pub fn stopped_calls(&self) -> String {
+        CALL_KINDS
+            .iter()
+            .zip(&self.stopped)
+            .map(|(kind, n)| format!("{kind}={}", n.load(Ordering::Relaxed)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn count(&self, kind: &str) {
+        if let Some(i) = CALL_KINDS.iter().position(|k| *k == kind) {
+            self.stopped[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -152,25 +184,35 @@ impl Supervisor {
         let nr = n.data.nr as i64;
         let args = n.data.args;
         if nr == libc::SYS_openat {
+            self.count("open");
             // An absolute path ignores the directory descriptor.
             self.open_call(listener, &n, args[1], args[2] as i32);
         } else if open_syscall(nr) {
+            self.count("open");
             self.open_call(listener, &n, args[0], args[1] as i32);
         } else if nr == libc::SYS_getpeername {
+            self.count("getpeername");
             self.getpeername(listener, &n);
         } else if nr == libc::SYS_connect {
+            self.count("connect");
             self.connect_call(listener, n);
         } else if nr == libc::SYS_bind {
+            self.count("bind");
             self.bind(listener, &n);
         } else if nr == libc::SYS_listen {
+            self.count("listen");
             self.listen(listener, &n);
         } else if nr == libc::SYS_sendto {
+            self.count("sendto");
             self.sendto_call(listener, n);
         } else if nr == libc::SYS_recvfrom {
+            self.count("recvfrom");
             self.recvfrom_call(listener, n);
         } else if nr == libc::SYS_accept4 {
+            self.count("accept");
             self.accept(listener, &n, n.data.args[3] as i32);
         } else if accept_syscall(nr) {
+            self.count("accept");
             self.accept(listener, &n, 0);
         } else {
             notify::proceed(listener, n.id);
