@@ -84,7 +84,20 @@ pub fn bind_private(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     let listener = bound.with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
+    widen_backlog(&listener);
     Ok(listener)
+}
+
+/// The accept queue of the agent's listeners: the standard library listens with a backlog of
+/// 128, and a program that opens a thousand connections at once (each a channel or a data
+/// connection of its own) overflowed it: the kernel dropped SYNs (`ListenOverflows`) and each
+/// such connect waited for a retransmit (1 s and more). Listening again only resizes the queue;
+/// the kernel caps it at `net.core.somaxconn`.
+pub fn widen_backlog(listener: &impl std::os::fd::AsRawFd) {
+    // SAFETY: listen on a socket we own that is already listening; no memory is passed.
+    if unsafe { libc::listen(listener.as_raw_fd(), 4096) } != 0 {
+        tracing::debug!("backlog stays: {}", std::io::Error::last_os_error());
+    }
 }
 
 /// Where sessions reach the agent: a unix socket (local targets) or a TCP port on its pod's

@@ -104,6 +104,7 @@ fn run() -> Result<()> {
             let l = std::net::TcpListener::bind(addr)
                 .with_context(|| format!("binding the agent's port {addr}"))?;
             l.set_nonblocking(true)?;
+            listener::widen_backlog(&l);
             l
         }),
     };
@@ -263,6 +264,7 @@ fn bind_data_listeners() -> Result<Vec<std::net::TcpListener>> {
     }
     for l in &listeners {
         l.set_nonblocking(true)?;
+        listener::widen_backlog(l);
     }
     Ok(listeners)
 }
