@@ -160,12 +160,12 @@ fn current() -> Result<Arc<Channel>, ControlError> {
     // Diagnostics are written after the lock is released: stderr may block.
     let opened = open().and_then(|(ch, reader)| {
         let for_reader = ch.clone();
-        std::thread::Builder::new()
-            .name("mirrord-control".into())
-            .spawn(move || read_answers(for_reader, reader))
-            .map_err(|e| {
-                ControlError::Unavailable(format!("cannot start the control channel's reader: {e}"))
-            })?;
+        crate::detour::spawn_without_signals("mirrord-control", move || {
+            read_answers(for_reader, reader)
+        })
+        .map_err(|e| {
+            ControlError::Unavailable(format!("cannot start the control channel's reader: {e}"))
+        })?;
         Ok(ch)
     });
     if let Ok(ch) = &opened {

@@ -16,7 +16,8 @@
 //!   watcher → settled counter → name map → addrinfo set. `fork` takes every one of them in this
 //!   order, so a child never inherits a held lock; no diagnostic is written under any of them.
 //! - The layer runs two threads of its own per process, started on first use (again in a fork
-//!   child): the control channel's reader and the connect watcher (`pending`).
+//!   child): the control channel's reader and the connect watcher (`pending`). Both block every
+//!   signal, so the program's signals reach the program's threads.
 //! - Without `MIRRORD_PROXY_ADDR` in the environment the layer is inert.
 
 mod caddr;

@@ -119,9 +119,7 @@ fn watcher() -> Result<c_int, i32> {
     if epfd < 0 {
         return Err(errno());
     }
-    let spawned = std::thread::Builder::new()
-        .name("mirrord-connect".into())
-        .spawn(move || watch(epfd));
+    let spawned = crate::detour::spawn_without_signals("mirrord-connect", move || watch(epfd));
     if spawned.is_err() {
         // SAFETY: our own descriptor, unused.
         unsafe { real::close(epfd) };

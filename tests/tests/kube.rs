@@ -164,11 +164,22 @@ impl Bg {
             }
             if Instant::now() >= deadline {
                 let rest: Vec<String> = self.stderr.try_iter().collect();
+                // procps has no "--pgid" selector: every thread, then this group's lines.
+                let pgid = self.child.id().to_string();
                 let ps = Command::new("ps")
-                    .args(["-L", "-o", "pid,tid,ppid,stat,wchan:30,comm,args", "--pgid"])
-                    .arg(self.child.id().to_string())
+                    .args([
+                        "-eL",
+                        "-o",
+                        "pgid=,pid=,tid=,ppid=,stat=,wchan:30=,comm=,args=",
+                    ])
                     .output()
-                    .map(|o| text(&o.stdout))
+                    .map(|o| {
+                        text(&o.stdout)
+                            .lines()
+                            .filter(|l| l.split_whitespace().next() == Some(pgid.as_str()))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
                     .unwrap_or_default();
                 panic!(
                     "did not exit in time; saw {:?} then {rest:?}; its group:\n{ps}",
