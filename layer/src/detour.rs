@@ -302,6 +302,31 @@ macro_rules! layer_debug {
 }
 pub(crate) use layer_debug;
 
+/// Starts one of the layer's own threads with every signal blocked, so the program's signals
+/// keep going to its own threads. A process-directed signal (a Ctrl-C to the terminal's group)
+/// goes to any thread that does not block it; delivered to a layer thread, it interrupts none
+/// of the program's waits: Python's handler, for one, then only sets a flag while the main
+/// thread sleeps on in `time.sleep`, and Ctrl-C seems lost.
+pub fn spawn_without_signals<F>(name: &str, f: F) -> std::io::Result<()>
+where
+    F: FnOnce() + Send + 'static,
+{
+    // SAFETY: sigset_t is plain data; sigfillset initialises it.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sigset pointers; this thread's mask only, restored below.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+    }
+    // Invariant: a new thread starts with its creator's mask, so it never unblocks anything.
+    let spawned = std::thread::Builder::new().name(name.into()).spawn(f);
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
+    spawned.map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,29 +397,4 @@ mod tests {
         log_line("test line");
         assert_eq!(errno(), 42);
     }
-}
-
-/// Starts one of the layer's own threads with every signal blocked, so the program's signals
-/// keep going to its own threads. A process-directed signal (a Ctrl-C to the terminal's group)
-/// goes to any thread that does not block it; delivered to a layer thread, it interrupts none
-/// of the program's waits: Python's handler, for one, then only sets a flag while the main
-/// thread sleeps on in `time.sleep`, and Ctrl-C seems lost.
-pub fn spawn_without_signals<F>(name: &str, f: F) -> std::io::Result<()>
-where
-    F: FnOnce() + Send + 'static,
-{
-    // SAFETY: sigset_t is plain data; sigfillset initialises it.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid sigset pointers; this thread's mask only, restored below.
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
-    }
-    // Invariant: a new thread starts with its creator's mask, so it never unblocks anything.
-    let spawned = std::thread::Builder::new().name(name.into()).spawn(f);
-    // SAFETY: restores the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
-    spawned.map(|_| ())
 }
