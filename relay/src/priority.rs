@@ -424,25 +424,46 @@ mod tests {
         }
     }
 
+    /// An interactive flow through `relay`: a one-byte request and its answer every 2 ms.
+    struct Requests {
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        pinger: tokio::task::JoinHandle<()>,
+        flow: tokio::task::JoinHandle<io::Result<()>>,
+    }
+
+    impl Requests {
+        fn start() -> Requests {
+            let (mut ping, a) = tokio::io::duplex(4096);
+            let (b, mut pong) = tokio::io::duplex(4096);
+            let flow = tokio::spawn(relay(a, b, 4096));
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stopped = stop.clone();
+            let pinger = tokio::spawn(async move {
+                let mut byte = [0u8; 1];
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    ping.write_all(b"?").await.unwrap();
+                    pong.read_exact(&mut byte).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                // Dropping both ends ends the flow.
+            });
+            Requests { stop, pinger, flow }
+        }
+
+        /// Stops the requests and waits until their flow has ended.
+        async fn stop(self) {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.pinger.await.unwrap();
+            self.flow.await.unwrap().ok();
+        }
+    }
+
     /// While another flow of the process moves requests, a bulk flow runs on the `SCHED_IDLE`
     /// threads; once those requests stop, it goes back to the niced ones.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_bulk_flow_yields_completely_only_while_another_flow_is_interactive() {
         let _flows = FLOWS.lock().await;
-        let (mut ping, a) = tokio::io::duplex(4096);
-        let (b, mut pong) = tokio::io::duplex(4096);
-        let requests = tokio::spawn(relay(a, b, 4096));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop_pinging = stop.clone();
-        let pinger = tokio::spawn(async move {
-            let mut byte = [0u8; 1];
-            while !stop_pinging.load(std::sync::atomic::Ordering::Relaxed) {
-                ping.write_all(b"?").await.unwrap();
-                pong.read_exact(&mut byte).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            (ping, pong)
-        });
+        let requests = Requests::start();
         let (mut client, a) = tokio::io::duplex(256 * 1024);
         let (b, mut server) = tokio::io::duplex(256 * 1024);
         let download = tokio::spawn(relay(a, b, 64 * 1024));
@@ -458,8 +479,7 @@ mod tests {
             "relay-idle threads are SCHED_IDLE: {idle_policies:?}"
         );
 
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (ping, pong) = pinger.await.unwrap();
+        requests.stop().await;
         tokio::time::sleep(INTERACTIVE_RECENT + Duration::from_millis(100)).await;
         let (niced_before, _) = threads("relay-bulk");
         send(&mut client, &mut server, 64 << 20).await;
@@ -469,9 +489,8 @@ mod tests {
             "with no requests the download went back to the niced threads"
         );
         assert!(niced_policies.iter().all(|p| *p == libc::SCHED_OTHER));
-        drop((client, server, ping, pong));
+        drop((client, server));
         download.await.unwrap().ok();
-        requests.await.unwrap().ok();
     }
 
     /// A flow on the yielding threads that makes less progress than [`STARVED_BYTES`] per
@@ -481,19 +500,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_starved_yielding_flow_moves_to_the_niced_threads() {
         let _flows = FLOWS.lock().await;
-        let (mut ping, a) = tokio::io::duplex(4096);
-        let (b, mut pong) = tokio::io::duplex(4096);
-        let requests = tokio::spawn(relay(a, b, 4096));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop_pinging = stop.clone();
-        let pinger = tokio::spawn(async move {
-            let mut byte = [0u8; 1];
-            while !stop_pinging.load(std::sync::atomic::Ordering::Relaxed) {
-                ping.write_all(b"?").await.unwrap();
-                pong.read_exact(&mut byte).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        });
+        let requests = Requests::start();
         let (mut client, a) = tokio::io::duplex(256 * 1024);
         let (b, mut server) = tokio::io::duplex(256 * 1024);
         let download = tokio::spawn(relay(a, b, 64 * 1024));
@@ -510,11 +517,9 @@ mod tests {
             niced_after > niced_before,
             "the starved flow ran on the niced threads ({niced_before} → {niced_after} ns)"
         );
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        pinger.await.unwrap();
+        requests.stop().await;
         drop((client, server));
         download.await.unwrap().ok();
-        requests.abort();
     }
 
     fn nice_of_thread(name_prefix: &str) -> Option<i32> {
