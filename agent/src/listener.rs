@@ -326,6 +326,10 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
                     state.incoming.unsubscribe(client.id, port).await;
                     AgentResponse::Unsubscribed
                 }
+                AgentRequest::DeliverTo { port, to } => {
+                    state.incoming.deliver_to(client.id, port, to);
+                    AgentResponse::Subscribed
+                }
                 AgentRequest::Ping => AgentResponse::Pong,
                 AgentRequest::Shutdown => {
                     tracing::info!("the session ended, exiting");

@@ -8,6 +8,7 @@
 
 mod dns;
 mod env;
+mod home;
 mod incoming;
 mod listener;
 mod mesh;
@@ -115,6 +116,12 @@ fn run() -> Result<()> {
     } else {
         Vec::new()
     };
+    // A local agent also delivers stolen connections to programs on this machine itself.
+    let home_namespace = if args.data_listen {
+        Some(home::HomeNamespace::current()?)
+    } else {
+        None
+    };
 
     target
         .enter()
@@ -129,9 +136,17 @@ fn run() -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let home_sockets = home_namespace.and_then(|home| match home::HomeSockets::start(home) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!("stolen connections will go through the session: {e:#}");
+            None
+        }
+    });
     runtime.block_on(async move {
         let resolver = dns::PodResolver::new(&resolver_files)?;
-        let incoming = incoming::IncomingState::new(agent_id.clone(), target.process_pid());
+        let incoming =
+            incoming::IncomingState::new(agent_id.clone(), target.process_pid(), home_sockets);
         incoming.sweep_dead_agents().await;
         let state = std::sync::Arc::new(listener::AgentState {
             token,

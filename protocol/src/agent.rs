@@ -85,6 +85,16 @@ pub enum AgentRequest {
     Unsubscribe {
         port: u16,
     },
+    /// Where the agent may deliver this session's connections for a subscribed `port` itself:
+    /// the program's listener on the developer machine's loopback, which a local agent (one
+    /// that printed data listeners) can reach from a socket made in the namespace it started
+    /// in. The agent then connects there and says so with [`AgentEvent::Delivered`] instead of
+    /// announcing the connection. `None` goes back to announcing. Only for steal; an agent
+    /// that cannot reach the developer machine ignores it.
+    DeliverTo {
+        port: u16,
+        to: Option<SocketAddr>,
+    },
     Ping,
     /// The session ends: the agent removes its rules and exits now rather than after its
     /// communication timeout (an ephemeral container cannot be deleted from outside).
@@ -164,6 +174,23 @@ pub enum AgentEvent {
         peer: SocketAddr,
         /// The address the client connected to (the pod's address and `port`).
         local: SocketAddr,
+    },
+    /// The agent connected a connection for `port` to the program's listener itself (see
+    /// [`AgentRequest::DeliverTo`]), from `source` on the developer machine's loopback. Sent
+    /// before the connect, so a session that reads its events in order knows the real client
+    /// before the program can accept.
+    Delivered {
+        port: u16,
+        /// The client in the cluster.
+        peer: SocketAddr,
+        /// The address the client connected to (the pod's address and `port`).
+        local: SocketAddr,
+        /// The agent's end of the connection to the program.
+        source: SocketAddr,
+    },
+    /// The connection from `source` that [`AgentEvent::Delivered`] announced has ended.
+    DeliveryEnded {
+        source: SocketAddr,
     },
     /// An HTTP request the agent gave this client (steal), for the traffic view; sent when the
     /// response head came back.

@@ -21,7 +21,7 @@ pub mod net;
 pub use codec::{CodecError, MAX_FRAME_LEN};
 
 /// Version of the wire protocol. Peers with different versions refuse each other in the hello.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Whether a peer speaking `theirs` can talk to us.
 pub fn version_compatible(theirs: u32) -> bool {

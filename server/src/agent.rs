@@ -412,6 +412,8 @@ pub struct AgentControl {
     ending: Arc<std::sync::atomic::AtomicBool>,
     /// keep-alive --"this connection is dead (a ping went unanswered)"--> supervisor
     stale: Arc<tokio::sync::Notify>,
+    /// How many events the agent's connections have handed to the event receiver so far.
+    events_forwarded: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AgentControl {
@@ -447,6 +449,7 @@ impl AgentControl {
         let (event_tx, event_rx) = mpsc::channel::<AgentEvent>(1024);
         let ending = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stale = Arc::new(tokio::sync::Notify::new());
+        let events_forwarded = Arc::new(std::sync::atomic::AtomicU64::new(0));
         tokio::spawn(supervise(
             stream,
             request_rx,
@@ -457,6 +460,7 @@ impl AgentControl {
                 stale: stale.clone(),
                 pending: pending.clone(),
                 event_tx,
+                events_forwarded: events_forwarded.clone(),
                 link_tx,
             },
         ));
@@ -469,9 +473,21 @@ impl AgentControl {
                 link_rx,
                 ending,
                 stale,
+                events_forwarded,
             },
             event_rx,
         ))
+    }
+
+    /// How many events the receiver has been handed once every event the agent sent before
+    /// this call is among them (a ping: the agent answers it after what it queued before, and
+    /// the reader hands events over in order). A caller that counts the events it handled can
+    /// then wait for that count.
+    pub async fn events_sent_so_far(&self) -> Result<u64> {
+        self.request(AgentRequest::Ping).await?;
+        Ok(self
+            .events_forwarded
+            .load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// The session is ending its agent: from now on a closed connection is not reconnected.
@@ -491,12 +507,13 @@ impl AgentControl {
     pub fn keep_alive(&self, every: Duration) {
         // Weak: the pings must not keep the channel open once the session dropped it.
         let request_tx = self.request_tx.downgrade();
-        let (pending, next_id, link_rx, ending, stale) = (
+        let (pending, next_id, link_rx, ending, stale, events_forwarded) = (
             self.pending.clone(),
             self.next_id.clone(),
             self.link_rx.clone(),
             self.ending.clone(),
             self.stale.clone(),
+            self.events_forwarded.clone(),
         );
         // A ping is answered by the agent's task at once: one that takes this long means the
         // connection died without a word (a port-forward whose TCP went silent).
@@ -515,6 +532,7 @@ impl AgentControl {
                     link_rx: link_rx.clone(),
                     ending: ending.clone(),
                     stale: stale.clone(),
+                    events_forwarded: events_forwarded.clone(),
                 };
                 let up = *link_rx.borrow() == Link::Up;
                 match pinger.request(AgentRequest::Ping).await {
@@ -584,6 +602,7 @@ struct LinkParts {
     stale: Arc<tokio::sync::Notify>,
     pending: Pending,
     event_tx: mpsc::Sender<AgentEvent>,
+    events_forwarded: Arc<std::sync::atomic::AtomicU64>,
     link_tx: tokio::sync::watch::Sender<Link>,
 }
 
@@ -601,11 +620,12 @@ async fn supervise(
         stale,
         pending,
         event_tx,
+        events_forwarded,
         link_tx,
     } = link;
     loop {
         let session_alive = tokio::select! {
-            alive = serve_connection(stream, &mut request_rx, &pending, &event_tx) => alive,
+            alive = serve_connection(stream, &mut request_rx, &pending, (&event_tx, &events_forwarded)) => alive,
             // The keep-alive found the connection dead: treated as a drop.
             _ = stale.notified() => true,
         };
@@ -675,7 +695,7 @@ async fn serve_connection(
     stream: AgentStream,
     request_rx: &mut mpsc::Receiver<ControlRequest>,
     pending: &Pending,
-    event_tx: &mpsc::Sender<AgentEvent>,
+    (event_tx, events_forwarded): (&mpsc::Sender<AgentEvent>, &std::sync::atomic::AtomicU64),
 ) -> bool {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let write = async {
@@ -700,6 +720,9 @@ async fn serve_connection(
                     if event_tx.send(event).await.is_err() {
                         return false;
                     }
+                    // Invariant: counted after the hand-over and before the next frame is read,
+                    // so a ping's answer read later finds every earlier event counted.
+                    events_forwarded.fetch_add(1, std::sync::atomic::Ordering::Release);
                 }
                 Err(e) => {
                     tracing::debug!("agent control connection closed: {e}");

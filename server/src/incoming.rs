@@ -63,6 +63,10 @@ pub struct ObservedConnection {
 /// HTTP heads (the bytes still flow; only the traffic rows of that connection stop).
 const MAX_UNANSWERED: usize = 1024;
 
+/// How long an `accept` may wait for the session to handle the agent's events up to now (see
+/// `peer_of`); past it, the program sees the loopback address it really got.
+const CATCH_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A mirrored request seen on its way to the program, waiting for the program's answer.
 struct WaitingRequest {
     method: String,
@@ -127,6 +131,16 @@ pub struct IncomingRouter {
     changes: tokio::sync::Mutex<()>,
     /// Source address of a delivery connection → (client in the cluster, pod address).
     peers: Mutex<HashMap<SocketAddr, (SocketAddr, SocketAddr)>>,
+    /// The agent can deliver stolen connections to the program itself (a local agent, and the
+    /// session relay not forced): see [`AgentRequest::DeliverTo`].
+    direct_delivery: bool,
+    /// Port → the listener the agent was last told to deliver to (absent: it announces).
+    delivering_to: Mutex<HashMap<u16, SocketAddr>>,
+    /// Source address of a connection the agent delivered itself → (client, pod address), from
+    /// its `Delivered` event until the program accepted it or the agent said it ended.
+    delivered: Mutex<HashMap<SocketAddr, (SocketAddr, SocketAddr)>>,
+    /// run --how many agent events it has handled--> `peer_of` (waiting for a `Delivered`)
+    handled_tx: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -135,9 +149,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl IncomingRouter {
     /// Fails when `https_delivery` cannot be used (an unreadable trust root, a bad name).
+    /// `direct_delivery`: the agent is local and may connect stolen connections to the
+    /// program's listener itself.
     pub fn new(
         config: IncomingConfig,
         traffic: Arc<TrafficLog>,
+        direct_delivery: bool,
     ) -> anyhow::Result<Arc<IncomingRouter>> {
         Ok(Arc::new(IncomingRouter {
             tls_delivery: TlsDelivery::from_config(&config.https_delivery)?,
@@ -146,6 +163,10 @@ impl IncomingRouter {
             listening: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             peers: Mutex::new(HashMap::new()),
+            direct_delivery,
+            delivering_to: Mutex::new(HashMap::new()),
+            delivered: Mutex::new(HashMap::new()),
+            handled_tx: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -179,14 +200,21 @@ impl IncomingRouter {
             _ => None,
         };
         let _changing = self.changes.lock().await;
-        if let Some(entry) = lock(&self.listening).get_mut(&port) {
-            entry.listeners.retain(|l| l.owner != owner);
-            entry.listeners.push(Listening {
-                local,
-                owner,
-                observer: None,
-            });
+        let joined = match lock(&self.listening).get_mut(&port) {
+            Some(entry) => {
+                entry.listeners.retain(|l| l.owner != owner);
+                entry.listeners.push(Listening {
+                    local,
+                    owner,
+                    observer: None,
+                });
+                true
+            }
+            None => false,
+        };
+        if joined {
             tracing::info!(port, %local, owner, "another listener for a subscribed port");
+            self.update_delivery(control, port).await;
             return Ok(());
         }
         match control
@@ -218,6 +246,7 @@ impl IncomingRouter {
                     mode: mode_name(mode).into(),
                     active: true,
                 });
+                self.update_delivery(control, port).await;
                 Ok(())
             }
             Ok(AgentResponse::Error(e)) => Err(e),
@@ -282,7 +311,12 @@ impl IncomingRouter {
                 _ => false,
             }
         };
+        if !last_one_gone {
+            self.update_delivery(control, port).await;
+        }
         if last_one_gone {
+            // The agent forgets where it delivered with the subscription.
+            lock(&self.delivering_to).remove(&port);
             if let Err(e) = control.request(AgentRequest::Unsubscribe { port }).await {
                 tracing::warn!(port, "unsubscribing: {e:#}");
             }
@@ -314,6 +348,8 @@ impl IncomingRouter {
     /// are reported and dropped (keeping the invariant on `listening`).
     pub async fn resubscribe(&self, control: &AgentControl) -> Result<(), String> {
         let _changing = self.changes.lock().await;
+        // A resumed agent released everything, deliveries included.
+        lock(&self.delivering_to).clear();
         let ports: Vec<(u16, bool)> = lock(&self.listening)
             .iter()
             .map(|(port, e)| (*port, e.listeners.iter().any(|l| l.observer.is_some())))
@@ -341,6 +377,7 @@ impl IncomingRouter {
             let why = match control.request(request).await {
                 Ok(AgentResponse::Subscribed) => {
                     tracing::info!(port, ?mode, "port subscribed again");
+                    self.update_delivery(control, port).await;
                     continue;
                 }
                 Ok(AgentResponse::Error(e)) => e,
@@ -482,8 +519,81 @@ impl IncomingRouter {
         }
     }
 
-    pub fn peer_of(&self, source: SocketAddr) -> Option<(SocketAddr, SocketAddr)> {
-        lock(&self.peers).get(&source).copied()
+    /// Where the agent should deliver `port`'s connections itself, if anywhere: only a steal
+    /// (a mirrored copy is sniffed here for the traffic view), only to a port's one listener
+    /// (several take turns, which the session decides), and not where the session re-encrypts
+    /// (`https_delivery`).
+    fn delivery_target(&self, port: u16) -> Option<SocketAddr> {
+        if !self.direct_delivery || self.config.mode != IncomingMode::Steal {
+            return None;
+        }
+        if self.tls_delivery.is_some() && self.config.tls_port(port).is_some() {
+            return None;
+        }
+        match lock(&self.listening).get(&port)?.listeners.as_slice() {
+            [one] if one.observer.is_none() => Some(one.local),
+            _ => None,
+        }
+    }
+
+    /// Tells the agent where to deliver `port`'s connections when that changed. Called by the
+    /// holder of `changes`, after the change.
+    async fn update_delivery(&self, control: &AgentControl, port: u16) {
+        let wanted = self.delivery_target(port);
+        if lock(&self.delivering_to).get(&port).copied() == wanted {
+            return;
+        }
+        match control
+            .request(AgentRequest::DeliverTo { port, to: wanted })
+            .await
+        {
+            Ok(AgentResponse::Error(e)) => tracing::warn!(port, "direct delivery: {e}"),
+            Ok(_) => {
+                let mut d = lock(&self.delivering_to);
+                match wanted {
+                    Some(to) => d.insert(port, to),
+                    None => d.remove(&port),
+                };
+                tracing::debug!(port, ?wanted, "direct delivery");
+            }
+            // The agent keeps announcing, which always works.
+            Err(e) => tracing::warn!(port, "direct delivery: {e:#}"),
+        }
+    }
+
+    /// The real client and pod address of a connection from `source` to the program's
+    /// `listener`, if the session or its agent delivered it.
+    pub async fn peer_of(
+        &self,
+        control: &AgentControl,
+        listener: SocketAddr,
+        source: SocketAddr,
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        if let Some(found) = self.known_peer(source) {
+            return Some(found);
+        }
+        let delivering = lock(&self.delivering_to).values().any(|l| *l == listener);
+        if !delivering {
+            return None;
+        }
+        // The agent says `Delivered` before it connects, but the program may accept before
+        // that event is handled here: wait until every event the agent sent so far has been.
+        let sent = control.events_sent_so_far().await.ok()?;
+        let mut handled_rx = self.handled_tx.subscribe();
+        let caught_up = handled_rx.wait_for(|handled| *handled >= sent);
+        tokio::time::timeout(CATCH_UP_LIMIT, caught_up)
+            .await
+            .ok()?
+            .ok()?;
+        self.known_peer(source)
+    }
+
+    fn known_peer(&self, source: SocketAddr) -> Option<(SocketAddr, SocketAddr)> {
+        if let Some(found) = lock(&self.peers).get(&source).copied() {
+            return Some(found);
+        }
+        // Asked once, by the accept that took the connection.
+        lock(&self.delivered).remove(&source)
     }
 
     /// Delivers what the agent announces until the agent's control channel closes.
@@ -542,7 +652,27 @@ impl IncomingRouter {
                     mode: "steal".into(),
                     matched_filter: filter,
                 }),
+                AgentEvent::Delivered {
+                    port,
+                    peer,
+                    local,
+                    source,
+                } => {
+                    lock(&self.delivered).insert(source, (peer, local));
+                    tracing::debug!(port, %peer, %source, "incoming connection delivered by the agent");
+                    self.traffic.emit(TrafficEvent::IncomingConnection {
+                        time: now_ms(),
+                        peer: peer.to_string(),
+                        port,
+                        mode: mode_name(TrafficMode::Steal).into(),
+                    });
+                }
+                AgentEvent::DeliveryEnded { source } => {
+                    lock(&self.delivered).remove(&source);
+                }
             }
+            // Invariant: bumped after the event's effects, so `peer_of` finds them.
+            self.handled_tx.send_modify(|n| *n += 1);
         }
     }
 

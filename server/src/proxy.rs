@@ -428,9 +428,12 @@ async fn handle_request(
             shared.incoming.unlisten(&shared.control, owner, port).await;
             ServerResponse::Done
         }
-        LayerRequest::IncomingPeer { source, .. } => {
-            ServerResponse::IncomingPeer(shared.incoming.peer_of(source))
-        }
+        LayerRequest::IncomingPeer { listener, source } => ServerResponse::IncomingPeer(
+            shared
+                .incoming
+                .peer_of(&shared.control, listener, source)
+                .await,
+        ),
     }
 }
 

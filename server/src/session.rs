@@ -220,10 +220,24 @@ impl Session {
                 return Err(e);
             }
         };
+        // `MIRRORD_SESSION_RELAY=1` keeps flows on the session's own data listeners (the path a
+        // remote agent needs), so that path stays exercised with local targets too. A cluster
+        // agent has no listener on this machine: its flows always take the session's.
+        // The same holds for stolen connections, which a local agent delivers itself.
+        let direct = match &agent {
+            AgentHandle::Local(_)
+                if std::env::var("MIRRORD_SESSION_RELAY").is_ok_and(|v| v == "1") =>
+            {
+                Vec::new()
+            }
+            AgentHandle::Local(p) => p.data_addrs.clone(),
+            AgentHandle::Kube(_) => Vec::new(),
+        };
         let traffic = Arc::new(TrafficLog::default());
         let incoming = match IncomingRouter::new(
             opts.config.feature.network.incoming.clone(),
             traffic.clone(),
+            !direct.is_empty(),
         ) {
             Ok(i) => i,
             Err(e) => {
@@ -249,18 +263,6 @@ impl Session {
             processes: Default::default(),
             names: Default::default(),
         });
-        // `MIRRORD_SESSION_RELAY=1` keeps flows on the session's own data listeners (the path a
-        // remote agent needs), so that path stays exercised with local targets too. A cluster
-        // agent has no listener on this machine: its flows always take the session's.
-        let direct = match &agent {
-            AgentHandle::Local(_)
-                if std::env::var("MIRRORD_SESSION_RELAY").is_ok_and(|v| v == "1") =>
-            {
-                Vec::new()
-            }
-            AgentHandle::Local(p) => p.data_addrs.clone(),
-            AgentHandle::Kube(_) => Vec::new(),
-        };
         let proxy = LayerProxy::start(
             opts.runtime_dir.join(format!("{id}.sock")),
             shared.clone(),

@@ -273,6 +273,96 @@ fn steal_serves_the_client_from_the_local_program_and_the_pod_returns_after() {
     assert_eq!(by, "pod");
 }
 
+/// Which process holds the other end of the connection established to `127.0.0.1:port` in
+/// dev (the program's listener): `ss`'s users column of the connecting socket.
+fn delivering_process(c: &Cluster, port: u16) -> String {
+    let out = output_within(
+        c.dev("ss").args(["-tnpH", "state", "established"]),
+        WAIT,
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let peer = format!("127.0.0.1:{port}");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.split_whitespace().nth(3) == Some(peer.as_str()))
+        .collect();
+    assert_eq!(lines.len(), 1, "one connection to the program expected:\n{text}");
+    lines[0].split_whitespace().nth(4).unwrap_or("").to_owned()
+}
+
+/// A connection from the client namespace that stays open after one request (keep-alive).
+fn held_connection(c: &Cluster) -> ManagedChild {
+    let script = "import http.client,sys,time\n\
+        c=http.client.HTTPConnection(sys.argv[1],80,timeout=10)\n\
+        c.request('GET','/held')\n\
+        r=c.getresponse()\n\
+        r.read()\n\
+        print('served-by', r.getheader('x-served-by'), flush=True)\n\
+        time.sleep(60)\n";
+    let mut cmd = c.client(PY);
+    no_proxy(&mut cmd)
+        .args(["-c", script])
+        .arg(Cluster::POD_IP.to_string());
+    let mut child = c.spawn(cmd).unwrap();
+    let line = child.wait_line("served-by", WAIT).unwrap();
+    assert!(line.ends_with("local"), "{line}");
+    child
+}
+
+/// Steal with a local agent: the agent connects stolen connections to the program itself (one
+/// relay, no round trip through the session), and the program still sees the real client.
+/// With the session's relay forced, the session does it, as for a cluster agent.
+#[test]
+fn a_local_agent_delivers_stolen_connections_to_the_program_itself() {
+    let c = Cluster::start().unwrap();
+    let cfg = config(
+        &c,
+        "steal.json",
+        r#"{"feature":{"network":{"incoming":"steal"}}}"#,
+    );
+    for (relay, expected) in [(false, "\"mirrord-agent\""), (true, "\"mirrord\"")] {
+        let mut cmd = local_app_cmd(&c, &cfg, 80, &[]);
+        if relay {
+            cmd.env("MIRRORD_SESSION_RELAY", "1");
+        }
+        let mut app = c.spawn(cmd).unwrap();
+        app.wait_line("listening", WAIT).unwrap();
+        let mut held = held_connection(&c);
+        let users = delivering_process(&c, 80);
+        assert!(
+            users.contains(&format!("(({expected}")),
+            "relay forced: {relay}; the program's peer is held by {users}"
+        );
+        let seen = app.wait_line("\"path\": \"/held\"", WAIT).unwrap();
+        assert!(
+            seen.contains(&format!("\"peer\": \"{}:", Cluster::CLIENT_IP)),
+            "{seen}"
+        );
+        // New connections, back to back: each is accepted with its real client.
+        let s = http_mix(
+            &c,
+            80,
+            40,
+            40,
+            r#"[{"method":"GET","path":"/each","expect":"local"}]"#,
+        );
+        assert_all_ok(&s, 40, "new connections");
+        let peers: Vec<Value> = wait_requests(&mut app, 41, WAIT)
+            .into_iter()
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/each/")))
+            .collect();
+        assert_eq!(peers.len(), 40);
+        for r in &peers {
+            let peer = r["peer"].as_str().unwrap_or("");
+            assert!(peer.starts_with(&format!("{}:", Cluster::CLIENT_IP)), "{r}");
+        }
+        held.kill().unwrap();
+        app.kill().unwrap();
+        wait_no_agents(&c);
+    }
+}
+
 /// Mirror: the client gets the pod's own answer, and the program sees the same request.
 #[test]
 fn mirror_copies_requests_to_the_program_while_the_pod_answers() {

@@ -12,7 +12,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty};
 use hyper::body::Incoming as IncomingBody;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mirrord_protocol::agent::{AgentEvent, AgentMessage, TrafficMode};
+use mirrord_protocol::agent::{AgentEvent, AgentMessage};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -219,13 +219,7 @@ impl Router {
             Some(s) => {
                 let channel = self
                     .incoming
-                    .announce(
-                        &s.client,
-                        self.port,
-                        TrafficMode::Steal,
-                        self.peer,
-                        self.original,
-                    )
+                    .stolen_channel(&s.client, self.port, self.peer, self.original)
                     .await
                     .context("the stealing client did not pick the connection up")?;
                 handshake(TokioIo::new(channel), http2).await

@@ -15,7 +15,8 @@
 //!
 //! A client receives a connection by opening an `Incoming { id }` channel after the agent
 //! announced it with an event; the agent waits a bounded time for that, then serves the target
-//! instead, so a vanished client never blocks the target's traffic.
+//! instead, so a vanished client never blocks the target's traffic. A local agent delivers
+//! stolen connections to the program itself when the session asks for it (`deliver`).
 //!
 //! Other agents in the same target (other sessions) are not bypassed: what this agent does not
 //! take ("the original destination" above) goes to the next agent that subscribed the port, and
@@ -23,7 +24,8 @@
 //! that cannot coexist is refused (see `mesh`).
 
 //!
-//! Files, one job each: `registry` (who subscribed which port; the ONE owner of a port's state,
+//! Files, one job each: `deliver` (direct delivery of stolen connections to the program, else the
+//! announce), `registry` (who subscribed which port; the ONE owner of a port's state,
 //! its redirect rule and its capture), `capture` (copies by packet capture), `mesh_server` (answering and asking the other agents of the target),
 //! `leftovers` (removing the rules of dead agents at start), `passthrough` (pass-through with
 //! mirror and observe copies), `sniff` (HTTP or not), `original_dst` (`SO_ORIGINAL_DST`,
@@ -32,6 +34,7 @@
 //! terminates it with the target's certificate, then serves the decrypted streams as above).
 
 mod capture;
+mod deliver;
 mod filter;
 mod http_route;
 mod leftovers;
@@ -102,6 +105,10 @@ pub struct IncomingState {
     next_id: AtomicU64,
     /// Serves the other agents of the target (`mesh`), from the first subscription on.
     mesh_task: Mutex<Option<JoinHandle<()>>>,
+    /// Sockets on the developer machine, for a local agent (see `deliver`).
+    home: Option<crate::home::HomeSockets>,
+    /// (client, port) → the program's listener the agent delivers stolen connections to.
+    direct: Mutex<HashMap<(u64, u16), SocketAddr>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -109,7 +116,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl IncomingState {
-    pub fn new(agent_id: String, target_pid: Option<u32>) -> Arc<IncomingState> {
+    pub fn new(
+        agent_id: String,
+        target_pid: Option<u32>,
+        home: Option<crate::home::HomeSockets>,
+    ) -> Arc<IncomingState> {
         let target_root = match target_pid {
             Some(pid) => PathBuf::from(format!("/proc/{pid}/root")),
             None => PathBuf::from("/"),
@@ -121,6 +132,8 @@ impl IncomingState {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             mesh_task: Mutex::new(None),
+            home,
+            direct: Mutex::new(HashMap::new()),
         })
     }
 
@@ -184,6 +197,7 @@ impl IncomingState {
     }
 
     pub async fn unsubscribe(&self, client_id: u64, port: u16) {
+        self.forget_deliveries(client_id, Some(port));
         self.registry.unsubscribe(client_id, port).await;
     }
 
@@ -192,6 +206,7 @@ impl IncomingState {
         for port in self.registry.client_gone(client).await {
             self.unsubscribe(client.id, port).await;
         }
+        self.forget_deliveries(client.id, None);
     }
 
     /// A client opened the channel for announced connection `id`.
@@ -309,7 +324,7 @@ impl IncomingState {
             Protocol::Other => match unfiltered {
                 Some(stealer) => {
                     match self
-                        .announce(&stealer.client, port, TrafficMode::Steal, peer, original)
+                        .stolen_channel(&stealer.client, port, peer, original)
                         .await
                     {
                         Some(mut channel) => {

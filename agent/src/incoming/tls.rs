@@ -333,14 +333,8 @@ impl IncomingState {
             Protocol::Other => {
                 let channel = match &unfiltered {
                     Some(stealer) => {
-                        self.announce(
-                            &stealer.client,
-                            hop.port,
-                            TrafficMode::Steal,
-                            hop.peer,
-                            hop.original,
-                        )
-                        .await
+                        self.stolen_channel(&stealer.client, hop.port, hop.peer, hop.original)
+                            .await
                     }
                     None => None,
                 };
