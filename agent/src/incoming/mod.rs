@@ -28,7 +28,8 @@
 //! announce), `registry` (who subscribed which port; the ONE owner of a port's state,
 //! its redirect rule and its capture), `capture` (copies by packet capture), `mesh_server` (answering and asking the other agents of the target),
 //! `leftovers` (removing the rules of dead agents at start), `passthrough` (pass-through with
-//! mirror and observe copies), `sniff` (HTTP or not), `original_dst` (`SO_ORIGINAL_DST`,
+//! mirror and observe copies), `http1_steal` (unfiltered steal of HTTP/1: bytes as they are,
+//! each head read), `sniff` (HTTP or not), `original_dst` (`SO_ORIGINAL_DST`,
 //! unredirected connections to the target), `http_route` (per-request routing of filtered
 //! steals), `filter` (HTTP filters), `tls` (ports where the target terminates TLS: the agent
 //! terminates it with the target's certificate, then serves the decrypted streams as above).
@@ -36,6 +37,7 @@
 mod capture;
 mod deliver;
 mod filter;
+mod http1_steal;
 mod http_route;
 mod leftovers;
 mod mesh_server;
@@ -320,6 +322,14 @@ impl IncomingState {
         let unfiltered = stealers.iter().find(|s| s.filter.is_none()).cloned();
         let (protocol, stream) = sniff(stream).await;
         match protocol {
+            // One stealer that takes everything: no HTTP server is needed, only a look at each
+            // request head (for the kubelet's probes); h2 multiplexes, so it is routed.
+            Protocol::Http
+                if stealers.len() == 1 && unfiltered.is_some() && !stream.sniffed(b"PRI ") =>
+            {
+                let stealer = stealers.into_iter().next().expect("one stealer");
+                self.steal_http1(stream, hop, stealer).await
+            }
             Protocol::Http => self.route_http(stream, hop, stealers, None).await,
             Protocol::Other => match unfiltered {
                 Some(stealer) => {

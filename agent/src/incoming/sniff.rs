@@ -72,6 +72,11 @@ pub struct Prefixed<S> {
 }
 
 impl<S> Prefixed<S> {
+    /// Whether the bytes read while sniffing start with `p`.
+    pub(super) fn sniffed(&self, p: &[u8]) -> bool {
+        self.prefix.starts_with(p)
+    }
+
     pub(super) fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
         Prefixed {
             prefix,

@@ -1,0 +1,711 @@
+//! Unfiltered steal of an HTTP/1 connection: the bytes are relayed as they are, and only each
+//! message's head is read, to send kubelet probes to the target (as `filter::matches` does for
+//! routed requests) and to know where each response ends.
+//!
+//! Why not hyper, as `http_route` does for filtered steals: hyper takes every request apart and
+//! writes it again, with a server task and a client task that wake each other for each request;
+//! an unfiltered steal needs none of that. Here one task reads a request head, passes the head
+//! and its body on, then passes the response back, and reads the next head. Pipelined requests
+//! wait in the buffer for their turn (their answers keep their order either way); a request's
+//! body and its response move at the same time (`Expect: 100-continue`, early answers).
+//! An upgrade (`101`) or a `CONNECT` tunnel ends the scanning: both ways are copied as they are.
+
+use super::sniff::Prefixed;
+use super::{BoxIo, Hop, IncomingState, Subscriber};
+use anyhow::{anyhow, bail, Context, Result};
+use mirrord_protocol::agent::{AgentEvent, AgentMessage};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Longest message head accepted; longer ones end the connection (hyper's own limit is of this
+/// order).
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header lines in one head.
+const MAX_HEADERS: usize = 128;
+/// Read size.
+const CHUNK: usize = 16 * 1024;
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the sender closes (responses only).
+    Close,
+}
+
+/// What a request head says.
+#[derive(Debug)]
+struct RequestHead {
+    len: usize,
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Framing,
+    probe: bool,
+    /// The connection ends after this exchange (`Connection: close`, or HTTP/1.0 without
+    /// keep-alive).
+    close: bool,
+}
+
+/// What a response head says.
+#[derive(Debug)]
+struct ResponseHead {
+    len: usize,
+    status: u16,
+    body: Framing,
+    /// As for the request.
+    close: bool,
+}
+
+/// Whether a message of HTTP/1.`version` with `headers` ends its connection.
+fn closes(version: Option<u8>, headers: &[httparse::Header<'_>]) -> bool {
+    let says = |token: &str| {
+        headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("connection")
+                && h.value
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    if version == Some(0) {
+        !says("keep-alive")
+    } else {
+        says("close")
+    }
+}
+
+fn header_framing(headers: &[httparse::Header<'_>]) -> Result<Option<Framing>> {
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let value = std::str::from_utf8(h.value).context("transfer-encoding")?;
+            // Only the last coding decides how the message ends.
+            chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+            if !chunked {
+                bail!("a transfer-coding other than chunked last");
+            }
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let value: u64 = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .context("a bad content-length")?;
+            if length.is_some_and(|l| l != value) {
+                bail!("two different content-lengths");
+            }
+            length = Some(value);
+        }
+    }
+    // Both present: chunked wins, as RFC 9112 says (and the length is not trusted).
+    Ok(if chunked {
+        Some(Framing::Chunked)
+    } else {
+        length.map(Framing::Length)
+    })
+}
+
+/// A request head at the start of `buf`, or `None` while it is incomplete.
+fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf).map_err(|e| anyhow!("a bad request head: {e}"))? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let body = header_framing(req.headers)?.unwrap_or(Framing::Length(0));
+    let probe = req.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("user-agent") && h.value.starts_with(b"kube-probe/")
+    });
+    let close = closes(req.version, req.headers);
+    Ok(Some(RequestHead {
+        close,
+        len,
+        method: req.method.unwrap_or_default().to_owned(),
+        path: req.path.unwrap_or_default().to_owned(),
+        headers: req
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+        probe,
+    }))
+}
+
+/// A response head at the start of `buf` (to a request with `method`), or `None` while it is
+/// incomplete.
+fn parse_response(buf: &[u8], method: &str) -> Result<Option<ResponseHead>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut headers);
+    let len = match res.parse(buf).map_err(|e| anyhow!("a bad response head: {e}"))? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let status = res.code.unwrap_or(0);
+    let body = if method.eq_ignore_ascii_case("HEAD")
+        || (100..200).contains(&status)
+        || status == 204
+        || status == 304
+    {
+        Framing::Length(0)
+    } else {
+        header_framing(res.headers)?.unwrap_or(Framing::Close)
+    };
+    Ok(Some(ResponseHead {
+        len,
+        status,
+        body,
+        close: closes(res.version, res.headers),
+    }))
+}
+
+/// Finds where a chunked body ends, fed its bytes as they come.
+#[derive(Debug, Default)]
+struct Chunked {
+    state: ChunkState,
+    /// Digits and extension of the size line being read.
+    line: Vec<u8>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    /// Data bytes left in the chunk.
+    Data(u64),
+    /// The CRLF after a chunk's data; the count says how many of its two bytes were seen.
+    DataEnd(u8),
+    /// Trailer lines after the last chunk; the count is the bytes of the current line.
+    Trailer(usize),
+    Done,
+}
+
+impl Chunked {
+    /// How many bytes of `input` belong to the body; the body ended when [`Chunked::done`].
+    fn feed(&mut self, input: &[u8]) -> Result<usize> {
+        let mut i = 0;
+        while i < input.len() {
+            match self.state {
+                ChunkState::Done => break,
+                ChunkState::Size => {
+                    let b = input[i];
+                    i += 1;
+                    if b == b'\n' {
+                        let line = std::mem::take(&mut self.line);
+                        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+                        let digits = line.split(|c| *c == b';').next().unwrap_or_default();
+                        let text = std::str::from_utf8(digits).context("a chunk size")?;
+                        let size =
+                            u64::from_str_radix(text.trim(), 16).context("a bad chunk size")?;
+                        self.state = if size == 0 {
+                            ChunkState::Trailer(0)
+                        } else {
+                            ChunkState::Data(size)
+                        };
+                    } else {
+                        if self.line.len() >= 1024 {
+                            bail!("a chunk size line too long");
+                        }
+                        self.line.push(b);
+                    }
+                }
+                ChunkState::Data(left) => {
+                    let take = (input.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
+                    i += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd(0)
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                }
+                ChunkState::DataEnd(seen) => {
+                    let expected = if seen == 0 { b'\r' } else { b'\n' };
+                    if input[i] != expected {
+                        bail!("no CRLF after a chunk");
+                    }
+                    i += 1;
+                    self.state = if seen == 0 {
+                        ChunkState::DataEnd(1)
+                    } else {
+                        ChunkState::Size
+                    };
+                }
+                ChunkState::Trailer(line_len) => {
+                    let b = input[i];
+                    i += 1;
+                    self.state = match b {
+                        // An empty line (only its CR before) ends the trailers and the body.
+                        b'\n' if line_len <= 1 => ChunkState::Done,
+                        b'\n' => ChunkState::Trailer(0),
+                        _ if line_len >= MAX_HEAD => bail!("a trailer line too long"),
+                        _ => ChunkState::Trailer(line_len + 1),
+                    };
+                }
+            }
+        }
+        Ok(i)
+    }
+
+    fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+}
+
+/// How much of a body is still to come.
+enum BodyLeft {
+    Length(u64),
+    Chunked(Chunked),
+    Close,
+}
+
+impl BodyLeft {
+    fn new(framing: Framing) -> BodyLeft {
+        match framing {
+            Framing::Length(n) => BodyLeft::Length(n),
+            Framing::Chunked => BodyLeft::Chunked(Chunked::default()),
+            Framing::Close => BodyLeft::Close,
+        }
+    }
+
+    /// How many bytes of `input` are body; consumes them from the count.
+    fn take(&mut self, input: &[u8]) -> Result<usize> {
+        match self {
+            BodyLeft::Length(left) => {
+                let n = input
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= n as u64;
+                Ok(n)
+            }
+            BodyLeft::Chunked(c) => c.feed(input),
+            BodyLeft::Close => Ok(input.len()),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            BodyLeft::Length(left) => *left == 0,
+            BodyLeft::Chunked(c) => c.done(),
+            BodyLeft::Close => false,
+        }
+    }
+}
+
+/// A byte source with what was read but not yet used.
+struct Buffered<R> {
+    inner: R,
+    buf: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> Buffered<R> {
+    /// Reads more; false at the end of the stream.
+    async fn fill(&mut self) -> Result<bool> {
+        let start = self.buf.len();
+        self.buf.resize(start + CHUNK, 0);
+        let n = self.inner.read(&mut self.buf[start..]).await;
+        self.buf.truncate(start + *n.as_ref().unwrap_or(&0));
+        Ok(n? > 0)
+    }
+
+    /// Whether the other side has already closed (without waiting): an end of stream or an
+    /// error that is there now. Bytes that are there now are kept.
+    async fn closed_now(&mut self) -> bool {
+        let mut chunk = [0u8; 1024];
+        let polled = std::future::poll_fn(|cx| {
+            let mut read = tokio::io::ReadBuf::new(&mut chunk);
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut read) {
+                std::task::Poll::Ready(Ok(())) => Some(read.filled().len()),
+                std::task::Poll::Ready(Err(_)) => Some(0),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await;
+        match polled {
+            Some(0) => true,
+            Some(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Reads a head with `parse`; `None` at a clean end of the stream before any byte of it.
+    async fn head<T>(&mut self, parse: impl Fn(&[u8]) -> Result<Option<T>>) -> Result<Option<T>> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = parse(&self.buf)? {
+                    return Ok(Some(head));
+                }
+                if self.buf.len() > MAX_HEAD {
+                    bail!("a message head over {MAX_HEAD} bytes");
+                }
+            }
+            if !self.fill().await? {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                bail!("the stream ended inside a message head");
+            }
+        }
+    }
+
+    /// Passes the first `len` buffered bytes (a head) to `out`.
+    async fn pass_head<W: AsyncWrite + Unpin>(&mut self, len: usize, out: &mut W) -> Result<()> {
+        out.write_all(&self.buf[..len]).await?;
+        self.buf.drain(..len);
+        Ok(())
+    }
+
+    /// Passes a body to `out`, buffered bytes first, until `left` is done (or, for a body that
+    /// ends with the stream, until it does). Bytes after the body stay buffered.
+    async fn pass_body<W: AsyncWrite + Unpin>(
+        &mut self,
+        mut left: BodyLeft,
+        out: &mut W,
+    ) -> Result<()> {
+        loop {
+            if !self.buf.is_empty() {
+                let n = left.take(&self.buf)?;
+                out.write_all(&self.buf[..n]).await?;
+                self.buf.drain(..n);
+            }
+            if left.done() {
+                return Ok(());
+            }
+            if !self.fill().await? {
+                return match left {
+                    BodyLeft::Close => Ok(()),
+                    _ => Err(anyhow!("the stream ended inside a body")),
+                };
+            }
+        }
+    }
+}
+
+/// Where a request goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Stealer,
+    Target,
+}
+
+/// One upstream connection, split so a request body and its response can move together.
+struct Upstream {
+    reader: Buffered<tokio::io::ReadHalf<BoxIo>>,
+    writer: tokio::io::WriteHalf<BoxIo>,
+}
+
+impl Upstream {
+    fn new(stream: BoxIo) -> Upstream {
+        let (reader, writer) = tokio::io::split(stream);
+        Upstream {
+            reader: Buffered {
+                inner: reader,
+                buf: Vec::new(),
+            },
+            writer,
+        }
+    }
+}
+
+impl IncomingState {
+    /// Serves a connection that speaks HTTP/1 for the one unfiltered `stealer` of its port.
+    pub(super) async fn steal_http1<S>(
+        self: &Arc<Self>,
+        stream: Prefixed<S>,
+        hop: Hop,
+        stealer: Subscriber,
+    ) -> Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (client_r, mut client_w) = tokio::io::split(stream);
+        let mut client = Buffered {
+            inner: client_r,
+            buf: Vec::new(),
+        };
+        let mut stealer_up: Option<Upstream> = None;
+        let mut target_up: Option<Upstream> = None;
+        loop {
+            let Some(request) = client.head(parse_request).await? else {
+                break;
+            };
+            let side = if request.probe {
+                Side::Target
+            } else {
+                Side::Stealer
+            };
+            let slot = match side {
+                Side::Stealer => &mut stealer_up,
+                Side::Target => &mut target_up,
+            };
+            // An upstream that closed while idle (a keep-alive timeout) is replaced before a
+            // request is written to it, as hyper's client does.
+            if let Some(up) = slot.as_mut() {
+                if up.reader.closed_now().await {
+                    *slot = None;
+                }
+            }
+            if slot.is_none() {
+                let opened = match side {
+                    Side::Stealer => self
+                        .stolen_channel(&stealer.client, hop.port, hop.peer, hop.original)
+                        .await
+                        .context("the stealing client did not pick the connection up"),
+                    Side::Target => {
+                        self.next_hop(hop.port, hop.peer, hop.original, &hop.visited)
+                            .await
+                    }
+                };
+                match opened {
+                    Ok(stream) => *slot = Some(Upstream::new(stream)),
+                    Err(e) => {
+                        tracing::debug!(port = hop.port, "no upstream for a request: {e:#}");
+                        let _ = client_w
+                            .write_all(
+                                b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                            )
+                            .await;
+                        return Ok(());
+                    }
+                }
+            }
+            // Present: filled just above.
+            let up = slot.as_mut().expect("upstream present");
+            let started = std::time::Instant::now();
+            let (up_r, up_w) = (&mut up.reader, &mut up.writer);
+            client.pass_head(request.len, up_w).await?;
+            let tunnel = request.method.eq_ignore_ascii_case("CONNECT");
+            let body = async {
+                client
+                    .pass_body(BodyLeft::new(request.body), up_w)
+                    .await
+            };
+            let response = pass_response(up_r, &mut client_w, &request.method);
+            let (body, response) = tokio::join!(body, response);
+            let response = response?;
+            if side == Side::Stealer {
+                // try_send: the traffic view must never hold up a request.
+                let _ = stealer.client.message_tx.try_send(AgentMessage::Event(
+                    AgentEvent::HttpRequest {
+                        port: hop.port,
+                        method: request.method.clone(),
+                        path: request.path.clone(),
+                        headers: request.headers.clone(),
+                        status: response.status,
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        filter: None,
+                    },
+                ));
+            }
+            let switched = response.status == 101 || (tunnel && (200..300).contains(&response.status));
+            if switched {
+                // Not HTTP any more: what is buffered on either side goes first, then both ways
+                // are copied as they come.
+                let up = slot.take().expect("upstream present");
+                return tunnel_rest(client, client_w, up).await;
+            }
+            body?;
+            if response.body == Framing::Close || response.close || request.close {
+                // The exchange ends the connection (the upstream closes it, or was asked to);
+                // the client hears the end as it would from the target.
+                break;
+            }
+        }
+        // The client closed, or the last exchange ended the connection: the upstreams hear it
+        // too.
+        for up in [stealer_up, target_up].into_iter().flatten() {
+            let mut w = up.writer;
+            let _ = w.shutdown().await;
+        }
+        let _ = client_w.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Passes a response (after any interim `1xx` ones) from `up` to `client`; returns its head.
+async fn pass_response<R, W>(
+    up: &mut Buffered<R>,
+    client: &mut W,
+    method: &str,
+) -> Result<ResponseHead>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let head = up
+            .head(|b| parse_response(b, method))
+            .await?
+            .context("the upstream closed without a response")?;
+        up.pass_head(head.len, client).await?;
+        if (100..200).contains(&head.status) && head.status != 101 {
+            continue;
+        }
+        if head.status != 101 && !(method.eq_ignore_ascii_case("CONNECT") && head.status < 300) {
+            up.pass_body(BodyLeft::new(head.body), client).await?;
+        }
+        return Ok(head);
+    }
+}
+
+/// Copies both ways as they are, after what each side had buffered.
+async fn tunnel_rest<R, W>(client: Buffered<R>, mut client_w: W, up: Upstream) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Upstream {
+        reader: up_r,
+        writer: mut up_w,
+    } = up;
+    let Buffered {
+        inner: mut client_r,
+        buf: client_buf,
+    } = client;
+    let Buffered {
+        inner: mut up_r,
+        buf: up_buf,
+    } = up_r;
+    let to_up = async {
+        up_w.write_all(&client_buf).await?;
+        tokio::io::copy(&mut client_r, &mut up_w).await?;
+        up_w.shutdown().await
+    };
+    let to_client = async {
+        client_w.write_all(&up_buf).await?;
+        tokio::io::copy(&mut up_r, &mut client_w).await?;
+        client_w.shutdown().await
+    };
+    let _ = tokio::join!(to_up, to_client);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn body_len(body: &[u8]) -> Result<Option<usize>> {
+        let mut c = Chunked::default();
+        let n = c.feed(body)?;
+        Ok(c.done().then_some(n))
+    }
+
+    #[test]
+    fn a_chunked_body_ends_after_its_last_chunk_and_trailers() {
+        let body = b"4\r\nwiki\r\n5;x=y\r\npedia\r\n0\r\n\r\nGET /next";
+        assert_eq!(body_len(body).unwrap(), Some(body.len() - 9));
+        let trailers = b"1\r\na\r\n0\r\nx-sum: 1\r\n\r\nrest";
+        assert_eq!(body_len(trailers).unwrap(), Some(trailers.len() - 4));
+        assert_eq!(body_len(b"4\r\nwik").unwrap(), None);
+        assert!(body_len(b"zz\r\n").is_err());
+        assert!(body_len(b"1\r\nab\r\n").is_err());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let req = parse_request(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello")
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.body, Framing::Length(5));
+        let req = parse_request(
+            b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(req.body, Framing::Chunked);
+        assert!(parse_request(b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n").is_err());
+        assert!(parse_request(
+            b"POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"
+        )
+        .is_err());
+        let get = parse_request(b"GET / HTTP/1.1\r\nuser-agent: kube-probe/1.29\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((get.body, get.probe), (Framing::Length(0), true));
+        assert!(parse_request(b"GET / HTTP/1.1\r\nhost: x\r\n").unwrap().is_none());
+        let res = |raw: &[u8], method| parse_response(raw, method).unwrap().unwrap().body;
+        assert_eq!(res(b"HTTP/1.1 200 OK\r\n\r\n", "GET"), Framing::Close);
+        assert_eq!(
+            res(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n", "HEAD"),
+            Framing::Length(0)
+        );
+        assert_eq!(res(b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET"), Framing::Length(0));
+        assert_eq!(res(b"HTTP/1.1 100 Continue\r\n\r\n", "POST"), Framing::Length(0));
+    }
+
+    /// A chunked body written out, with its chunk boundaries at `sizes`.
+    fn chunked(data: &[u8], sizes: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = data;
+        for s in sizes.iter().map(|s| s % 50 + 1) {
+            if rest.is_empty() {
+                break;
+            }
+            let n = s.min(rest.len());
+            out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+            out.extend_from_slice(&rest[..n]);
+            out.extend_from_slice(b"\r\n");
+            rest = &rest[n..];
+        }
+        if !rest.is_empty() {
+            out.extend_from_slice(format!("{:x}\r\n", rest.len()).as_bytes());
+            out.extend_from_slice(rest);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Fed in any pieces, the scanner finds the body's end exactly, and never claims a byte
+        /// after it.
+        #[test]
+        fn a_chunked_body_ends_exactly_wherever_it_is_cut(
+            data in prop::collection::vec(any::<u8>(), 0..300),
+            sizes in prop::collection::vec(any::<usize>(), 0..10),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let body = chunked(&data, &sizes);
+            let mut input = body.clone();
+            input.extend_from_slice(b"GET /after HTTP/1.1\r\n\r\n");
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            points.sort_unstable();
+            points.push(input.len());
+            let mut c = Chunked::default();
+            let mut taken = 0;
+            let mut from = 0;
+            for p in points {
+                if c.done() { break; }
+                let n = c.feed(&input[from.max(taken)..p.max(taken)]).unwrap();
+                taken += n;
+                from = p;
+            }
+            prop_assert!(c.done());
+            prop_assert_eq!(taken, body.len());
+        }
+
+        /// Hostile bytes: an error or a count, never a panic or a claim past the input.
+        #[test]
+        fn hostile_chunked_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..200)) {
+            let mut c = Chunked::default();
+            if let Ok(n) = c.feed(&input) {
+                prop_assert!(n <= input.len());
+            }
+        }
+    }
+}
