@@ -430,108 +430,131 @@ impl IncomingState {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (client_r, mut client_w) = tokio::io::split(stream);
-        let mut client = Buffered {
-            inner: client_r,
-            buf: Vec::new(),
-        };
-        let mut stealer_up: Option<Upstream> = None;
-        let mut target_up: Option<Upstream> = None;
-        loop {
-            let Some(request) = client.head(parse_request).await? else {
-                break;
-            };
-            let side = if request.probe {
-                Side::Target
-            } else {
-                Side::Stealer
-            };
-            let slot = match side {
-                Side::Stealer => &mut stealer_up,
-                Side::Target => &mut target_up,
-            };
-            // An upstream that closed while idle (a keep-alive timeout) is replaced before a
-            // request is written to it, as hyper's client does.
-            if let Some(up) = slot.as_mut() {
-                if up.reader.closed_now().await {
-                    *slot = None;
-                }
-            }
-            if slot.is_none() {
-                let opened = match side {
-                    Side::Stealer => self
-                        .stolen_channel(&stealer.client, hop.port, hop.peer, hop.original)
+        let open = |side: Side| {
+            let (me, hop, client) = (self.clone(), &hop, stealer.client.clone());
+            async move {
+                match side {
+                    Side::Stealer => me
+                        .stolen_channel(&client, hop.port, hop.peer, hop.original)
                         .await
                         .context("the stealing client did not pick the connection up"),
                     Side::Target => {
-                        self.next_hop(hop.port, hop.peer, hop.original, &hop.visited)
+                        me.next_hop(hop.port, hop.peer, hop.original, &hop.visited)
                             .await
-                    }
-                };
-                match opened {
-                    Ok(stream) => *slot = Some(Upstream::new(stream)),
-                    Err(e) => {
-                        tracing::debug!(port = hop.port, "no upstream for a request: {e:#}");
-                        let _ = client_w
-                            .write_all(
-                                b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                            )
-                            .await;
-                        return Ok(());
                     }
                 }
             }
-            // Present: filled just above.
-            let up = slot.as_mut().expect("upstream present");
-            let started = std::time::Instant::now();
-            let (up_r, up_w) = (&mut up.reader, &mut up.writer);
-            client.pass_head(request.len, up_w).await?;
-            let tunnel = request.method.eq_ignore_ascii_case("CONNECT");
-            let body = async {
-                client
-                    .pass_body(BodyLeft::new(request.body), up_w)
-                    .await
-            };
-            let response = pass_response(up_r, &mut client_w, &request.method);
-            let (body, response) = tokio::join!(body, response);
-            let response = response?;
-            if side == Side::Stealer {
-                // try_send: the traffic view must never hold up a request.
-                let _ = stealer.client.message_tx.try_send(AgentMessage::Event(
-                    AgentEvent::HttpRequest {
-                        port: hop.port,
-                        method: request.method.clone(),
-                        path: request.path.clone(),
-                        headers: request.headers.clone(),
-                        status: response.status,
-                        duration_ms: started.elapsed().as_millis() as u64,
-                        filter: None,
-                    },
-                ));
-            }
-            let switched = response.status == 101 || (tunnel && (200..300).contains(&response.status));
-            if switched {
-                // Not HTTP any more: what is buffered on either side goes first, then both ways
-                // are copied as they come.
-                let up = slot.take().expect("upstream present");
-                return tunnel_rest(client, client_w, up).await;
-            }
-            body?;
-            if response.body == Framing::Close || response.close || request.close {
-                // The exchange ends the connection (the upstream closes it, or was asked to);
-                // the client hears the end as it would from the target.
-                break;
-            }
-        }
-        // The client closed, or the last exchange ended the connection: the upstreams hear it
-        // too.
-        for up in [stealer_up, target_up].into_iter().flatten() {
-            let mut w = up.writer;
-            let _ = w.shutdown().await;
-        }
-        let _ = client_w.shutdown().await;
-        Ok(())
+        };
+        let report = |request: &RequestHead, status: u16, took: std::time::Duration| {
+            // try_send: the traffic view must never hold up a request.
+            let _ = stealer
+                .client
+                .message_tx
+                .try_send(AgentMessage::Event(AgentEvent::HttpRequest {
+                    port: hop.port,
+                    method: request.method.clone(),
+                    path: request.path.clone(),
+                    headers: request.headers.clone(),
+                    status,
+                    duration_ms: took.as_millis() as u64,
+                    filter: None,
+                }));
+        };
+        relay(stream, open, report).await
     }
+}
+
+/// Relays one client connection: each request to the upstream `open` gives for its side (one
+/// connection per side, opened on first use), each response back; `report` hears of every
+/// exchange with the stealer.
+async fn relay<S, O, F, R>(stream: S, mut open: O, mut report: R) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    O: FnMut(Side) -> F,
+    F: std::future::Future<Output = Result<BoxIo>>,
+    R: FnMut(&RequestHead, u16, std::time::Duration),
+{
+    let (client_r, mut client_w) = tokio::io::split(stream);
+    let mut client = Buffered {
+        inner: client_r,
+        buf: Vec::new(),
+    };
+    let mut stealer_up: Option<Upstream> = None;
+    let mut target_up: Option<Upstream> = None;
+    loop {
+        let Some(request) = client.head(parse_request).await? else {
+            break;
+        };
+        let side = if request.probe {
+            Side::Target
+        } else {
+            Side::Stealer
+        };
+        let slot = match side {
+            Side::Stealer => &mut stealer_up,
+            Side::Target => &mut target_up,
+        };
+        // An upstream that closed while idle (a keep-alive timeout) is replaced before a
+        // request is written to it, as hyper's client does.
+        if let Some(up) = slot.as_mut() {
+            if up.reader.closed_now().await {
+                *slot = None;
+            }
+        }
+        if slot.is_none() {
+            match open(side).await {
+                Ok(stream) => *slot = Some(Upstream::new(stream)),
+                Err(e) => {
+                    tracing::debug!("no upstream for a request: {e:#}");
+                    let _ = client_w
+                        .write_all(
+                            b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    return Ok(());
+                }
+            }
+        }
+        // Present: filled just above.
+        let up = slot.as_mut().expect("upstream present");
+        let started = std::time::Instant::now();
+        let (up_r, up_w) = (&mut up.reader, &mut up.writer);
+        client.pass_head(request.len, up_w).await?;
+        let tunnel = request.method.eq_ignore_ascii_case("CONNECT");
+        let body = async {
+            client
+                .pass_body(BodyLeft::new(request.body), up_w)
+                .await
+        };
+        let response = pass_response(up_r, &mut client_w, &request.method);
+        // A broken request body ends the exchange at once (the upstream would wait for the
+        // rest forever); otherwise both run to their end.
+        let ((), response) = tokio::try_join!(body, response)?;
+        if side == Side::Stealer {
+            report(&request, response.status, started.elapsed());
+        }
+        let switched =
+            response.status == 101 || (tunnel && (200..300).contains(&response.status));
+        if switched {
+            // Not HTTP any more: what is buffered on either side goes first, then both ways
+            // are copied as they come.
+            let up = slot.take().expect("upstream present");
+            return tunnel_rest(client, client_w, up).await;
+        }
+        if response.body == Framing::Close || response.close || request.close {
+            // The exchange ends the connection (the upstream closes it, or was asked to);
+            // the client hears the end as it would from the target.
+            break;
+        }
+    }
+    // The client closed, or the last exchange ended the connection: the upstreams hear it
+    // too.
+    for up in [stealer_up, target_up].into_iter().flatten() {
+        let mut w = up.writer;
+        let _ = w.shutdown().await;
+    }
+    let _ = client_w.shutdown().await;
+    Ok(())
 }
 
 /// Passes a response (after any interim `1xx` ones) from `up` to `client`; returns its head.
@@ -596,6 +619,7 @@ where
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn body_len(body: &[u8]) -> Result<Option<usize>> {
         let mut c = Chunked::default();
@@ -644,6 +668,178 @@ mod tests {
         );
         assert_eq!(res(b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET"), Framing::Length(0));
         assert_eq!(res(b"HTTP/1.1 100 Continue\r\n\r\n", "POST"), Framing::Length(0));
+    }
+
+    /// An upstream served by hyper (a real HTTP/1 implementation) over an in-memory pipe. It
+    /// answers `<label> <METHOD> <path> <body length>`; `/stream` with a chunked body,
+    /// `/upgrade` with 101 and an echo of whatever follows.
+    fn upstream(label: &'static str) -> BoxIo {
+        use http_body_util::{BodyExt, Full};
+        use hyper::{body::Incoming, Request, Response};
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| async move {
+            if req.uri().path() == "/upgrade" {
+                let upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    if let Ok(up) = upgrade.await {
+                        let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(up));
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    }
+                });
+                let mut res = Response::new(Full::new(bytes::Bytes::new()));
+                *res.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                res.headers_mut()
+                    .insert("connection", "upgrade".parse().expect("a header value"));
+                res.headers_mut()
+                    .insert("upgrade", "echo".parse().expect("a header value"));
+                return Ok::<_, hyper::Error>(res);
+            }
+            let method = req.method().to_string();
+            let path = req.uri().path().to_owned();
+            let body = req.into_body().collect().await?.to_bytes();
+            let text = format!("{label} {method} {path} {}", body.len());
+            let mut res = Response::new(Full::new(bytes::Bytes::from(text)));
+            if path == "/stream" {
+                res.headers_mut().insert(
+                    "transfer-encoding",
+                    "chunked".parse().expect("a header value"),
+                );
+            }
+            Ok(res)
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(theirs), service)
+                .with_upgrades()
+                .await;
+        });
+        Box::new(ours)
+    }
+
+    /// Runs `relay` on one end of a pipe with hyper upstreams; returns the client's end, the
+    /// exchanges reported (path, status) and how many upstreams were opened.
+    type Reported = Arc<std::sync::Mutex<Vec<(String, u16)>>>;
+    fn start_relay() -> (tokio::io::DuplexStream, Reported, Arc<std::sync::atomic::AtomicUsize>) {
+        let (client, ours) = tokio::io::duplex(64 * 1024);
+        let reported: Reported = Arc::default();
+        let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, o) = (reported.clone(), opened.clone());
+        tokio::spawn(async move {
+            let open = |side: Side| {
+                o.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    Ok(upstream(match side {
+                        Side::Stealer => "stealer",
+                        Side::Target => "target",
+                    }))
+                }
+            };
+            let report = |req: &RequestHead, status: u16, _: std::time::Duration| {
+                r.lock().expect("not poisoned").push((req.path.clone(), status));
+            };
+            relay(ours, open, report).await
+        });
+        (client, reported, opened)
+    }
+
+    /// Reads from `s` until `needle` has arrived; returns everything read.
+    async fn read_until(s: &mut tokio::io::DuplexStream, needle: &str) -> String {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&all).contains(needle) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("no answer in time")
+                .expect("reading");
+            assert!(n > 0, "closed before {needle:?}: {}", String::from_utf8_lossy(&all));
+            all.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_of_every_framing_keep_their_order_and_probes_go_to_the_target() {
+        let (mut client, reported, opened) = start_relay();
+        let requests = concat!(
+            "GET /a HTTP/1.1\r\nhost: x\r\n\r\n",
+            "POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello",
+            "POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            "GET /probe HTTP/1.1\r\nhost: x\r\nuser-agent: kube-probe/1.29\r\n\r\n",
+            "HEAD /d HTTP/1.1\r\nhost: x\r\n\r\n",
+            "GET /stream HTTP/1.1\r\nhost: x\r\n\r\n",
+            "GET /e HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        );
+        client.write_all(requests.as_bytes()).await.expect("writing");
+        let mut all = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_string(&mut all),
+        )
+        .await
+        .expect("the relay ends the connection after `connection: close`")
+        .expect("reading");
+        let mut at = 0;
+        for answer in [
+            "stealer GET /a 0",
+            "stealer POST /b 5",
+            "stealer POST /c 5",
+            "target GET /probe 0",
+            "stealer GET /stream 0",
+            "stealer GET /e 0",
+        ] {
+            let found = all[at..].find(answer);
+            assert!(found.is_some(), "{answer:?} after byte {at} in {all:?}");
+            at += found.unwrap_or(0) + answer.len();
+        }
+        assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 7, "{all}");
+        assert!(!all.contains("stealer HEAD"), "a HEAD answer has no body: {all}");
+        let paths: Vec<String> = reported
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(p, s)| format!("{p} {s}"))
+            .collect();
+        assert_eq!(
+            paths,
+            ["/a 200", "/b 200", "/c 200", "/d 200", "/stream 200", "/e 200"]
+        );
+        assert_eq!(opened.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_waits_for_100_continue_and_an_upgrade_becomes_a_tunnel() {
+        let (mut client, _, _) = start_relay();
+        client
+            .write_all(b"POST /f HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n")
+            .await
+            .expect("writing");
+        read_until(&mut client, "100 Continue").await;
+        client.write_all(b"xyz").await.expect("writing");
+        read_until(&mut client, "stealer POST /f 3").await;
+        client
+            .write_all(b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+            .await
+            .expect("writing");
+        read_until(&mut client, "101 Switching Protocols").await;
+        client.write_all(b"not http at all").await.expect("writing");
+        read_until(&mut client, "not http at all").await;
+    }
+
+    #[tokio::test]
+    async fn hostile_heads_end_the_connection() {
+        for bad in [
+            &b"GET / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
+            b"\x00\x01garbage\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            let (mut client, _, _) = start_relay();
+            client.write_all(bad).await.expect("writing");
+            let mut rest = Vec::new();
+            tokio::time::timeout(std::time::Duration::from_secs(5), client.read_to_end(&mut rest))
+                .await
+                .expect("the relay ends a hostile connection")
+                .expect("reading");
+        }
     }
 
     /// A chunked body written out, with its chunk boundaries at `sizes`.
