@@ -16,6 +16,8 @@ use crate::state::{complain, LayerState};
 use libc::{c_int, sockaddr, socklen_t};
 use mirrord_protocol::config::canonical_ip;
 use mirrord_protocol::layer::{LayerRequest, ServerResponse};
+use mirrord_protocol::net::DeliverySource;
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
@@ -136,10 +138,12 @@ pub unsafe fn accepted(listener_fd: c_int, fd: c_int, addr: *mut sockaddr, len: 
     };
     // Invariant: the entry is unlocked before the table is taken (lock order: table → entry).
     let listener = match &*sockets::lock_entry(&entry) {
-        Managed::Listener { bound, .. } => Some(*bound),
+        Managed::Listener {
+            bound, remote_port, ..
+        } => Some((*bound, *remote_port)),
         _ => None,
     };
-    let Some(listener) = listener else {
+    let Some((listener, remote_port)) = listener else {
         sockets::remove(fd);
         return;
     };
@@ -151,9 +155,23 @@ pub unsafe fn accepted(listener_fd: c_int, fd: c_int, addr: *mut sockaddr, len: 
     let Some(source) = caddr::read(&storage as *const _ as *const sockaddr, slen) else {
         return;
     };
-    let answer = control::request(&LayerRequest::IncomingPeer { listener, source });
+    let delivery = DeliverySource::of(source);
+    let known = delivery.and_then(|d| {
+        let (peer_ip, local_ip) = known_client(d.index)?;
+        Some((
+            SocketAddr::new(peer_ip, d.port),
+            SocketAddr::new(local_ip, remote_port),
+        ))
+    });
+    let answer = match known {
+        Some(found) => Ok(ServerResponse::IncomingPeer(Some(found))),
+        None => control::request(&LayerRequest::IncomingPeer { listener, source }),
+    };
     match answer {
         Ok(ServerResponse::IncomingPeer(Some((peer, local)))) => {
+            if let Some(d) = delivery.filter(|d| d.port == peer.port()) {
+                remember_client(d.index, (peer.ip(), local.ip()));
+            }
             // An IPv6 client on the program's IPv4 socket cannot be shown: keep the real
             // (loopback) addresses rather than garble them.
             let domain = caddr::socket_domain(fd).unwrap_or(libc::AF_INET);
@@ -169,6 +187,22 @@ pub unsafe fn accepted(listener_fd: c_int, fd: c_int, addr: *mut sockaddr, len: 
             sockets::remove(fd);
         }
     }
+}
+
+/// Delivery source index → (client IP, pod IP), as the session answered for the first
+/// connection of each client the agent delivered itself (see `DeliverySource`). Invariant: an
+/// index keeps its meaning for the agent's life, so an entry never goes stale; bounded by the
+/// agent's own limit on indexes.
+static CLIENTS: Mutex<Option<HashMap<u32, (IpAddr, IpAddr)>>> = Mutex::new(None);
+
+fn known_client(index: u32) -> Option<(IpAddr, IpAddr)> {
+    let clients = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
+    clients.as_ref()?.get(&index).copied()
+}
+
+fn remember_client(index: u32, ips: (IpAddr, IpAddr)) {
+    let mut clients = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
+    clients.get_or_insert_with(HashMap::new).insert(index, ips);
 }
 
 /// The program closed a subscribed listener.

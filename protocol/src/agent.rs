@@ -178,7 +178,8 @@ pub enum AgentEvent {
     /// The agent connected a connection for `port` to the program's listener itself (see
     /// [`AgentRequest::DeliverTo`]), from `source` on the developer machine's loopback. Sent
     /// before the connect, so a session that reads its events in order knows the real client
-    /// before the program can accept.
+    /// before the program can accept. (No event says when it ends: the session forgets the
+    /// source once the program accepted it, and keeps a bounded number of the others.)
     Delivered {
         port: u16,
         /// The client in the cluster.
@@ -186,10 +187,6 @@ pub enum AgentEvent {
         /// The address the client connected to (the pod's address and `port`).
         local: SocketAddr,
         /// The agent's end of the connection to the program.
-        source: SocketAddr,
-    },
-    /// The connection from `source` that [`AgentEvent::Delivered`] announced has ended.
-    DeliveryEnded {
         source: SocketAddr,
     },
     /// An HTTP request the agent gave this client (steal), for the traffic view; sent when the

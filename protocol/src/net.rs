@@ -65,3 +65,58 @@ pub enum UdpOpenReply {
         errno: i32,
     },
 }
+
+/// The source address a local agent connects from when it delivers an incoming connection to
+/// a program's IPv4 loopback listener itself: `127.128.0.0/9` carries an index the agent gave
+/// the (client IP, pod IP) pair, and the port is the client's own port. The layer learns what
+/// an index means from its first `IncomingPeer` answer and then knows every later connection
+/// of that client without asking. An index never changes meaning during an agent's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeliverySource {
+    /// 1 ..= [`DeliverySource::MAX_INDEX`].
+    pub index: u32,
+    /// The client's port.
+    pub port: u16,
+}
+
+impl DeliverySource {
+    /// Indexes fit in the 23 bits the address has left.
+    pub const MAX_INDEX: u32 = (1 << 23) - 1;
+
+    pub fn address(self) -> std::net::SocketAddrV4 {
+        let [_, b, c, d] = self.index.to_be_bytes();
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(127, 128 | b, c, d), self.port)
+    }
+
+    /// The index and port of a source address in the range, else `None`.
+    pub fn of(source: SocketAddr) -> Option<DeliverySource> {
+        let SocketAddr::V4(v4) = source else {
+            return None;
+        };
+        let [a, b, c, d] = v4.ip().octets();
+        if a != 127 || b & 128 == 0 {
+            return None;
+        }
+        let index = u32::from_be_bytes([0, b & 127, c, d]);
+        (index != 0).then_some(DeliverySource {
+            index,
+            port: v4.port(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod delivery_source_tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_source_round_trips_and_ordinary_loopback_is_not_one() {
+        for index in [1, 2, 255, 256, 65_536, DeliverySource::MAX_INDEX] {
+            let s = DeliverySource { index, port: 40_000 };
+            assert_eq!(DeliverySource::of(SocketAddr::V4(s.address())), Some(s));
+        }
+        for plain in ["127.0.0.1:5000", "127.127.0.1:5000", "127.128.0.0:5000", "[::1]:5000"] {
+            assert_eq!(DeliverySource::of(plain.parse().unwrap()), None, "{plain}");
+        }
+    }
+}

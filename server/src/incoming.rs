@@ -67,6 +67,9 @@ const MAX_UNANSWERED: usize = 1024;
 /// `peer_of`); past it, the program sees the loopback address it really got.
 const CATCH_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Entries of `delivered` past which the old ones (a minute) are dropped.
+const MAX_DELIVERED: usize = 4096;
+
 /// A mirrored request seen on its way to the program, waiting for the program's answer.
 struct WaitingRequest {
     method: String,
@@ -136,11 +139,14 @@ pub struct IncomingRouter {
     direct_delivery: bool,
     /// Port → the listener the agent was last told to deliver to (absent: it announces).
     delivering_to: Mutex<HashMap<u16, SocketAddr>>,
-    /// Source address of a connection the agent delivered itself → (client, pod address), from
-    /// its `Delivered` event until the program accepted it or the agent said it ended.
-    delivered: Mutex<HashMap<SocketAddr, (SocketAddr, SocketAddr)>>,
+    /// Source address of a connection the agent delivered itself → (client, pod address, when),
+    /// from its `Delivered` event until the program accepted it.
+    /// Bounded by [`MAX_DELIVERED`] (old entries go first).
+    delivered: Mutex<HashMap<SocketAddr, (SocketAddr, SocketAddr, std::time::Instant)>>,
     /// run --how many agent events it has handled--> `peer_of` (waiting for a `Delivered`)
     handled_tx: tokio::sync::watch::Sender<u64>,
+    /// run --"a `Delivered` entry was added"--> `peer_of` waiting for one
+    delivered_added: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -167,6 +173,7 @@ impl IncomingRouter {
             delivering_to: Mutex::new(HashMap::new()),
             delivered: Mutex::new(HashMap::new()),
             handled_tx: tokio::sync::watch::Sender::new(0),
+            delivered_added: tokio::sync::Notify::new(),
         }))
     }
 
@@ -577,15 +584,37 @@ impl IncomingRouter {
             return None;
         }
         // The agent says `Delivered` before it connects, but the program may accept before
-        // that event is handled here: wait until every event the agent sent so far has been.
-        let sent = control.events_sent_so_far().await.ok()?;
-        let mut handled_rx = self.handled_tx.subscribe();
-        let caught_up = handled_rx.wait_for(|handled| *handled >= sent);
-        tokio::time::timeout(CATCH_UP_LIMIT, caught_up)
+        // that event is handled here. The entry usually arrives within microseconds; to tell a
+        // connection that is not the agent's, wait (at the same time) until every event the
+        // agent sent so far has been handled.
+        let caught_up = async {
+            let sent = control.events_sent_so_far().await.ok()?;
+            let mut handled_rx = self.handled_tx.subscribe();
+            handled_rx.wait_for(|handled| *handled >= sent).await.ok().map(|_| ())
+        };
+        let search = async {
+            tokio::pin!(caught_up);
+            loop {
+                let added = self.delivered_added.notified();
+                tokio::pin!(added);
+                // Registered before the look, so an entry added right after it still wakes us.
+                added.as_mut().enable();
+                if let Some(found) = self.known_peer(source) {
+                    return Some(found);
+                }
+                tokio::select! {
+                    _ = &mut added => {}
+                    done = &mut caught_up => {
+                        done?;
+                        return self.known_peer(source);
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(CATCH_UP_LIMIT, search)
             .await
-            .ok()?
-            .ok()?;
-        self.known_peer(source)
+            .ok()
+            .flatten()
     }
 
     fn known_peer(&self, source: SocketAddr) -> Option<(SocketAddr, SocketAddr)> {
@@ -593,7 +622,9 @@ impl IncomingRouter {
             return Some(found);
         }
         // Asked once, by the accept that took the connection.
-        lock(&self.delivered).remove(&source)
+        lock(&self.delivered)
+            .remove(&source)
+            .map(|(peer, local, _)| (peer, local))
     }
 
     /// Delivers what the agent announces until the agent's control channel closes.
@@ -658,7 +689,16 @@ impl IncomingRouter {
                     local,
                     source,
                 } => {
-                    lock(&self.delivered).insert(source, (peer, local));
+                    {
+                        let mut delivered = lock(&self.delivered);
+                        if delivered.len() >= MAX_DELIVERED {
+                            // Connections the program never accepted.
+                            let now = std::time::Instant::now();
+                            delivered.retain(|_, (_, _, at)| now.duration_since(*at) < CATCH_UP_LIMIT * 30);
+                        }
+                        delivered.insert(source, (peer, local, std::time::Instant::now()));
+                    }
+                    self.delivered_added.notify_waiters();
                     tracing::debug!(port, %peer, %source, "incoming connection delivered by the agent");
                     self.traffic.emit(TrafficEvent::IncomingConnection {
                         time: now_ms(),
@@ -666,9 +706,6 @@ impl IncomingRouter {
                         port,
                         mode: mode_name(TrafficMode::Steal).into(),
                     });
-                }
-                AgentEvent::DeliveryEnded { source } => {
-                    lock(&self.delivered).remove(&source);
                 }
             }
             // Invariant: bumped after the event's effects, so `peer_of` finds them.

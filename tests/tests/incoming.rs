@@ -274,8 +274,9 @@ fn steal_serves_the_client_from_the_local_program_and_the_pod_returns_after() {
 }
 
 /// Which process holds the other end of the connection established to `127.0.0.1:port` in
-/// dev (the program's listener): `ss`'s users column of the connecting socket.
-fn delivering_process(c: &Cluster, port: u16) -> String {
+/// dev (the program's listener), and from which address: `ss`'s users column and local
+/// address of the connecting socket.
+fn delivering_process(c: &Cluster, port: u16) -> (String, String) {
     let out = output_within(
         c.dev("ss").args(["-tnpH", "state", "established"]),
         WAIT,
@@ -288,17 +289,18 @@ fn delivering_process(c: &Cluster, port: u16) -> String {
         .filter(|l| l.split_whitespace().nth(3) == Some(peer.as_str()))
         .collect();
     assert_eq!(lines.len(), 1, "one connection to the program expected:\n{text}");
-    lines[0].split_whitespace().nth(4).unwrap_or("").to_owned()
+    let column = |n| lines[0].split_whitespace().nth(n).unwrap_or("").to_owned();
+    (column(4), column(2))
 }
 
 /// A connection from the client namespace that stays open after one request (keep-alive).
-fn held_connection(c: &Cluster) -> ManagedChild {
+fn held_connection(c: &Cluster) -> (ManagedChild, u16) {
     let script = "import http.client,sys,time\n\
         c=http.client.HTTPConnection(sys.argv[1],80,timeout=10)\n\
         c.request('GET','/held')\n\
         r=c.getresponse()\n\
         r.read()\n\
-        print('served-by', r.getheader('x-served-by'), flush=True)\n\
+        print('served-by', r.getheader('x-served-by'), c.sock.getsockname()[1], flush=True)\n\
         time.sleep(60)\n";
     let mut cmd = c.client(PY);
     no_proxy(&mut cmd)
@@ -306,8 +308,10 @@ fn held_connection(c: &Cluster) -> ManagedChild {
         .arg(Cluster::POD_IP.to_string());
     let mut child = c.spawn(cmd).unwrap();
     let line = child.wait_line("served-by", WAIT).unwrap();
-    assert!(line.ends_with("local"), "{line}");
-    child
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.get(1), Some(&"local"), "{line}");
+    let port = words.get(2).and_then(|p| p.parse().ok()).unwrap();
+    (child, port)
 }
 
 /// Steal with a local agent: the agent connects stolen connections to the program itself (one
@@ -328,11 +332,19 @@ fn a_local_agent_delivers_stolen_connections_to_the_program_itself() {
         }
         let mut app = c.spawn(cmd).unwrap();
         app.wait_line("listening", WAIT).unwrap();
-        let mut held = held_connection(&c);
-        let users = delivering_process(&c, 80);
+        let (mut held, client_port) = held_connection(&c);
+        let (users, source) = delivering_process(&c, 80);
         assert!(
             users.contains(&format!("(({expected}")),
             "relay forced: {relay}; the program's peer is held by {users}"
+        );
+        // The agent connects from an address that names the client (its port, and an index
+        // for its IP), so the layer knows it without asking the session after the first time.
+        let delivery = mirrord_protocol::net::DeliverySource::of(source.parse().unwrap());
+        assert_eq!(
+            delivery.map(|d| d.port),
+            (!relay).then_some(client_port),
+            "relay forced: {relay}; source {source}"
         );
         let seen = app.wait_line("\"path\": \"/held\"", WAIT).unwrap();
         assert!(
@@ -353,10 +365,14 @@ fn a_local_agent_delivers_stolen_connections_to_the_program_itself() {
             .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/each/")))
             .collect();
         assert_eq!(peers.len(), 40);
+        let mut ports = std::collections::HashSet::new();
         for r in &peers {
             let peer = r["peer"].as_str().unwrap_or("");
             assert!(peer.starts_with(&format!("{}:", Cluster::CLIENT_IP)), "{r}");
+            ports.insert(peer.to_owned());
         }
+        // Each connection shows its own client port, never a remembered one.
+        assert_eq!(ports.len(), 40, "{ports:?}");
         held.kill().unwrap();
         app.kill().unwrap();
         wait_no_agents(&c);

@@ -11,16 +11,15 @@
 use super::{BoxIo, Client, IncomingState};
 use anyhow::{Context, Result};
 use mirrord_protocol::agent::{AgentEvent, AgentMessage, TrafficMode};
+use mirrord_protocol::net::DeliverySource;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 /// Bound on taking a socket, telling the session and connecting to the program's listener.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Client addresses given an index (see `DeliverySource`); later clients take the slow way.
+const MAX_INDEXES: u32 = 1 << 16;
 
 impl IncomingState {
     /// The session's `DeliverTo` for `port`.
@@ -35,6 +34,33 @@ impl IncomingState {
                 direct.remove(&(client, port));
             }
         }
+    }
+
+    /// The source to deliver a connection from `peer` to `local` from, when the program listens
+    /// on IPv4 loopback at `to`: one index per (client IP, pod IP), never reused.
+    fn delivery_source(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        to: SocketAddr,
+    ) -> Option<DeliverySource> {
+        if !to.is_ipv4() {
+            return None;
+        }
+        let mut indexes = super::lock(&self.source_indexes);
+        let next = u32::try_from(indexes.len()).ok()? + 1;
+        let index = match indexes.get(&(peer.ip(), local.ip())) {
+            Some(i) => *i,
+            None if next <= MAX_INDEXES => {
+                indexes.insert((peer.ip(), local.ip()), next);
+                next
+            }
+            None => return None,
+        };
+        Some(DeliverySource {
+            index,
+            port: peer.port(),
+        })
     }
 
     /// Forgets where `client` wanted `port` (or every port, for `None`) delivered.
@@ -53,7 +79,7 @@ impl IncomingState {
         let to = super::lock(&self.direct).get(&(client.id, port)).copied();
         if let (Some(to), Some(home)) = (to, &self.home) {
             let delivered =
-                tokio::time::timeout(DELIVERY_TIMEOUT, deliver(home, client, port, to, peer, local))
+                tokio::time::timeout(DELIVERY_TIMEOUT, deliver(self, home, client, port, to, peer, local))
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
             match delivered {
@@ -67,6 +93,7 @@ impl IncomingState {
 }
 
 async fn deliver(
+    incoming: &IncomingState,
     home: &crate::home::HomeSockets,
     client: &Client,
     port: u16,
@@ -75,9 +102,18 @@ async fn deliver(
     local: SocketAddr,
 ) -> Result<BoxIo> {
     let socket = home.socket_for(to).await?;
-    socket
-        .bind(SocketAddr::new(to.ip(), 0))
-        .context("binding on the developer machine's loopback")?;
+    // A source that tells the program's layer who the client is without asking the session
+    // (`DeliverySource`); taken (a connection from the same client port still in TIME_WAIT,
+    // an IPv6 listener, too many clients), any loopback port does, and the layer asks.
+    let _ = socket.set_reuseaddr(true);
+    let told = incoming
+        .delivery_source(peer, local, to)
+        .is_some_and(|s| socket.bind(SocketAddr::V4(s.address())).is_ok());
+    if !told {
+        socket
+            .bind(SocketAddr::new(to.ip(), 0))
+            .context("binding on the developer machine's loopback")?;
+    }
     let source = socket.local_addr()?;
     client
         .message_tx
@@ -89,90 +125,13 @@ async fn deliver(
         }))
         .await
         .context("the session's control channel is gone")?;
-    // From here on the session has an entry for `source`; the guard removes it however this
-    // ends.
-    let ended = Ended {
-        source,
-        event_tx: client.message_tx.clone(),
-    };
+    // Lets the control channel's writer (just woken) put the event on the wire before the
+    // program can accept: the session then rarely has to wait for it (see `peer_of`).
+    tokio::task::yield_now().await;
     let stream = socket
         .connect(to)
         .await
         .with_context(|| format!("connecting to the program's listener {to}"))?;
     let _ = stream.set_nodelay(true);
-    Ok(Box::new(Delivered {
-        stream,
-        _ended: ended,
-    }))
-}
-
-/// Tells the session that the delivery from `source` is over, when dropped.
-struct Ended {
-    source: SocketAddr,
-    /// delivery --DeliveryEnded--> the session's control channel writer
-    event_tx: mpsc::Sender<AgentMessage>,
-}
-
-impl Drop for Ended {
-    fn drop(&mut self) {
-        // try_send: a drop cannot wait. A full queue loses the message; the session then keeps
-        // a stale entry until the program accepts it or the source port is reused.
-        let _ = self
-            .event_tx
-            .try_send(AgentMessage::Event(AgentEvent::DeliveryEnded {
-                source: self.source,
-            }));
-    }
-}
-
-/// A connection to the program that says when it ends.
-struct Delivered {
-    stream: TcpStream,
-    _ended: Ended,
-}
-
-impl AsyncRead for Delivered {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Delivered {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
+    Ok(Box::new(stream))
 }

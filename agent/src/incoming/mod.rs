@@ -111,6 +111,8 @@ pub struct IncomingState {
     home: Option<crate::home::HomeSockets>,
     /// (client, port) → the program's listener the agent delivers stolen connections to.
     direct: Mutex<HashMap<(u64, u16), SocketAddr>>,
+    /// (client IP, pod IP) → its index in delivery source addresses (see `deliver`).
+    source_indexes: Mutex<HashMap<(std::net::IpAddr, std::net::IpAddr), u32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -136,6 +138,7 @@ impl IncomingState {
             mesh_task: Mutex::new(None),
             home,
             direct: Mutex::new(HashMap::new()),
+            source_indexes: Mutex::new(HashMap::new()),
         })
     }
 
