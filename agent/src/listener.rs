@@ -247,29 +247,26 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
     // holds its subscriptions through one channel at a time.
     let mut epoch_rx = state.control_epoch.subscribe();
     epoch_rx.borrow_and_update();
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    // request tasks --AgentMessage--> writer task
-    let (message_tx, mut message_rx) = mpsc::channel::<AgentMessage>(64);
-    let writer_task = tokio::spawn(async move {
-        while let Some(msg) = message_rx.recv().await {
-            if write_frame_async(&mut writer, &msg).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (mut reader, writer) = tokio::io::split(stream);
+    // request tasks, announces --AgentMessage--> writer task (written at once)
+    let (message_tx, message_rx) = mpsc::channel::<AgentMessage>(64);
+    // flows --traffic-view events--> writer task (written in batches)
+    let (traffic_tx, traffic_rx) = mpsc::channel::<AgentMessage>(TRAFFIC_QUEUE);
+    let writer_task = tokio::spawn(write_messages(writer, message_rx, traffic_rx));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let client = Client {
         id: state
             .next_client
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         message_tx: message_tx.clone(),
+        traffic_tx: traffic_tx.clone(),
         gone: Default::default(),
     };
     state
         .event_sinks
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(message_tx.clone());
+        .push(traffic_tx);
     let result = loop {
         let read = tokio::select! {
             read = read_frame_async::<ControlRequest, _>(&mut reader) => read,
@@ -357,6 +354,77 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
     // closed channel, so the writer stops now rather than when they end.
     writer_task.abort();
     result
+}
+
+/// Traffic-view events queued per control channel; when full, new ones are lost (the view
+/// never holds up a flow).
+const TRAFFIC_QUEUE: usize = 1024;
+/// How long a traffic-view event may wait to share a write with later ones.
+const TRAFFIC_BATCH: Duration = Duration::from_millis(20);
+/// Events written together at most.
+const TRAFFIC_BATCH_LEN: usize = 64;
+
+/// Writes a control channel's messages: answers and announces at once; traffic-view events
+/// (one per request or connection) in batches, so a busy flow does not wake the session for
+/// every request.
+///
+/// Invariant: whatever was queued as traffic before a message is written before it. A ping's
+/// answer therefore follows every event sent before the ping (the session's accept relies on
+/// it, `IncomingRouter::peer_of`).
+async fn write_messages<W: tokio::io::AsyncWrite + Unpin>(
+    mut writer: W,
+    mut message_rx: mpsc::Receiver<AgentMessage>,
+    mut traffic_rx: mpsc::Receiver<AgentMessage>,
+) {
+    let mut held: Vec<u8> = Vec::new();
+    let mut held_count = 0;
+    let mut flush_at: Option<tokio::time::Instant> = None;
+    let hold = |msg: &AgentMessage, held: &mut Vec<u8>| match mirrord_protocol::codec::encode(msg)
+    {
+        Ok(frame) => held.extend_from_slice(&frame),
+        Err(e) => tracing::warn!("an event that cannot be encoded: {e}"),
+    };
+    loop {
+        let wait_flush = async {
+            match flush_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let now = tokio::select! {
+            biased;
+            msg = message_rx.recv() => {
+                let Some(msg) = msg else { break };
+                while let Ok(event) = traffic_rx.try_recv() {
+                    hold(&event, &mut held);
+                }
+                hold(&msg, &mut held);
+                true
+            }
+            event = traffic_rx.recv() => {
+                // The control channel keeps a sender, so this ends only with the channel.
+                let Some(event) = event else { break };
+                hold(&event, &mut held);
+                held_count += 1;
+                flush_at.get_or_insert_with(|| tokio::time::Instant::now() + TRAFFIC_BATCH);
+                held_count >= TRAFFIC_BATCH_LEN
+            }
+            () = wait_flush => true,
+        };
+        if now && !held.is_empty() {
+            use tokio::io::AsyncWriteExt;
+            let written = async {
+                writer.write_all(&held).await?;
+                writer.flush().await
+            };
+            if written.await.is_err() {
+                break;
+            }
+            held.clear();
+            held_count = 0;
+            flush_at = None;
+        }
+    }
 }
 
 /// Decrements the open control channel count when a channel ends, however it ends.

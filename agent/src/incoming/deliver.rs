@@ -37,30 +37,34 @@ impl IncomingState {
     }
 
     /// The source to deliver a connection from `peer` to `local` from, when the program listens
-    /// on IPv4 loopback at `to`: one index per (client IP, pod IP), never reused.
+    /// on IPv4 loopback at `to`: one index per (client IP, pod IP), never reused; true when
+    /// the index is new.
     fn delivery_source(
         &self,
         peer: SocketAddr,
         local: SocketAddr,
         to: SocketAddr,
-    ) -> Option<DeliverySource> {
+    ) -> Option<(DeliverySource, bool)> {
         if !to.is_ipv4() {
             return None;
         }
         let mut indexes = super::lock(&self.source_indexes);
         let next = u32::try_from(indexes.len()).ok()? + 1;
-        let index = match indexes.get(&(peer.ip(), local.ip())) {
-            Some(i) => *i,
+        let (index, new) = match indexes.get(&(peer.ip(), local.ip())) {
+            Some(i) => (*i, false),
             None if next <= MAX_INDEXES => {
                 indexes.insert((peer.ip(), local.ip()), next);
-                next
+                (next, true)
             }
             None => return None,
         };
-        Some(DeliverySource {
-            index,
-            port: peer.port(),
-        })
+        Some((
+            DeliverySource {
+                index,
+                port: peer.port(),
+            },
+            new,
+        ))
     }
 
     /// Forgets where `client` wanted `port` (or every port, for `None`) delivered.
@@ -108,26 +112,37 @@ async fn deliver(
     let _ = socket.set_reuseaddr(true);
     let told = incoming
         .delivery_source(peer, local, to)
-        .is_some_and(|s| socket.bind(SocketAddr::V4(s.address())).is_ok());
-    if !told {
+        .filter(|(s, _)| socket.bind(SocketAddr::V4(s.address())).is_ok());
+    if told.is_none() {
         socket
             .bind(SocketAddr::new(to.ip(), 0))
             .context("binding on the developer machine's loopback")?;
     }
     let source = socket.local_addr()?;
-    client
-        .message_tx
-        .send(AgentMessage::Event(AgentEvent::Delivered {
-            port,
-            peer,
-            local,
-            source,
-        }))
-        .await
-        .context("the session's control channel is gone")?;
-    // Lets the control channel's writer (just woken) put the event on the wire before the
-    // program can accept: the session then rarely has to wait for it (see `peer_of`).
-    tokio::task::yield_now().await;
+    let delivered = AgentMessage::Event(AgentEvent::Delivered {
+        port,
+        peer,
+        local,
+        source,
+    });
+    match told {
+        // The layer already knows this client from an earlier connection: the event is only
+        // for the traffic view, and a layer that does not know it yet (another process)
+        // finds it through the session's catch-up (see `IncomingRouter::peer_of`).
+        Some((_, false)) => {
+            let _ = client.traffic_tx.try_send(delivered);
+        }
+        _ => {
+            client
+                .message_tx
+                .send(delivered)
+                .await
+                .context("the session's control channel is gone")?;
+            // Lets the control channel's writer (just woken) put the event on the wire before
+            // the program can accept: the session then rarely has to wait for it.
+            tokio::task::yield_now().await;
+        }
+    }
     let stream = socket
         .connect(to)
         .await

@@ -13,6 +13,7 @@
 use super::sniff::Prefixed;
 use super::{BoxIo, Hop, IncomingState, Subscriber};
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Buf;
 use mirrord_protocol::agent::{AgentEvent, AgentMessage};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -304,17 +305,15 @@ impl BodyLeft {
 /// A byte source with what was read but not yet used.
 struct Buffered<R> {
     inner: R,
-    buf: Vec<u8>,
+    /// Read and not yet passed on (`advance` drops the front without moving the rest).
+    buf: bytes::BytesMut,
 }
 
 impl<R: AsyncRead + Unpin> Buffered<R> {
     /// Reads more; false at the end of the stream.
     async fn fill(&mut self) -> Result<bool> {
-        let start = self.buf.len();
-        self.buf.resize(start + CHUNK, 0);
-        let n = self.inner.read(&mut self.buf[start..]).await;
-        self.buf.truncate(start + *n.as_ref().unwrap_or(&0));
-        Ok(n? > 0)
+        self.buf.reserve(CHUNK);
+        Ok(self.inner.read_buf(&mut self.buf).await? > 0)
     }
 
     /// Whether the other side has already closed (without waiting): an end of stream or an
@@ -363,7 +362,7 @@ impl<R: AsyncRead + Unpin> Buffered<R> {
     /// Passes the first `len` buffered bytes (a head) to `out`.
     async fn pass_head<W: AsyncWrite + Unpin>(&mut self, len: usize, out: &mut W) -> Result<()> {
         out.write_all(&self.buf[..len]).await?;
-        self.buf.drain(..len);
+        self.buf.advance(len);
         Ok(())
     }
 
@@ -378,7 +377,7 @@ impl<R: AsyncRead + Unpin> Buffered<R> {
             if !self.buf.is_empty() {
                 let n = left.take(&self.buf)?;
                 out.write_all(&self.buf[..n]).await?;
-                self.buf.drain(..n);
+                self.buf.advance(n);
             }
             if left.done() {
                 return Ok(());
@@ -412,7 +411,7 @@ impl Upstream {
         Upstream {
             reader: Buffered {
                 inner: reader,
-                buf: Vec::new(),
+                buf: bytes::BytesMut::new(),
             },
             writer,
         }
@@ -449,7 +448,7 @@ impl IncomingState {
             // try_send: the traffic view must never hold up a request.
             let _ = stealer
                 .client
-                .message_tx
+                .traffic_tx
                 .try_send(AgentMessage::Event(AgentEvent::HttpRequest {
                     port: hop.port,
                     method: request.method.clone(),
@@ -477,7 +476,7 @@ where
     let (client_r, mut client_w) = tokio::io::split(stream);
     let mut client = Buffered {
         inner: client_r,
-        buf: Vec::new(),
+        buf: bytes::BytesMut::new(),
     };
     let mut stealer_up: Option<Upstream> = None;
     let mut target_up: Option<Upstream> = None;

@@ -133,7 +133,7 @@ impl Router {
                 })
                 .collect::<Vec<_>>();
             (
-                s.client.message_tx.clone(),
+                s.client.traffic_tx.clone(),
                 headers,
                 s.filter.as_ref().map(|f| f.describe()),
             )

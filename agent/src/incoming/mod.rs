@@ -78,8 +78,10 @@ pub type BoxIo = Box<dyn Io>;
 #[derive(Clone)]
 pub struct Client {
     pub id: u64,
-    /// agent --events--> this client's control channel writer
+    /// agent --answers, announces--> this client's control channel writer (written at once)
     pub message_tx: mpsc::Sender<AgentMessage>,
+    /// flows --traffic-view events--> the same writer (written in batches; `try_send` only)
+    pub traffic_tx: mpsc::Sender<AgentMessage>,
     /// Set when the channel closed: a subscribe still in flight then adds nothing.
     pub gone: Arc<std::sync::atomic::AtomicBool>,
 }
