@@ -182,6 +182,8 @@ pub enum AgentEvent {
     /// source once the program accepted it, and keeps a bounded number of the others.)
     Delivered {
         port: u16,
+        /// Steal, or mirror (a copy).
+        mode: TrafficMode,
         /// The client in the cluster.
         peer: SocketAddr,
         /// The address the client connected to (the pod's address and `port`).
@@ -189,10 +191,11 @@ pub enum AgentEvent {
         /// The agent's end of the connection to the program.
         source: SocketAddr,
     },
-    /// An HTTP request the agent gave this client (steal), for the traffic view; sent when the
-    /// response head came back.
+    /// An HTTP request the agent gave this client (steal, or a copy it delivered itself), for
+    /// the traffic view; sent when the response head came back.
     HttpRequest {
         port: u16,
+        mode: TrafficMode,
         method: String,
         path: String,
         headers: Vec<(String, String)>,

@@ -526,12 +526,12 @@ impl IncomingRouter {
         }
     }
 
-    /// Where the agent should deliver `port`'s connections itself, if anywhere: only a steal
-    /// (a mirrored copy is sniffed here for the traffic view), only to a port's one listener
-    /// (several take turns, which the session decides), and not where the session re-encrypts
+    /// Where the agent should deliver `port`'s connections (stolen ones, or copies) itself, if
+    /// anywhere: only to a port's one listener (several take turns, which the session
+    /// decides), never to `mirrord dump`, and not where the session re-encrypts
     /// (`https_delivery`).
     fn delivery_target(&self, port: u16) -> Option<SocketAddr> {
-        if !self.direct_delivery || self.config.mode != IncomingMode::Steal {
+        if !self.direct_delivery || self.config.mode == IncomingMode::Off {
             return None;
         }
         if self.tls_delivery.is_some() && self.config.tls_port(port).is_some() {
@@ -666,6 +666,7 @@ impl IncomingRouter {
                 }
                 AgentEvent::HttpRequest {
                     port,
+                    mode,
                     method,
                     path,
                     headers,
@@ -680,11 +681,12 @@ impl IncomingRouter {
                     headers: headers.into_iter().collect(),
                     status,
                     duration_ms,
-                    mode: "steal".into(),
+                    mode: mode_name(mode).into(),
                     matched_filter: filter,
                 }),
                 AgentEvent::Delivered {
                     port,
+                    mode,
                     peer,
                     local,
                     source,
@@ -704,7 +706,7 @@ impl IncomingRouter {
                         time: now_ms(),
                         peer: peer.to_string(),
                         port,
-                        mode: mode_name(TrafficMode::Steal).into(),
+                        mode: mode_name(mode).into(),
                     });
                 }
             }

@@ -1263,6 +1263,13 @@ fn dump_and_the_traffic_panel_show_every_request_in_every_mode() {
         });
         assert_eq!(dumped, N, "{mode}: requests in mirrord dump");
         assert_eq!(panel, to_session, "{mode}: requests in the traffic panel");
+        // Each row says how the request reached the program (copies delivered by the agent
+        // itself are shown by the agent, the others by the session).
+        let shown_as = if mode == "mirror" { "mirror" } else { "steal" };
+        for e in traffic_events(&d, &sid).iter().filter(|e| on_path(e)) {
+            assert_eq!(e["mode"], shown_as, "{mode}: {e}");
+            assert!(e["status"].as_u64().is_some_and(|s| s == 200), "{mode}: {e}");
+        }
         dump.kill().unwrap();
         app.kill().unwrap();
         assert_eq!(

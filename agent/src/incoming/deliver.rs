@@ -80,28 +80,52 @@ impl IncomingState {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Option<BoxIo> {
+        self.channel_for(client, port, TrafficMode::Steal, peer, local)
+            .await
+            .map(|(stream, _)| stream)
+    }
+
+    /// A stream to `client` for one connection of `port` (stolen, or a mirrored copy), and
+    /// whether it goes straight to the program (else through the session, which then shows
+    /// its requests in the traffic view itself).
+    pub(super) async fn channel_for(
+        &self,
+        client: &Client,
+        port: u16,
+        mode: TrafficMode,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<(BoxIo, bool)> {
         let to = super::lock(&self.direct).get(&(client.id, port)).copied();
         if let (Some(to), Some(home)) = (to, &self.home) {
+            let at = Target { port, to, mode };
             let delivered =
-                tokio::time::timeout(DELIVERY_TIMEOUT, deliver(self, home, client, port, to, peer, local))
+                tokio::time::timeout(DELIVERY_TIMEOUT, deliver(self, home, client, at, peer, local))
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
             match delivered {
-                Ok(stream) => return Some(stream),
+                Ok(stream) => return Some((stream, true)),
                 Err(e) => tracing::debug!(port, %to, "delivering it directly failed: {e:#}"),
             }
         }
-        self.announce(client, port, TrafficMode::Steal, peer, local)
+        self.announce(client, port, mode, peer, local)
             .await
+            .map(|stream| (stream, false))
     }
+}
+
+/// Where a delivery goes: the program's listener `to`, for the pod's `port`.
+struct Target {
+    port: u16,
+    to: SocketAddr,
+    mode: TrafficMode,
 }
 
 async fn deliver(
     incoming: &IncomingState,
     home: &crate::home::HomeSockets,
     client: &Client,
-    port: u16,
-    to: SocketAddr,
+    Target { port, to, mode }: Target,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Result<BoxIo> {
@@ -121,6 +145,7 @@ async fn deliver(
     let source = socket.local_addr()?;
     let delivered = AgentMessage::Event(AgentEvent::Delivered {
         port,
+        mode,
         peer,
         local,
         source,

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Longest message head accepted; longer ones end the connection (hyper's own limit is of this
 /// order).
-const MAX_HEAD: usize = 64 * 1024;
+pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// Most header lines in one head.
 const MAX_HEADERS: usize = 128;
 /// Read size.
@@ -28,7 +28,7 @@ const CHUNK: usize = 16 * 1024;
 
 /// How a message's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(super) enum Framing {
     Length(u64),
     Chunked,
     /// Until the sender closes (responses only).
@@ -37,26 +37,26 @@ enum Framing {
 
 /// What a request head says.
 #[derive(Debug)]
-struct RequestHead {
-    len: usize,
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Framing,
-    probe: bool,
+pub(super) struct RequestHead {
+    pub(super) len: usize,
+    pub(super) method: String,
+    pub(super) path: String,
+    pub(super) headers: Vec<(String, String)>,
+    pub(super) body: Framing,
+    pub(super) probe: bool,
     /// The connection ends after this exchange (`Connection: close`, or HTTP/1.0 without
     /// keep-alive).
-    close: bool,
+    pub(super) close: bool,
 }
 
 /// What a response head says.
 #[derive(Debug)]
-struct ResponseHead {
-    len: usize,
-    status: u16,
-    body: Framing,
+pub(super) struct ResponseHead {
+    pub(super) len: usize,
+    pub(super) status: u16,
+    pub(super) body: Framing,
     /// As for the request.
-    close: bool,
+    pub(super) close: bool,
 }
 
 /// Whether a message of HTTP/1.`version` with `headers` ends its connection.
@@ -110,7 +110,7 @@ fn header_framing(headers: &[httparse::Header<'_>]) -> Result<Option<Framing>> {
 }
 
 /// A request head at the start of `buf`, or `None` while it is incomplete.
-fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>> {
+pub(super) fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf).map_err(|e| anyhow!("a bad request head: {e}"))? {
@@ -144,7 +144,7 @@ fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>> {
 
 /// A response head at the start of `buf` (to a request with `method`), or `None` while it is
 /// incomplete.
-fn parse_response(buf: &[u8], method: &str) -> Result<Option<ResponseHead>> {
+pub(super) fn parse_response(buf: &[u8], method: &str) -> Result<Option<ResponseHead>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
     let len = match res.parse(buf).map_err(|e| anyhow!("a bad response head: {e}"))? {
@@ -171,7 +171,7 @@ fn parse_response(buf: &[u8], method: &str) -> Result<Option<ResponseHead>> {
 
 /// Finds where a chunked body ends, fed its bytes as they come.
 #[derive(Debug, Default)]
-struct Chunked {
+pub(super) struct Chunked {
     state: ChunkState,
     /// Digits and extension of the size line being read.
     line: Vec<u8>,
@@ -263,14 +263,14 @@ impl Chunked {
 }
 
 /// How much of a body is still to come.
-enum BodyLeft {
+pub(super) enum BodyLeft {
     Length(u64),
     Chunked(Chunked),
     Close,
 }
 
 impl BodyLeft {
-    fn new(framing: Framing) -> BodyLeft {
+    pub(super) fn new(framing: Framing) -> BodyLeft {
         match framing {
             Framing::Length(n) => BodyLeft::Length(n),
             Framing::Chunked => BodyLeft::Chunked(Chunked::default()),
@@ -279,7 +279,7 @@ impl BodyLeft {
     }
 
     /// How many bytes of `input` are body; consumes them from the count.
-    fn take(&mut self, input: &[u8]) -> Result<usize> {
+    pub(super) fn take(&mut self, input: &[u8]) -> Result<usize> {
         match self {
             BodyLeft::Length(left) => {
                 let n = input
@@ -293,7 +293,7 @@ impl BodyLeft {
         }
     }
 
-    fn done(&self) -> bool {
+    pub(super) fn done(&self) -> bool {
         match self {
             BodyLeft::Length(left) => *left == 0,
             BodyLeft::Chunked(c) => c.done(),
@@ -450,6 +450,7 @@ impl IncomingState {
                 .client
                 .traffic_tx
                 .try_send(AgentMessage::Event(AgentEvent::HttpRequest {
+                    mode: mirrord_protocol::agent::TrafficMode::Steal,
                     port: hop.port,
                     method: request.method.clone(),
                     path: request.path.clone(),

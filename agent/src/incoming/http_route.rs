@@ -12,7 +12,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty};
 use hyper::body::Incoming as IncomingBody;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mirrord_protocol::agent::{AgentEvent, AgentMessage};
+use mirrord_protocol::agent::{AgentEvent, AgentMessage, TrafficMode};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -151,6 +151,7 @@ impl Router {
         if let Some((events_tx, headers, filter)) = report {
             // try_send: the traffic view must never hold up a request.
             let _ = events_tx.try_send(AgentMessage::Event(AgentEvent::HttpRequest {
+                mode: TrafficMode::Steal,
                 port: self.port,
                 method: method.clone(),
                 path: path.clone(),

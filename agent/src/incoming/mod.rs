@@ -27,7 +27,8 @@
 //! Files, one job each: `deliver` (direct delivery of stolen connections to the program, else the
 //! announce), `registry` (who subscribed which port; the ONE owner of a port's state,
 //! its redirect rule and its capture), `capture` (copies by packet capture), `mesh_server` (answering and asking the other agents of the target),
-//! `leftovers` (removing the rules of dead agents at start), `passthrough` (pass-through with
+//! `leftovers` (removing the rules of dead agents at start), `mirror_view` (the traffic view of
+//! copies the agent delivers itself), `passthrough` (pass-through with
 //! mirror and observe copies), `http1_steal` (unfiltered steal of HTTP/1: bytes as they are,
 //! each head read), `sniff` (HTTP or not), `original_dst` (`SO_ORIGINAL_DST`,
 //! unredirected connections to the target), `http_route` (per-request routing of filtered
@@ -41,6 +42,7 @@ mod http1_steal;
 mod http_route;
 mod leftovers;
 mod mesh_server;
+mod mirror_view;
 mod original_dst;
 mod passthrough;
 mod registry;

@@ -71,21 +71,36 @@ impl IncomingState {
             let (copy_tx, mut copy_rx) = mpsc::channel::<Bytes>(MIRROR_QUEUE);
             copies.push(copy_tx);
             tokio::spawn(async move {
-                let Some(channel) = me
-                    .announce(&client, port, TrafficMode::Mirror, peer, original)
+                let Some((channel, direct)) = me
+                    .channel_for(&client, port, TrafficMode::Mirror, peer, original)
                     .await
                 else {
                     return;
                 };
+                // A copy that bypasses the session is shown in the traffic view from here.
+                let (mut requests, mut answers) = match direct {
+                    true => {
+                        let (r, a) = super::mirror_view::view(port, client.traffic_tx.clone());
+                        (Some(r), Some(a))
+                    }
+                    false => (None, None),
+                };
                 let (mut drain, mut write) = tokio::io::split(channel);
-                // Whatever the mirroring program answers goes nowhere.
+                // Whatever the mirroring program answers goes nowhere (but to the view).
                 tokio::spawn(async move {
                     let mut sink = [0u8; 16 * 1024];
-                    while matches!(drain.read(&mut sink).await, Ok(n) if n > 0) {}
+                    while let Ok(n @ 1..) = drain.read(&mut sink).await {
+                        if let Some(a) = &mut answers {
+                            a.feed(&sink[..n]);
+                        }
+                    }
                 });
                 while let Some(chunk) = copy_rx.recv().await {
                     if write.write_all(&chunk).await.is_err() {
                         return;
+                    }
+                    if let Some(r) = &mut requests {
+                        r.feed(&chunk);
                     }
                 }
                 let _ = write.shutdown().await;
