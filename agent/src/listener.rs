@@ -379,8 +379,7 @@ async fn write_messages<W: tokio::io::AsyncWrite + Unpin>(
     let mut held: Vec<u8> = Vec::new();
     let mut held_count = 0;
     let mut flush_at: Option<tokio::time::Instant> = None;
-    let hold = |msg: &AgentMessage, held: &mut Vec<u8>| match mirrord_protocol::codec::encode(msg)
-    {
+    let hold = |msg: &AgentMessage, held: &mut Vec<u8>| match mirrord_protocol::codec::encode(msg) {
         Ok(frame) => held.extend_from_slice(&frame),
         Err(e) => tracing::warn!("an event that cannot be encoded: {e}"),
     };

@@ -112,10 +112,18 @@ mod delivery_source_tests {
     #[test]
     fn a_delivery_source_round_trips_and_ordinary_loopback_is_not_one() {
         for index in [1, 2, 255, 256, 65_536, DeliverySource::MAX_INDEX] {
-            let s = DeliverySource { index, port: 40_000 };
+            let s = DeliverySource {
+                index,
+                port: 40_000,
+            };
             assert_eq!(DeliverySource::of(SocketAddr::V4(s.address())), Some(s));
         }
-        for plain in ["127.0.0.1:5000", "127.127.0.1:5000", "127.128.0.0:5000", "[::1]:5000"] {
+        for plain in [
+            "127.0.0.1:5000",
+            "127.127.0.1:5000",
+            "127.128.0.0:5000",
+            "[::1]:5000",
+        ] {
             assert_eq!(DeliverySource::of(plain.parse().unwrap()), None, "{plain}");
         }
     }

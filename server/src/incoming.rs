@@ -590,7 +590,11 @@ impl IncomingRouter {
         let caught_up = async {
             let sent = control.events_sent_so_far().await.ok()?;
             let mut handled_rx = self.handled_tx.subscribe();
-            handled_rx.wait_for(|handled| *handled >= sent).await.ok().map(|_| ())
+            handled_rx
+                .wait_for(|handled| *handled >= sent)
+                .await
+                .ok()
+                .map(|_| ())
         };
         let search = async {
             tokio::pin!(caught_up);
@@ -696,7 +700,9 @@ impl IncomingRouter {
                         if delivered.len() >= MAX_DELIVERED {
                             // Connections the program never accepted.
                             let now = std::time::Instant::now();
-                            delivered.retain(|_, (_, _, at)| now.duration_since(*at) < CATCH_UP_LIMIT * 30);
+                            delivered.retain(|_, (_, _, at)| {
+                                now.duration_since(*at) < CATCH_UP_LIMIT * 30
+                            });
                         }
                         delivered.insert(source, (peer, local, std::time::Instant::now()));
                     }

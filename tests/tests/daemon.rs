@@ -1268,7 +1268,10 @@ fn dump_and_the_traffic_panel_show_every_request_in_every_mode() {
         let shown_as = if mode == "mirror" { "mirror" } else { "steal" };
         for e in traffic_events(&d, &sid).iter().filter(|e| on_path(e)) {
             assert_eq!(e["mode"], shown_as, "{mode}: {e}");
-            assert!(e["status"].as_u64().is_some_and(|s| s == 200), "{mode}: {e}");
+            assert!(
+                e["status"].as_u64().is_some_and(|s| s == 200),
+                "{mode}: {e}"
+            );
         }
         dump.kill().unwrap();
         app.kill().unwrap();

@@ -277,18 +277,18 @@ fn steal_serves_the_client_from_the_local_program_and_the_pod_returns_after() {
 /// dev (the program's listener), and from which address: `ss`'s users column and local
 /// address of the connecting socket.
 fn delivering_process(c: &Cluster, port: u16) -> (String, String) {
-    let out = output_within(
-        c.dev("ss").args(["-tnpH", "state", "established"]),
-        WAIT,
-    )
-    .unwrap();
+    let out = output_within(c.dev("ss").args(["-tnpH", "state", "established"]), WAIT).unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let peer = format!("127.0.0.1:{port}");
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.split_whitespace().nth(3) == Some(peer.as_str()))
         .collect();
-    assert_eq!(lines.len(), 1, "one connection to the program expected:\n{text}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "one connection to the program expected:\n{text}"
+    );
     let column = |n| lines[0].split_whitespace().nth(n).unwrap_or("").to_owned();
     (column(4), column(2))
 }

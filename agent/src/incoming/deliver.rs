@@ -99,10 +99,12 @@ impl IncomingState {
         let to = super::lock(&self.direct).get(&(client.id, port)).copied();
         if let (Some(to), Some(home)) = (to, &self.home) {
             let at = Target { port, to, mode };
-            let delivered =
-                tokio::time::timeout(DELIVERY_TIMEOUT, deliver(self, home, client, at, peer, local))
-                    .await
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
+            let delivered = tokio::time::timeout(
+                DELIVERY_TIMEOUT,
+                deliver(self, home, client, at, peer, local),
+            )
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
             match delivered {
                 Ok(stream) => return Some((stream, true)),
                 Err(e) => tracing::debug!(port, %to, "delivering it directly failed: {e:#}"),

@@ -113,14 +113,18 @@ fn header_framing(headers: &[httparse::Header<'_>]) -> Result<Option<Framing>> {
 pub(super) fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf).map_err(|e| anyhow!("a bad request head: {e}"))? {
+    let len = match req
+        .parse(buf)
+        .map_err(|e| anyhow!("a bad request head: {e}"))?
+    {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
     };
     let body = header_framing(req.headers)?.unwrap_or(Framing::Length(0));
-    let probe = req.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("user-agent") && h.value.starts_with(b"kube-probe/")
-    });
+    let probe = req
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("user-agent") && h.value.starts_with(b"kube-probe/"));
     let close = closes(req.version, req.headers);
     Ok(Some(RequestHead {
         close,
@@ -147,7 +151,10 @@ pub(super) fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>> {
 pub(super) fn parse_response(buf: &[u8], method: &str) -> Result<Option<ResponseHead>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
-    let len = match res.parse(buf).map_err(|e| anyhow!("a bad response head: {e}"))? {
+    let len = match res
+        .parse(buf)
+        .map_err(|e| anyhow!("a bad response head: {e}"))?
+    {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
     };
@@ -322,11 +329,13 @@ impl<R: AsyncRead + Unpin> Buffered<R> {
         let mut chunk = [0u8; 1024];
         let polled = std::future::poll_fn(|cx| {
             let mut read = tokio::io::ReadBuf::new(&mut chunk);
-            std::task::Poll::Ready(match std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut read) {
-                std::task::Poll::Ready(Ok(())) => Some(read.filled().len()),
-                std::task::Poll::Ready(Err(_)) => Some(0),
-                std::task::Poll::Pending => None,
-            })
+            std::task::Poll::Ready(
+                match std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut read) {
+                    std::task::Poll::Ready(Ok(())) => Some(read.filled().len()),
+                    std::task::Poll::Ready(Err(_)) => Some(0),
+                    std::task::Poll::Pending => None,
+                },
+            )
         })
         .await;
         match polled {
@@ -444,22 +453,22 @@ impl IncomingState {
                 }
             }
         };
-        let report = |request: &RequestHead, status: u16, took: std::time::Duration| {
-            // try_send: the traffic view must never hold up a request.
-            let _ = stealer
-                .client
-                .traffic_tx
-                .try_send(AgentMessage::Event(AgentEvent::HttpRequest {
-                    mode: mirrord_protocol::agent::TrafficMode::Steal,
-                    port: hop.port,
-                    method: request.method.clone(),
-                    path: request.path.clone(),
-                    headers: request.headers.clone(),
-                    status,
-                    duration_ms: took.as_millis() as u64,
-                    filter: None,
-                }));
-        };
+        let report =
+            |request: &RequestHead, status: u16, took: std::time::Duration| {
+                // try_send: the traffic view must never hold up a request.
+                let _ = stealer.client.traffic_tx.try_send(AgentMessage::Event(
+                    AgentEvent::HttpRequest {
+                        mode: mirrord_protocol::agent::TrafficMode::Steal,
+                        port: hop.port,
+                        method: request.method.clone(),
+                        path: request.path.clone(),
+                        headers: request.headers.clone(),
+                        status,
+                        duration_ms: took.as_millis() as u64,
+                        filter: None,
+                    },
+                ));
+            };
         relay(stream, open, report).await
     }
 }
@@ -521,11 +530,7 @@ where
         let (up_r, up_w) = (&mut up.reader, &mut up.writer);
         client.pass_head(request.len, up_w).await?;
         let tunnel = request.method.eq_ignore_ascii_case("CONNECT");
-        let body = async {
-            client
-                .pass_body(BodyLeft::new(request.body), up_w)
-                .await
-        };
+        let body = async { client.pass_body(BodyLeft::new(request.body), up_w).await };
         let response = pass_response(up_r, &mut client_w, &request.method);
         // A broken request body ends the exchange at once (the upstream would wait for the
         // rest forever); otherwise both run to their end.
@@ -533,8 +538,7 @@ where
         if side == Side::Stealer {
             report(&request, response.status, started.elapsed());
         }
-        let switched =
-            response.status == 101 || (tunnel && (200..300).contains(&response.status));
+        let switched = response.status == 101 || (tunnel && (200..300).contains(&response.status));
         if switched {
             // Not HTTP any more: what is buffered on either side goes first, then both ways
             // are copied as they come.
@@ -659,15 +663,23 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((get.body, get.probe), (Framing::Length(0), true));
-        assert!(parse_request(b"GET / HTTP/1.1\r\nhost: x\r\n").unwrap().is_none());
+        assert!(parse_request(b"GET / HTTP/1.1\r\nhost: x\r\n")
+            .unwrap()
+            .is_none());
         let res = |raw: &[u8], method| parse_response(raw, method).unwrap().unwrap().body;
         assert_eq!(res(b"HTTP/1.1 200 OK\r\n\r\n", "GET"), Framing::Close);
         assert_eq!(
             res(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n", "HEAD"),
             Framing::Length(0)
         );
-        assert_eq!(res(b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET"), Framing::Length(0));
-        assert_eq!(res(b"HTTP/1.1 100 Continue\r\n\r\n", "POST"), Framing::Length(0));
+        assert_eq!(
+            res(b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET"),
+            Framing::Length(0)
+        );
+        assert_eq!(
+            res(b"HTTP/1.1 100 Continue\r\n\r\n", "POST"),
+            Framing::Length(0)
+        );
     }
 
     /// An upstream served by hyper (a real HTTP/1 implementation) over an in-memory pipe. It
@@ -719,7 +731,11 @@ mod tests {
     /// Runs `relay` on one end of a pipe with hyper upstreams; returns the client's end, the
     /// exchanges reported (path, status) and how many upstreams were opened.
     type Reported = Arc<std::sync::Mutex<Vec<(String, u16)>>>;
-    fn start_relay() -> (tokio::io::DuplexStream, Reported, Arc<std::sync::atomic::AtomicUsize>) {
+    fn start_relay() -> (
+        tokio::io::DuplexStream,
+        Reported,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         let (client, ours) = tokio::io::duplex(64 * 1024);
         let reported: Reported = Arc::default();
         let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -735,7 +751,9 @@ mod tests {
                 }
             };
             let report = |req: &RequestHead, status: u16, _: std::time::Duration| {
-                r.lock().expect("not poisoned").push((req.path.clone(), status));
+                r.lock()
+                    .expect("not poisoned")
+                    .push((req.path.clone(), status));
             };
             relay(ours, open, report).await
         });
@@ -751,7 +769,11 @@ mod tests {
                 .await
                 .expect("no answer in time")
                 .expect("reading");
-            assert!(n > 0, "closed before {needle:?}: {}", String::from_utf8_lossy(&all));
+            assert!(
+                n > 0,
+                "closed before {needle:?}: {}",
+                String::from_utf8_lossy(&all)
+            );
             all.extend_from_slice(&buf[..n]);
         }
         String::from_utf8_lossy(&all).into_owned()
@@ -769,7 +791,10 @@ mod tests {
             "GET /stream HTTP/1.1\r\nhost: x\r\n\r\n",
             "GET /e HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
         );
-        client.write_all(requests.as_bytes()).await.expect("writing");
+        client
+            .write_all(requests.as_bytes())
+            .await
+            .expect("writing");
         let mut all = String::new();
         tokio::time::timeout(
             std::time::Duration::from_secs(5),
@@ -792,7 +817,10 @@ mod tests {
             at += found.unwrap_or(0) + answer.len();
         }
         assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 7, "{all}");
-        assert!(!all.contains("stealer HEAD"), "a HEAD answer has no body: {all}");
+        assert!(
+            !all.contains("stealer HEAD"),
+            "a HEAD answer has no body: {all}"
+        );
         let paths: Vec<String> = reported
             .lock()
             .expect("not poisoned")
@@ -801,7 +829,14 @@ mod tests {
             .collect();
         assert_eq!(
             paths,
-            ["/a 200", "/b 200", "/c 200", "/d 200", "/stream 200", "/e 200"]
+            [
+                "/a 200",
+                "/b 200",
+                "/c 200",
+                "/d 200",
+                "/stream 200",
+                "/e 200"
+            ]
         );
         assert_eq!(opened.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
@@ -810,14 +845,18 @@ mod tests {
     async fn a_body_waits_for_100_continue_and_an_upgrade_becomes_a_tunnel() {
         let (mut client, _, _) = start_relay();
         client
-            .write_all(b"POST /f HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n")
+            .write_all(
+                b"POST /f HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n",
+            )
             .await
             .expect("writing");
         read_until(&mut client, "100 Continue").await;
         client.write_all(b"xyz").await.expect("writing");
         read_until(&mut client, "stealer POST /f 3").await;
         client
-            .write_all(b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+            .write_all(
+                b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+            )
             .await
             .expect("writing");
         read_until(&mut client, "101 Switching Protocols").await;
@@ -835,10 +874,13 @@ mod tests {
             let (mut client, _, _) = start_relay();
             client.write_all(bad).await.expect("writing");
             let mut rest = Vec::new();
-            tokio::time::timeout(std::time::Duration::from_secs(5), client.read_to_end(&mut rest))
-                .await
-                .expect("the relay ends a hostile connection")
-                .expect("reading");
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                client.read_to_end(&mut rest),
+            )
+            .await
+            .expect("the relay ends a hostile connection")
+            .expect("reading");
         }
     }
 
