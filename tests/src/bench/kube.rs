@@ -29,6 +29,7 @@ use serde_json::Value;
 use super::report::{Better, Figure, Goal};
 use super::run::{
     check_interrupted, client_errors, f64_of, no_proxy, rotated, run_json, Bins, Figures, Params,
+    Proc,
 };
 use crate::k8s::{SimCluster, SimOptions};
 use crate::output_within;
@@ -52,6 +53,27 @@ const PACED_WARMUP: usize = 10;
 const OUTAGE: std::time::Duration = std::time::Duration::from_secs(2);
 /// The system Python (the `python3` on PATH may be a pyenv shim).
 const PY: &str = "/usr/bin/python3";
+/// The port the `payment-api` pods serve (`pod_http.py`), which the steal figures take.
+const POD_PORT: u16 = 80;
+
+/// Variants of the steal figures: the pod serving itself, then the same program in dev under
+/// a stealing session through the port-forward transport (`pod/NAME`) or a local agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Steal {
+    PodLocal,
+    PortForward,
+    Pid,
+}
+
+impl Steal {
+    fn name(self) -> &'static str {
+        match self {
+            Steal::PodLocal => "pod-local",
+            Steal::PortForward => "mirrord steal",
+            Steal::Pid => "mirrord steal pid/",
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
@@ -79,6 +101,39 @@ pub fn figures(p: &Params, f: &mut Vec<Figure>) {
                     `mirrord exec -t deployment/payment-api -n payments` (agent Job, \
                     port-forward); mirrord pid/: in dev under `mirrord exec -t pid/<pod process>` \
                     (agent spawned locally, no API in the path)";
+    let steal = "from a `payment-service` pod to the target pod's port 80. pod-local: the \
+                 pod's own server (`pod_http.py`) answers; mirrord steal: the same program in \
+                 dev under `mirrord exec -t pod/<the pod> -n payments` with `incoming: steal` \
+                 (agent Job, every connection a port-forward stream); mirrord steal pid/: the \
+                 same under `-t pid/<pod process>` (local agent)";
+    f.push(
+        Figure::new(
+            "k8s.steal.ka",
+            s,
+            "stolen keep-alive p50",
+            "µs",
+            Better::Lower,
+        )
+        .baseline("pod-local")
+        .note(&format!(
+            "{} sequential `GET /` (after {} warm-up) on one keep-alive connection {steal}.",
+            p.req_n, p.req_warmup
+        )),
+    );
+    f.push(
+        Figure::new(
+            "k8s.steal.nc",
+            s,
+            "stolen new-connection p50",
+            "µs",
+            Better::Lower,
+        )
+        .baseline("pod-local")
+        .note(&format!(
+            "{} requests (after {} warm-up), each on a new connection, as above.",
+            p.newconn_n, p.newconn_warmup
+        )),
+    );
     f.push(
         Figure::new(
             "k8s.bulk1",
@@ -257,6 +312,10 @@ pub struct KubeBench {
     pod: String,
     /// A process of that pod (the `pid/` target).
     pod_pid: u32,
+    /// The pod's address (the steal figures' destination).
+    pod_ip: std::net::Ipv4Addr,
+    /// A `payment-service` pod: the steal figures' client runs there.
+    client_pod: String,
 }
 
 /// Pids of the processes in a network namespace (`ip netns pids`).
@@ -308,12 +367,22 @@ impl KubeBench {
         let pod_pid = *netns_pids(&netns)?
             .first()
             .with_context(|| format!("no process in pod {pod}'s namespace"))?;
+        let pod_ip = sim
+            .pod_ip(NS, &pod)
+            .with_context(|| format!("pod {pod} has no address"))?;
+        let client_pod = sim
+            .pods_of(NS, "app=payment-service")
+            .first()
+            .context("no payment-service pod in the simulated cluster")?
+            .clone();
         let kb = KubeBench {
             sim,
             bins,
             p,
             pod,
             pod_pid,
+            pod_ip,
+            client_pod,
         };
         for v in VARIANTS {
             let r = run_json(kb.client(v, &["http", SVC, "/", "1", "0", "keepalive"])?)
@@ -415,12 +484,131 @@ impl KubeBench {
             )?);
             head_of_line(figs, v.name(), run, r)?;
         }
+        for v in rotated(&[Steal::PodLocal, Steal::PortForward, Steal::Pid], run) {
+            check_interrupted()?;
+            self.steal(v, run, figs)?;
+        }
         check_interrupted()?;
         match self.reconnect_ms() {
             Ok(ms) => figs.put("k8s.reconnect", "mirrord", run, ms),
             Err(e) => figs.fail("k8s.reconnect", "mirrord", run, &format!("{e:#}")),
         }
         Ok(())
+    }
+
+    /// The steal figures of variant `v` (see [`figures`]): a stealing session runs only while
+    /// they are measured, and its rules are gone before the next variant.
+    fn steal(&self, v: Steal, run: usize, figs: &mut Figures) -> Result<()> {
+        let session = match v {
+            Steal::PodLocal => None,
+            Steal::PortForward | Steal::Pid => match self.start_steal(v, run) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    for id in ["k8s.steal.ka", "k8s.steal.nc"] {
+                        figs.fail(id, v.name(), run, &format!("{e:#}"));
+                    }
+                    return Ok(());
+                }
+            },
+        };
+        let to = format!("{}:{POD_PORT}", self.pod_ip);
+        let p = &self.p;
+        for (id, mode, n, w) in [
+            ("k8s.steal.ka", "keepalive", p.req_n, p.req_warmup),
+            ("k8s.steal.nc", "newconn", p.newconn_n, p.newconn_warmup),
+        ] {
+            let mut cmd = self.sim.pod_cmd(NS, &self.client_pod, &self.bins.client)?;
+            cmd.args(["http", &to, "/", &n.to_string(), &w.to_string(), mode]);
+            no_proxy(&mut cmd);
+            match run_json(cmd) {
+                Ok(r) => {
+                    figs.put(id, v.name(), run, f64_of(&r, "p50_us")?);
+                    if let Some(e) = client_errors(&r) {
+                        figs.get(id).fail(v.name(), run, &e);
+                    }
+                }
+                Err(e) => figs.fail(id, v.name(), run, &format!("{e:#}")),
+            }
+        }
+        if let Some(mut s) = session {
+            s.signal_group(libc::SIGINT);
+            let _ = s.wait_exit(std::time::Duration::from_secs(20));
+            self.wait_rules_gone()?;
+        }
+        Ok(())
+    }
+
+    /// `pod_http.py` in dev under a stealing session of variant `v`, once it listens.
+    fn start_steal(&self, v: Steal, run: usize) -> Result<Proc> {
+        let config = self.sim.workdir().join("steal.json");
+        fs::write(&config, r#"{"feature":{"network":{"incoming":"steal"}}}"#)?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("services")
+            .join("pod_http.py");
+        let log = self
+            .sim
+            .workdir()
+            .join(format!("steal-{run}-{}.log", v as u8));
+        let mut cmd = self.sim.dev_cmd(&self.bins.mirrord);
+        cmd.arg("exec");
+        match v {
+            Steal::PortForward => {
+                cmd.args(["-t", &format!("pod/{}", self.pod), "-n", NS])
+                    .env("KUBECONFIG", self.sim.kubeconfig());
+            }
+            _ => {
+                cmd.args(["-t", &format!("pid/{}", self.pod_pid)]);
+            }
+        }
+        cmd.arg("-f")
+            .arg(&config)
+            .arg("--")
+            .arg(PY)
+            .arg("-B")
+            .arg(&script)
+            .args(["--port", &POD_PORT.to_string(), "--log"])
+            .arg(&log)
+            .env("MIRRORD_RUNTIME_DIR", self.sim.workdir().join("run"));
+        for var in [
+            "MIRRORD_TARGET_NAMESPACE",
+            "MIRRORD_KUBECONFIG",
+            "MIRRORD_KUBE_CONTEXT",
+        ] {
+            cmd.env_remove(var);
+        }
+        no_proxy(&mut cmd);
+        let mut s = Proc::spawn(cmd)?;
+        s.wait_out("ready", std::time::Duration::from_secs(60))
+            .with_context(|| format!("starting the {} session", v.name()))?;
+        Ok(s)
+    }
+
+    /// Waits until no agent's redirect rule is left in the target pod.
+    fn wait_rules_gone(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let out = output_within(
+                self.sim
+                    .pod_cmd(NS, &self.pod, "iptables-save")?
+                    .args(["-t", "nat"]),
+                std::time::Duration::from_secs(10),
+            )?;
+            let ipt = String::from_utf8_lossy(&out.stdout).contains("MIRRORD_");
+            let out = output_within(
+                self.sim
+                    .pod_cmd(NS, &self.pod, "nft")?
+                    .args(["list", "ruleset"]),
+                std::time::Duration::from_secs(10),
+            )?;
+            let nft = String::from_utf8_lossy(&out.stdout).contains("mirrord_");
+            if !ipt && !nft {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!("the stealing agent's rules are still in the pod after 30 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// One reconnect measurement (see the module docs): milliseconds from the end of an API

@@ -610,7 +610,7 @@ pub fn figures(p: &Params, sections: &[&str]) -> Figures {
 
 /// A child process whose output lines are timestamped when they arrive; its process group is
 /// SIGKILLed when dropped.
-struct Proc {
+pub(super) struct Proc {
     child: Child,
     started: Instant,
     exited: Option<ExitStatus>,
@@ -641,7 +641,7 @@ fn timed_lines<R: Read + Send + 'static>(r: R) -> Receiver<(Instant, String)> {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command) -> Result<Proc> {
+    pub(super) fn spawn(mut cmd: Command) -> Result<Proc> {
         // Sessions end with Ctrl-C to the group (`stop_session`).
         crate::as_from_a_terminal(&mut cmd)
             .stdin(Stdio::null())
@@ -691,7 +691,7 @@ impl Proc {
     }
 
     /// When a stdout line containing `needle` arrived.
-    fn wait_out(&mut self, needle: &str, timeout: Duration) -> Result<Instant> {
+    pub(super) fn wait_out(&mut self, needle: &str, timeout: Duration) -> Result<Instant> {
         Self::wait_on(&self.out, &mut self.out_seen, needle, timeout)
             .with_context(|| format!("stdout; stderr: {}", self.stderr_tail()))
     }
@@ -712,7 +712,7 @@ impl Proc {
         self.err_seen[n.saturating_sub(8)..].join(" | ")
     }
 
-    fn signal_group(&mut self, sig: libc::c_int) {
+    pub(super) fn signal_group(&mut self, sig: libc::c_int) {
         if self.exited.is_none() && self.child.try_wait().ok().flatten().is_none() {
             if let Ok(pgid) = i32::try_from(self.child.id()) {
                 if pgid > 1 {
@@ -724,7 +724,7 @@ impl Proc {
     }
 
     /// Waits for the exit (killing the group when `timeout` passes first).
-    fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+    pub(super) fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.exited {
