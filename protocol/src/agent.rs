@@ -89,8 +89,9 @@ pub enum AgentRequest {
     /// the program's listener on the developer machine's loopback, which a local agent (one
     /// that printed data listeners) can reach from a socket made in the namespace it started
     /// in. The agent then connects there and says so with [`AgentEvent::Delivered`] instead of
-    /// announcing the connection. `None` goes back to announcing. Only for steal; an agent
-    /// that cannot reach the developer machine ignores it.
+    /// announcing the connection. `None` goes back to announcing. For steal and mirror
+    /// (copies); an agent that cannot reach the developer machine ignores it. Answered with
+    /// [`AgentResponse::Subscribed`].
     DeliverTo {
         port: u16,
         to: Option<SocketAddr>,
