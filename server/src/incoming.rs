@@ -67,8 +67,11 @@ const MAX_UNANSWERED: usize = 1024;
 /// `peer_of`); past it, the program sees the loopback address it really got.
 const CATCH_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Entries of `delivered` past which the old ones (a minute) are dropped.
+/// Entries of `delivered` past which the ones older than [`DELIVERED_KEPT`] are dropped.
 const MAX_DELIVERED: usize = 4096;
+/// How long a delivered connection the program has not accepted keeps its entry (once there
+/// are many).
+const DELIVERED_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A mirrored request seen on its way to the program, waiting for the program's answer.
 struct WaitingRequest {
@@ -700,9 +703,8 @@ impl IncomingRouter {
                         if delivered.len() >= MAX_DELIVERED {
                             // Connections the program never accepted.
                             let now = std::time::Instant::now();
-                            delivered.retain(|_, (_, _, at)| {
-                                now.duration_since(*at) < CATCH_UP_LIMIT * 30
-                            });
+                            delivered
+                                .retain(|_, (_, _, at)| now.duration_since(*at) < DELIVERED_KEPT);
                         }
                         delivered.insert(source, (peer, local, std::time::Instant::now()));
                     }

@@ -98,7 +98,7 @@ impl IncomingState {
     ) -> Option<(BoxIo, bool)> {
         let to = super::lock(&self.direct).get(&(client.id, port)).copied();
         if let (Some(to), Some(home)) = (to, &self.home) {
-            let at = Target { port, to, mode };
+            let at = Destination { port, to, mode };
             let delivered = tokio::time::timeout(
                 DELIVERY_TIMEOUT,
                 deliver(self, home, client, at, peer, local),
@@ -117,7 +117,7 @@ impl IncomingState {
 }
 
 /// Where a delivery goes: the program's listener `to`, for the pod's `port`.
-struct Target {
+struct Destination {
     port: u16,
     to: SocketAddr,
     mode: TrafficMode,
@@ -127,7 +127,7 @@ async fn deliver(
     incoming: &IncomingState,
     home: &crate::home::HomeSockets,
     client: &Client,
-    Target { port, to, mode }: Target,
+    Destination { port, to, mode }: Destination,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Result<BoxIo> {

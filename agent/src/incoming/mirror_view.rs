@@ -51,7 +51,8 @@ impl Scan {
     ) -> bool {
         loop {
             if let Some(body) = &mut self.body {
-                // What follows a head in the same piece first, then the input itself.
+                // Body bytes that came after a head in the same piece (the input was added to
+                // the head buffer then), else the input itself.
                 let from_head = !self.head.is_empty();
                 let source: &[u8] = if from_head { &self.head } else { input };
                 let Ok(n) = body.take(source) else {
@@ -62,13 +63,11 @@ impl Scan {
                 } else {
                     input = &input[n..];
                 }
-                if body.done() {
-                    self.body = None;
-                    continue;
-                }
-                if !from_head || input.is_empty() {
+                if !body.done() {
+                    // It took all it was given.
                     return true;
                 }
+                self.body = None;
                 continue;
             }
             if !input.is_empty() {
@@ -158,8 +157,8 @@ impl Requests {
 
 impl Answers {
     pub(super) fn feed(&mut self, bytes: &[u8]) {
-        let waiting = self.waiting.clone();
-        if lock(&waiting).is_none() {
+        let waiting = &self.waiting;
+        if lock(waiting).is_none() {
             return;
         }
         let (port, traffic_tx) = (self.port, &self.traffic_tx);
@@ -167,7 +166,7 @@ impl Answers {
             bytes,
             |buf| {
                 // The method decides whether the answer has a body (HEAD).
-                let method = lock(&waiting)
+                let method = lock(waiting)
                     .as_ref()
                     .and_then(|q| q.front().map(|a| a.method.clone()))
                     .unwrap_or_default();
@@ -177,7 +176,7 @@ impl Answers {
                 if (100..200).contains(&status) && status != 101 {
                     return;
                 }
-                let Some(asked) = lock(&waiting).as_mut().and_then(|q| q.pop_front()) else {
+                let Some(asked) = lock(waiting).as_mut().and_then(|q| q.pop_front()) else {
                     return;
                 };
                 // try_send: the traffic view must never hold up the copy.
@@ -194,7 +193,7 @@ impl Answers {
             },
         );
         if !ok {
-            *lock(&waiting) = None;
+            *lock(waiting) = None;
         }
     }
 }

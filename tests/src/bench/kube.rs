@@ -28,8 +28,8 @@ use serde_json::Value;
 
 use super::report::{Better, Figure, Goal};
 use super::run::{
-    check_interrupted, client_errors, f64_of, no_proxy, rotated, run_json, Bins, Figures, Params,
-    Proc,
+    agent_rules_left, check_interrupted, client_errors, f64_of, no_proxy, poll, rotated, run_json,
+    Bins, Figures, Params, Proc,
 };
 use crate::k8s::{SimCluster, SimOptions};
 use crate::output_within;
@@ -415,30 +415,37 @@ impl KubeBench {
                 cmd
             }
             Variant::Mirrord | Variant::MirrordPid => {
-                let mut cmd = self.sim.dev_cmd(&self.bins.mirrord);
-                cmd.arg("exec");
-                if v == Variant::Mirrord {
-                    cmd.args(["-t", TARGET, "-n", NS])
-                        .env("KUBECONFIG", self.sim.kubeconfig());
-                } else {
-                    cmd.args(["-t", &format!("pid/{}", self.pod_pid)]);
-                }
-                cmd.arg("--")
-                    .arg(&self.bins.client)
-                    .args(args)
-                    .env("MIRRORD_RUNTIME_DIR", self.sim.workdir().join("run"));
-                for var in [
-                    "MIRRORD_TARGET_NAMESPACE",
-                    "MIRRORD_KUBECONFIG",
-                    "MIRRORD_KUBE_CONTEXT",
-                ] {
-                    cmd.env_remove(var);
-                }
+                let target = match v {
+                    Variant::Mirrord => TARGET.to_owned(),
+                    _ => format!("pid/{}", self.pod_pid),
+                };
+                let mut cmd = self.mirrord_exec(&target);
+                cmd.arg("--").arg(&self.bins.client).args(args);
                 cmd
             }
         };
         no_proxy(&mut cmd);
         Ok(cmd)
+    }
+
+    /// `mirrord exec -t target` in dev, up to the program (a cluster target with the sim's
+    /// kubeconfig and `-n payments`, nothing from the caller's environment choosing another).
+    fn mirrord_exec(&self, target: &str) -> Command {
+        let mut cmd = self.sim.dev_cmd(&self.bins.mirrord);
+        cmd.args(["exec", "-t", target])
+            .env("MIRRORD_RUNTIME_DIR", self.sim.workdir().join("run"));
+        if !target.starts_with("pid/") {
+            cmd.args(["-n", NS])
+                .env("KUBECONFIG", self.sim.kubeconfig());
+        }
+        for var in [
+            "MIRRORD_TARGET_NAMESPACE",
+            "MIRRORD_KUBECONFIG",
+            "MIRRORD_KUBE_CONTEXT",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd
     }
 
     /// One run of the section.
@@ -549,17 +556,11 @@ impl KubeBench {
             .sim
             .workdir()
             .join(format!("steal-{run}-{}.log", v as u8));
-        let mut cmd = self.sim.dev_cmd(&self.bins.mirrord);
-        cmd.arg("exec");
-        match v {
-            Steal::PortForward => {
-                cmd.args(["-t", &format!("pod/{}", self.pod), "-n", NS])
-                    .env("KUBECONFIG", self.sim.kubeconfig());
-            }
-            _ => {
-                cmd.args(["-t", &format!("pid/{}", self.pod_pid)]);
-            }
-        }
+        let target = match v {
+            Steal::PortForward => format!("pod/{}", self.pod),
+            _ => format!("pid/{}", self.pod_pid),
+        };
+        let mut cmd = self.mirrord_exec(&target);
         cmd.arg("-f")
             .arg(&config)
             .arg("--")
@@ -567,15 +568,7 @@ impl KubeBench {
             .arg("-B")
             .arg(&script)
             .args(["--port", &POD_PORT.to_string(), "--log"])
-            .arg(&log)
-            .env("MIRRORD_RUNTIME_DIR", self.sim.workdir().join("run"));
-        for var in [
-            "MIRRORD_TARGET_NAMESPACE",
-            "MIRRORD_KUBECONFIG",
-            "MIRRORD_KUBE_CONTEXT",
-        ] {
-            cmd.env_remove(var);
-        }
+            .arg(&log);
         no_proxy(&mut cmd);
         let mut s = Proc::spawn(cmd)?;
         s.wait_out("ready", std::time::Duration::from_secs(60))
@@ -585,30 +578,20 @@ impl KubeBench {
 
     /// Waits until no agent's redirect rule is left in the target pod.
     fn wait_rules_gone(&self) -> Result<()> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let out = output_within(
-                self.sim
-                    .pod_cmd(NS, &self.pod, "iptables-save")?
-                    .args(["-t", "nat"]),
-                std::time::Duration::from_secs(10),
-            )?;
-            let ipt = String::from_utf8_lossy(&out.stdout).contains("MIRRORD_");
-            let out = output_within(
-                self.sim
-                    .pod_cmd(NS, &self.pod, "nft")?
-                    .args(["list", "ruleset"]),
-                std::time::Duration::from_secs(10),
-            )?;
-            let nft = String::from_utf8_lossy(&out.stdout).contains("mirrord_");
-            if !ipt && !nft {
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                bail!("the stealing agent's rules are still in the pod after 30 s");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        // Checked once, so the listing below cannot fail for want of the pod's namespace.
+        self.sim.pod_cmd(NS, &self.pod, "true")?;
+        poll(
+            std::time::Duration::from_secs(30),
+            "the stealing agent's rules to go",
+            || {
+                !agent_rules_left(|program| {
+                    self.sim
+                        .pod_cmd(NS, &self.pod, program)
+                        // Not reached (checked above); a command that fails reads as rules left.
+                        .unwrap_or_else(|_| Command::new("false"))
+                })
+            },
+        )
     }
 
     /// One reconnect measurement (see the module docs): milliseconds from the end of an API

@@ -859,6 +859,25 @@ fn listening(pid: u32, port: u16) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether a pod still has a mirrord agent's redirect rules (iptables or nft), as the commands
+/// `in_pod` makes (run in the pod's namespace) list them. A listing that fails counts as rules
+/// left for iptables (the default backend) and as none for nft (absent on some machines).
+pub(super) fn agent_rules_left(in_pod: impl Fn(&str) -> Command) -> bool {
+    let ipt = output_within(
+        in_pod("iptables-save").args(["-t", "nat"]),
+        Duration::from_secs(10),
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).contains("MIRRORD_"))
+    .unwrap_or(true);
+    let nft = output_within(
+        in_pod("nft").args(["list", "ruleset"]),
+        Duration::from_secs(10),
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).contains("mirrord_"))
+    .unwrap_or(false);
+    ipt || nft
+}
+
 pub(super) fn poll(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !cond() {
@@ -1287,19 +1306,7 @@ impl<'c> Bench<'c> {
         let _ = p.wait_exit(Duration::from_secs(15));
         drop(p);
         poll(Duration::from_secs(15), "the agent's rules to go", || {
-            let ipt = output_within(
-                self.c.pod("iptables-save").args(["-t", "nat"]),
-                Duration::from_secs(10),
-            )
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains("MIRRORD_"))
-            .unwrap_or(true);
-            let nft = output_within(
-                self.c.pod("nft").args(["list", "ruleset"]),
-                Duration::from_secs(10),
-            )
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains("mirrord_"))
-            .unwrap_or(false);
-            !ipt && !nft
+            !agent_rules_left(|program| self.c.pod(program))
         })
     }
 
