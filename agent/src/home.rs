@@ -12,9 +12,12 @@ use anyhow::{Context, Result};
 use std::os::fd::OwnedFd;
 use tokio::sync::{mpsc, Mutex};
 
-/// Sockets kept ready per family: enough for a burst of new connections; the threads refill
-/// the pool as it drains.
-const READY: usize = 16;
+/// Sockets kept ready per family: enough for a burst of new connections.
+const READY: usize = 64;
+/// A thread refills its pool once this few are left, so it wakes once per `READY - REFILL_AT`
+/// connections rather than once per connection (a wake-up is a cross-CPU interrupt on the
+/// machine the agent shares with the target).
+const REFILL_AT: usize = READY / 2;
 
 /// The agent's first network namespace, opened before `setns` moved the agent.
 pub struct HomeNamespace(OwnedFd);
@@ -30,22 +33,28 @@ impl HomeNamespace {
 
 /// Ready TCP sockets of the home namespace, IPv4 and IPv6.
 pub struct HomeSockets {
-    /// maker thread (v4) --unconnected sockets--> deliveries
-    v4_rx: Mutex<mpsc::Receiver<OwnedFd>>,
-    /// maker thread (v6) --unconnected sockets--> deliveries
-    v6_rx: Mutex<mpsc::Receiver<OwnedFd>>,
+    v4: Pool,
+    v6: Pool,
+}
+
+struct Pool {
+    /// maker thread --unconnected sockets--> deliveries
+    socket_rx: Mutex<mpsc::Receiver<OwnedFd>>,
+    /// deliveries --"the pool is low"--> maker thread
+    low_tx: std::sync::mpsc::SyncSender<()>,
 }
 
 impl HomeSockets {
     /// Starts the makers. Fails when a thread cannot go back to `home` (no `CAP_SYS_ADMIN`).
     pub fn start(home: HomeNamespace) -> Result<HomeSockets> {
         let home = std::sync::Arc::new(home);
-        let mut receivers = Vec::new();
+        let mut pools = Vec::new();
         for (family, name) in [
             (socket2::Domain::IPV4, "mirrord-home4"),
             (socket2::Domain::IPV6, "mirrord-home6"),
         ] {
             let (socket_tx, socket_rx) = mpsc::channel(READY);
+            let (low_tx, low_rx) = std::sync::mpsc::sync_channel::<()>(1);
             let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<()>>(1);
             let home = home.clone();
             std::thread::Builder::new()
@@ -56,7 +65,7 @@ impl HomeSockets {
                     let ok = entered.is_ok();
                     let _ = ready_tx.send(entered);
                     if ok {
-                        make_sockets(family, socket_tx);
+                        make_sockets(family, socket_tx, low_rx);
                     }
                 })
                 .context("starting a socket maker thread")?;
@@ -64,51 +73,69 @@ impl HomeSockets {
             ready_rx
                 .recv()
                 .context("the socket maker thread died at start")??;
-            receivers.push(socket_rx);
+            pools.push(Pool {
+                socket_rx: Mutex::new(socket_rx),
+                low_tx,
+            });
         }
-        let v6_rx = receivers.pop().expect("two receivers were pushed");
-        let v4_rx = receivers.pop().expect("two receivers were pushed");
-        Ok(HomeSockets {
-            v4_rx: Mutex::new(v4_rx),
-            v6_rx: Mutex::new(v6_rx),
-        })
+        let v6 = pools.pop().expect("two pools were pushed");
+        let v4 = pools.pop().expect("two pools were pushed");
+        Ok(HomeSockets { v4, v6 })
     }
 
     /// A new TCP socket of the home namespace for an address of `to`'s family.
     pub async fn socket_for(&self, to: std::net::SocketAddr) -> Result<tokio::net::TcpSocket> {
-        let rx = if to.is_ipv4() {
-            &self.v4_rx
-        } else {
-            &self.v6_rx
-        };
-        let fd = rx
-            .lock()
-            .await
+        let pool = if to.is_ipv4() { &self.v4 } else { &self.v6 };
+        let mut socket_rx = pool.socket_rx.lock().await;
+        let fd = socket_rx
             .recv()
             .await
             .context("the socket maker thread is gone")?;
+        if socket_rx.len() <= REFILL_AT {
+            // Full: a wake-up is already pending. Disconnected: the next recv says so.
+            let _ = pool.low_tx.try_send(());
+        }
         Ok(tokio::net::TcpSocket::from_std_stream(
             std::net::TcpStream::from(fd),
         ))
     }
 }
 
-/// Makes sockets until nobody takes them any more (the agent is exiting).
-fn make_sockets(family: socket2::Domain, socket_tx: mpsc::Sender<OwnedFd>) {
+/// Fills the pool, sleeps until it is low, and again, until nobody takes sockets any more (the
+/// agent is exiting).
+fn make_sockets(
+    family: socket2::Domain,
+    socket_tx: mpsc::Sender<OwnedFd>,
+    low_rx: std::sync::mpsc::Receiver<()>,
+) {
+    // A socket made while the pool was full, kept for the next fill.
+    let mut spare: Option<OwnedFd> = None;
     loop {
-        let socket = socket2::Socket::new(family, socket2::Type::STREAM.nonblocking(), None);
-        match socket {
-            Ok(s) => {
-                if socket_tx.blocking_send(s.into()).is_err() {
+        let fd = match spare.take() {
+            Some(fd) => fd,
+            None => match socket2::Socket::new(family, socket2::Type::STREAM.nonblocking(), None) {
+                Ok(s) => s.into(),
+                Err(e) => {
+                    // Out of descriptors, most likely: deliveries wait (each within its own
+                    // timeout) rather than fail at once.
+                    tracing::warn!("making a socket for deliveries: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+            },
+        };
+        match socket_tx.try_send(fd) {
+            Ok(()) => {}
+            // Invariant: the thread sleeps only on a full pool, and a delivery that leaves it
+            // at REFILL_AT or fewer always leaves a wake-up pending, so a delivery waiting on
+            // an empty pool always has a thread filling it.
+            Err(mpsc::error::TrySendError::Full(fd)) => {
+                spare = Some(fd);
+                if low_rx.recv().is_err() {
                     return;
                 }
             }
-            Err(e) => {
-                // Out of descriptors, most likely: deliveries wait (each within its own
-                // timeout) rather than fail at once.
-                tracing::warn!("making a socket for deliveries: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
     }
 }

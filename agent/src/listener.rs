@@ -31,7 +31,7 @@ pub struct AgentState {
     pub next_client: std::sync::atomic::AtomicU64,
     /// Control channels' event senders, for events that belong to no subscription (flows of
     /// the direct data path). An agent serves one session, so any live channel is the right one.
-    pub event_sinks: std::sync::Mutex<Vec<mpsc::Sender<AgentMessage>>>,
+    pub event_sinks: std::sync::Mutex<Vec<crate::traffic::TrafficTx>>,
     /// No target (an agent pod of its own): incoming traffic has no pod to come from.
     pub targetless: bool,
     /// How many control channels are open now; the communication timeout watches it.
@@ -51,8 +51,8 @@ impl AgentState {
         let mut sinks = self.event_sinks.lock().unwrap_or_else(|p| p.into_inner());
         sinks.retain(|s| !s.is_closed());
         if let Some(sink) = sinks.first() {
-            // try_send: the traffic view never holds up a flow.
-            let _ = sink.try_send(AgentMessage::Event(event));
+            // Never waits: the traffic view never holds up a flow.
+            sink.send(AgentMessage::Event(event));
         }
     }
 }
@@ -251,7 +251,7 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
     // request tasks, announces --AgentMessage--> writer task (written at once)
     let (message_tx, message_rx) = mpsc::channel::<AgentMessage>(64);
     // flows --traffic-view events--> writer task (written in batches)
-    let (traffic_tx, traffic_rx) = mpsc::channel::<AgentMessage>(TRAFFIC_QUEUE);
+    let (traffic_tx, traffic_rx) = crate::traffic::channel();
     let writer_task = tokio::spawn(write_messages(writer, message_rx, traffic_rx));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let client = Client {
@@ -356,14 +356,6 @@ async fn control(stream: BoxIo, state: Arc<AgentState>) -> Result<()> {
     result
 }
 
-/// Traffic-view events queued per control channel; when full, new ones are lost (the view
-/// never holds up a flow).
-const TRAFFIC_QUEUE: usize = 1024;
-/// How long a traffic-view event may wait to share a write with later ones.
-const TRAFFIC_BATCH: Duration = Duration::from_millis(20);
-/// Events written together at most.
-const TRAFFIC_BATCH_LEN: usize = 64;
-
 /// Writes a control channel's messages: answers and announces at once; traffic-view events
 /// (one per request or connection) in batches, so a busy flow does not wake the session for
 /// every request.
@@ -374,43 +366,53 @@ const TRAFFIC_BATCH_LEN: usize = 64;
 async fn write_messages<W: tokio::io::AsyncWrite + Unpin>(
     mut writer: W,
     mut message_rx: mpsc::Receiver<AgentMessage>,
-    mut traffic_rx: mpsc::Receiver<AgentMessage>,
+    traffic: crate::traffic::TrafficRx,
 ) {
+    let crate::traffic::TrafficRx {
+        rx: mut traffic_rx,
+        full,
+    } = traffic;
     let mut held: Vec<u8> = Vec::new();
-    let mut held_count = 0;
+    // Set while a batch is open: its events wait in the queue until then.
     let mut flush_at: Option<tokio::time::Instant> = None;
     let hold = |msg: &AgentMessage, held: &mut Vec<u8>| match mirrord_protocol::codec::encode(msg) {
         Ok(frame) => held.extend_from_slice(&frame),
-        Err(e) => tracing::warn!("an event that cannot be encoded: {e}"),
+        Err(e) => tracing::warn!("a message that cannot be encoded: {e}"),
+    };
+    let hold_queued = |traffic_rx: &mut mpsc::Receiver<AgentMessage>, held: &mut Vec<u8>| {
+        while let Ok(event) = traffic_rx.try_recv() {
+            hold(&event, held);
+        }
     };
     loop {
-        let wait_flush = async {
+        let batch_due = async {
             match flush_at {
-                Some(at) => tokio::time::sleep_until(at).await,
+                Some(at) => tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = full.notified() => {}
+                },
                 None => std::future::pending().await,
             }
         };
-        let now = tokio::select! {
+        tokio::select! {
             biased;
             msg = message_rx.recv() => {
                 let Some(msg) = msg else { break };
-                while let Ok(event) = traffic_rx.try_recv() {
-                    hold(&event, &mut held);
-                }
+                hold_queued(&mut traffic_rx, &mut held);
                 hold(&msg, &mut held);
-                true
             }
-            event = traffic_rx.recv() => {
+            // Invariant: the queue is listened to only while no batch is open, so a flow's
+            // events wake this task once per batch, not once each.
+            event = traffic_rx.recv(), if flush_at.is_none() => {
                 // The control channel keeps a sender, so this ends only with the channel.
                 let Some(event) = event else { break };
                 hold(&event, &mut held);
-                held_count += 1;
-                flush_at.get_or_insert_with(|| tokio::time::Instant::now() + TRAFFIC_BATCH);
-                held_count >= TRAFFIC_BATCH_LEN
+                flush_at = Some(tokio::time::Instant::now() + crate::traffic::BATCH);
+                continue;
             }
-            () = wait_flush => true,
-        };
-        if now && !held.is_empty() {
+            () = batch_due => hold_queued(&mut traffic_rx, &mut held),
+        }
+        if !held.is_empty() {
             use tokio::io::AsyncWriteExt;
             let written = async {
                 writer.write_all(&held).await?;
@@ -420,9 +422,8 @@ async fn write_messages<W: tokio::io::AsyncWrite + Unpin>(
                 break;
             }
             held.clear();
-            held_count = 0;
-            flush_at = None;
         }
+        flush_at = None;
     }
 }
 
@@ -522,4 +523,76 @@ async fn data_connection(mut stream: tokio::net::TcpStream, state: Arc<AgentStat
         outgoing::splice_tcp(&stream, &target).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traffic;
+
+    fn event(pid: u32) -> AgentMessage {
+        AgentMessage::Event(AgentEvent::OutgoingConnection {
+            pid,
+            remote: "10.0.0.1:80".parse().expect("a literal address"),
+            hostname: None,
+            error: None,
+        })
+    }
+
+    async fn read(session: &mut tokio::io::DuplexStream) -> AgentMessage {
+        read_frame_async::<AgentMessage, _>(session)
+            .await
+            .expect("a frame")
+    }
+
+    fn pid_of(m: &AgentMessage) -> Option<u32> {
+        match m {
+            AgentMessage::Event(AgentEvent::OutgoingConnection { pid, .. }) => Some(*pid),
+            _ => None,
+        }
+    }
+
+    /// The clock is paused: it moves only when every task waits on it, so "now" when a write
+    /// arrives says whether the writer waited out the batch time.
+    #[tokio::test(start_paused = true)]
+    async fn traffic_waits_for_its_batch_unless_full_or_a_message_follows() {
+        let (to_session, mut session) = tokio::io::duplex(1 << 20);
+        let (message_tx, message_rx) = mpsc::channel(8);
+        let (traffic_tx, traffic_rx) = traffic::channel();
+        tokio::spawn(write_messages(to_session, message_rx, traffic_rx));
+
+        // One event: written when its batch is due, not before.
+        let start = tokio::time::Instant::now();
+        traffic_tx.send(event(1));
+        assert_eq!(pid_of(&read(&mut session).await), Some(1));
+        assert_eq!(start.elapsed(), traffic::BATCH);
+
+        // A full batch: written at once, in order.
+        let start = tokio::time::Instant::now();
+        for pid in 0..traffic::BATCH_LEN as u32 {
+            traffic_tx.send(event(pid));
+        }
+        for pid in 0..traffic::BATCH_LEN as u32 {
+            assert_eq!(pid_of(&read(&mut session).await), Some(pid));
+        }
+        assert_eq!(start.elapsed(), std::time::Duration::ZERO);
+
+        // Events queued before a message go out before it, at once.
+        let start = tokio::time::Instant::now();
+        traffic_tx.send(event(7));
+        tokio::task::yield_now().await;
+        message_tx
+            .send(AgentMessage::Response {
+                id: 9,
+                body: AgentResponse::Pong,
+            })
+            .await
+            .expect("the writer runs");
+        assert_eq!(pid_of(&read(&mut session).await), Some(7));
+        assert!(matches!(
+            read(&mut session).await,
+            AgentMessage::Response { id: 9, .. }
+        ));
+        assert_eq!(start.elapsed(), std::time::Duration::ZERO);
+    }
 }

@@ -14,6 +14,7 @@ mod listener;
 mod mesh;
 mod outgoing;
 mod target;
+mod traffic;
 
 /// Port redirects and their guard live in the library (`src/lib.rs`), so tests and the
 /// `redirect-probe` tool share them; `crate::redirect` resolves through this import.

@@ -157,7 +157,7 @@ async fn deliver(
         // for the traffic view, and a layer that does not know it yet (another process)
         // finds it through the session's catch-up (see `IncomingRouter::peer_of`).
         Some((_, false)) => {
-            let _ = client.traffic_tx.try_send(delivered);
+            client.traffic_tx.send(delivered);
         }
         _ => {
             client

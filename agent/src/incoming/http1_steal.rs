@@ -453,22 +453,22 @@ impl IncomingState {
                 }
             }
         };
-        let report =
-            |request: &RequestHead, status: u16, took: std::time::Duration| {
-                // try_send: the traffic view must never hold up a request.
-                let _ = stealer.client.traffic_tx.try_send(AgentMessage::Event(
-                    AgentEvent::HttpRequest {
-                        mode: mirrord_protocol::agent::TrafficMode::Steal,
-                        port: hop.port,
-                        method: request.method.clone(),
-                        path: request.path.clone(),
-                        headers: request.headers.clone(),
-                        status,
-                        duration_ms: took.as_millis() as u64,
-                        filter: None,
-                    },
-                ));
-            };
+        let report = |request: &RequestHead, status: u16, took: std::time::Duration| {
+            // try_send: the traffic view must never hold up a request.
+            stealer
+                .client
+                .traffic_tx
+                .send(AgentMessage::Event(AgentEvent::HttpRequest {
+                    mode: mirrord_protocol::agent::TrafficMode::Steal,
+                    port: hop.port,
+                    method: request.method.clone(),
+                    path: request.path.clone(),
+                    headers: request.headers.clone(),
+                    status,
+                    duration_ms: took.as_millis() as u64,
+                    filter: None,
+                }));
+        };
         relay(stream, open, report).await
     }
 }

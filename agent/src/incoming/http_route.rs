@@ -150,7 +150,7 @@ impl Router {
         let code = response.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
         if let Some((events_tx, headers, filter)) = report {
             // try_send: the traffic view must never hold up a request.
-            let _ = events_tx.try_send(AgentMessage::Event(AgentEvent::HttpRequest {
+            events_tx.send(AgentMessage::Event(AgentEvent::HttpRequest {
                 mode: TrafficMode::Steal,
                 port: self.port,
                 method: method.clone(),

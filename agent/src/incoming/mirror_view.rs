@@ -11,7 +11,6 @@ use mirrord_protocol::agent::{AgentEvent, AgentMessage, TrafficMode};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::mpsc;
 
 /// Requests of one connection the program has not answered yet, at most: a program that
 /// leaves more unanswered stops the view of that connection.
@@ -105,11 +104,11 @@ pub(super) struct Answers {
     waiting: Waiting,
     port: u16,
     /// copy's drain task --HttpRequest events--> control channel writer (batched)
-    traffic_tx: mpsc::Sender<AgentMessage>,
+    traffic_tx: crate::traffic::TrafficTx,
 }
 
 /// A view for one copy delivered to the program for the pod's `port`.
-pub(super) fn view(port: u16, traffic_tx: mpsc::Sender<AgentMessage>) -> (Requests, Answers) {
+pub(super) fn view(port: u16, traffic_tx: crate::traffic::TrafficTx) -> (Requests, Answers) {
     let waiting: Waiting = Arc::new(Mutex::new(Some(VecDeque::new())));
     (
         Requests {
@@ -180,7 +179,7 @@ impl Answers {
                     return;
                 };
                 // try_send: the traffic view must never hold up the copy.
-                let _ = traffic_tx.try_send(AgentMessage::Event(AgentEvent::HttpRequest {
+                traffic_tx.send(AgentMessage::Event(AgentEvent::HttpRequest {
                     port,
                     mode: TrafficMode::Mirror,
                     method: asked.method,
@@ -202,14 +201,14 @@ impl Answers {
 mod tests {
     use super::*;
 
-    fn events(rx: &mut mpsc::Receiver<AgentMessage>) -> Vec<(String, String, u16)> {
+    fn events(rx: &mut crate::traffic::TrafficRx) -> Vec<(String, String, u16)> {
         let mut out = Vec::new();
         while let Ok(AgentMessage::Event(AgentEvent::HttpRequest {
             method,
             path,
             status,
             ..
-        })) = rx.try_recv()
+        })) = rx.rx.try_recv()
         {
             out.push((method, path, status));
         }
@@ -236,7 +235,7 @@ mod tests {
         )
         .as_bytes();
         for cut in [1, 2, 3, 7, 19, 64, 4096] {
-            let (tx, mut rx) = mpsc::channel(64);
+            let (tx, mut rx) = crate::traffic::channel();
             let (mut req, mut ans) = view(80, tx);
             for piece in requests.chunks(cut) {
                 req.feed(piece);
@@ -260,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_copy_that_is_not_http_is_not_shown() {
-        let (tx, mut rx) = mpsc::channel(64);
+        let (tx, mut rx) = crate::traffic::channel();
         let (mut req, mut ans) = view(80, tx);
         req.feed(b"\x16\x03\x01 not http\r\n\r\n");
         ans.feed(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");

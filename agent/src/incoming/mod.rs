@@ -83,7 +83,7 @@ pub struct Client {
     /// agent --answers, announces--> this client's control channel writer (written at once)
     pub message_tx: mpsc::Sender<AgentMessage>,
     /// flows --traffic-view events--> the same writer (written in batches; `try_send` only)
-    pub traffic_tx: mpsc::Sender<AgentMessage>,
+    pub traffic_tx: crate::traffic::TrafficTx,
     /// Set when the channel closed: a subscribe still in flight then adds nothing.
     pub gone: Arc<std::sync::atomic::AtomicBool>,
 }

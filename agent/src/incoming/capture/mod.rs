@@ -15,6 +15,7 @@
 
 mod bpf;
 pub mod reassembly;
+mod ring;
 mod socket;
 
 use super::passthrough::CopySinks;
@@ -23,6 +24,7 @@ use crate::redirect::AGENT_MARK;
 use anyhow::{Context, Result};
 use mirrord_protocol::agent::TrafficMode;
 use reassembly::{ConnKey, Event, Limits, Reassembler};
+use ring::Ring;
 use socket::PacketSocket;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -46,10 +48,6 @@ const IDLE: Duration = Duration::from_secs(600);
 const SWEEP: Duration = Duration::from_secs(1);
 /// Events handed to the copy queues at once while a backlog is read.
 const DISPATCH_EVERY: usize = 64;
-/// Pause between two reads of the socket (see `read_loop`).
-const BATCH_WAIT: Duration = Duration::from_millis(2);
-/// Largest packet read whole: a GSO packet of 64 KiB plus headers.
-const READ_BUFFER: usize = 256 * 1024;
 
 /// The capture of this agent's mirror-only ports.
 pub struct Capture {
@@ -73,10 +71,9 @@ impl Capture {
     pub fn start(state: Weak<IncomingState>, ports: BTreeSet<u16>) -> Result<Capture> {
         let lo_index = socket::loopback_index().context("finding the loopback interface")?;
         let filter = filter_for(&ports, lo_index)?;
-        let socket = Arc::new(
-            PacketSocket::open(&filter)
-                .context("opening the capture socket (AF_PACKET needs CAP_NET_RAW)")?,
-        );
+        let (socket, ring) = PacketSocket::open(&filter)
+            .context("opening the capture socket (AF_PACKET needs CAP_NET_RAW)")?;
+        let socket = Arc::new(socket);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -90,7 +87,7 @@ impl Capture {
                 lower_this_threads_priority();
                 runtime.block_on(async move {
                     tokio::select! {
-                        _ = read_loop(thread_socket, thread_ports, state) => {}
+                        _ = read_loop(thread_socket, ring, thread_ports, state) => {}
                         // Dropped with the Capture: the last captured port was released.
                         _ = stop_rx => {}
                     }
@@ -153,12 +150,12 @@ struct Copied {
 
 async fn read_loop(
     socket: Arc<PacketSocket>,
+    mut ring: Ring,
     ports: Arc<Mutex<BTreeSet<u16>>>,
     state: Weak<IncomingState>,
 ) {
     let mut reassembler = Reassembler::new(LIMITS);
     let mut copies: HashMap<ConnKey, Copied> = HashMap::new();
-    let mut buf = vec![0u8; READ_BUFFER];
     let mut events = Vec::new();
     let start = Instant::now();
     let mut sweep = tokio::time::interval(SWEEP);
@@ -186,21 +183,20 @@ async fn read_loop(
                 let now = start.elapsed().as_millis() as u64;
                 // A snapshot per batch: a port added meanwhile is seen at the next batch.
                 let captured = lock(&ports).clone();
+                // The kernel wakes this thread only when it closes a block of the ring (full,
+                // or `ring::BLOCK_TIMEOUT_MS` after its first packet): every closed block is
+                // read here without a system call.
                 loop {
-                    match socket.recv(&mut buf) {
-                        Ok(n) if n > buf.len() => truncated += 1,
-                        Ok(n) => {
-                            if let Some(seg) = socket::decode(&buf[..n]) {
+                    match ring.next_frame() {
+                        Some(frame) if frame.truncated => truncated += 1,
+                        Some(frame) => {
+                            if let Some(seg) = socket::decode(frame.data) {
                                 reassembler.handle(&seg, now, |p| captured.contains(&p), &mut events);
                             }
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            guard.clear_ready();
-                            break;
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            tracing::warn!("reading the capture socket: {e}");
+                        None => {
+                            // Invariant: cleared only after the ring had no closed block left;
+                            // a block closed since then has woken the runtime again.
                             guard.clear_ready();
                             break;
                         }
@@ -217,10 +213,6 @@ async fn read_loop(
                 let Some(state) = state.upgrade() else { return };
                 dispatch(&state, &mut events, &mut copies);
                 drop(state);
-                // Let packets gather in the kernel's buffer before the next read: the agent
-                // wakes at most once per BATCH_WAIT instead of once per packet, which leaves
-                // the CPU to the target (the copies are BATCH_WAIT later, nothing else).
-                tokio::time::sleep(BATCH_WAIT).await;
             }
             _ = sweep.tick() => {
                 let now = start.elapsed().as_millis() as u64;
