@@ -303,7 +303,11 @@ fn hold_session(sim: &SimCluster, target: &str, extra: &[&str]) -> Bg {
         "--",
         PY,
         "-c",
-        "print('session up', flush=True); import time; time.sleep(600)",
+        // Short sleeps: CPython runs a Python-level handler only between bytecodes, so a Ctrl-C
+        // that lands after the last check and before `sleep` enters the kernel would be handled
+        // (flag set) without interrupting one long sleep; it then waits it out. Seen once in CI
+        // under load. A short sleep's return checks the flag.
+        "import time\nprint('session up', flush=True)\nwhile True:\n    time.sleep(0.1)",
     ]);
     let mut bg = Bg::spawn(mirrord(sim, &args));
     bg.wait_stdout("session up");
