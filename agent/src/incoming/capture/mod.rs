@@ -8,10 +8,10 @@
 //! copy per packet whatever the number of ports, and one task to read it. The socket exists
 //! while at least one port is captured (`Capture::stop` closes it with the last one).
 //!
-//! What capture can lose, and counts: packets the kernel drops when the socket's receive
-//! buffer is full (the agent fell behind; `tp_drops`), connections whose out-of-order buffer
+//! What capture can lose, and counts: packets the kernel drops while every block of the ring is
+//! still the agent's (the agent fell behind; `tp_drops`), connections whose out-of-order buffer
 //! overflows (a segment lost to such a drop never comes back), connections evicted from a full
-//! table, packets longer than the read buffer. A lost copy never affects the target.
+//! table, packets longer than a ring block. A lost copy never affects the target.
 
 mod bpf;
 pub mod reassembly;
