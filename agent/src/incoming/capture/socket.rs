@@ -191,7 +191,6 @@ mod tests {
     #[test]
     fn the_ring_delivers_more_than_it_holds_in_order() {
         use std::io::{Read, Write};
-        use std::sync::atomic::{AtomicU64, Ordering};
         if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: capturing needs root");
             return;
@@ -207,31 +206,26 @@ mod tests {
         let (socket, mut ring) = PacketSocket::open(&filter).unwrap();
         const CHUNK: usize = 256 * 1024;
         const CHUNKS: usize = 128;
-        let captured = Arc::new(AtomicU64::new(0));
+        // reader --bytes captured so far--> sender
+        let (captured_tx, captured_rx) = std::sync::mpsc::channel::<usize>();
         let server = std::thread::spawn(move || {
             let (mut c, _) = listener.accept().unwrap();
             let mut buf = vec![0u8; 1 << 16];
             while c.read(&mut buf).unwrap() > 0 {}
         });
-        let sender = {
-            let captured = captured.clone();
-            std::thread::spawn(move || {
-                let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-                for i in 0..CHUNKS {
-                    c.write_all(&vec![i as u8; CHUNK]).unwrap();
-                    // Paced by the reader, so a slow (debug) reader loses nothing to the kernel.
-                    let want = ((i + 1) * CHUNK) as u64;
-                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                    while captured.load(Ordering::Acquire) < want {
-                        assert!(
-                            std::time::Instant::now() < deadline,
-                            "the ring stalled at {i}"
-                        );
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                    }
+        let sender = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut seen = 0;
+            for i in 0..CHUNKS {
+                c.write_all(&vec![i as u8; CHUNK]).unwrap();
+                // Paced by the reader, so a slow (debug) reader loses nothing to the kernel.
+                while seen < (i + 1) * CHUNK {
+                    seen = captured_rx
+                        .recv_timeout(std::time::Duration::from_secs(10))
+                        .unwrap_or_else(|_| panic!("the ring stalled at chunk {i}"));
                 }
-            })
-        };
+            }
+        });
         let mut next_seq: Option<u32> = None;
         let (mut got, mut largest, mut truncated) = (0usize, 0usize, 0);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -248,6 +242,11 @@ mod tests {
             // SAFETY: one live pollfd.
             unsafe { libc::poll(&mut pfd, 1, 100) };
             while let Some(frame) = ring.next_frame() {
+                // A ring that never hands its blocks back would be read round and round.
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "captured {got} bytes only"
+                );
                 if frame.truncated {
                     truncated += 1;
                     continue;
@@ -258,17 +257,21 @@ mod tests {
                 if seg.dst.port() != port || seg.payload.is_empty() {
                     continue;
                 }
-                // In order, no gap, no repeat; every byte is its chunk's number.
+                // No gap; bytes TCP sent again (a tail-loss probe on a busy machine) are seen
+                // again and skipped; every byte is its chunk's number.
+                let mut payload = seg.payload;
                 if let Some(seq) = next_seq {
-                    assert_eq!(seg.seq, seq, "a gap or a repeat after {got} bytes");
+                    let ahead = seg.seq.wrapping_sub(seq) as i32;
+                    assert!(ahead <= 0, "{ahead} bytes missing after {got}");
+                    payload = &payload[payload.len().min(ahead.unsigned_abs() as usize)..];
                 }
-                for (k, b) in seg.payload.iter().enumerate() {
+                for (k, b) in payload.iter().enumerate() {
                     assert_eq!(*b as usize, (got + k) / CHUNK, "byte {}", got + k);
                 }
                 next_seq = Some(seg.seq.wrapping_add(seg.payload.len() as u32));
-                got += seg.payload.len();
+                got += payload.len();
                 largest = largest.max(seg.payload.len());
-                captured.store(got as u64, Ordering::Release);
+                let _ = captured_tx.send(got);
             }
         }
         sender.join().unwrap();
