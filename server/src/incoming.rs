@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
 
+mod delivered;
+use delivered::Delivered;
+
 /// One process of the session listening for a pod port (or `mirrord dump` observing it).
 struct Listening {
     /// Where the program's listener really is (loopback), or unused for an observer.
@@ -67,10 +70,10 @@ const MAX_UNANSWERED: usize = 1024;
 /// `peer_of`); past it, the program sees the loopback address it really got.
 const CATCH_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Entries of `delivered` past which the ones older than [`DELIVERED_KEPT`] are dropped.
-const MAX_DELIVERED: usize = 4096;
-/// How long a delivered connection the program has not accepted keeps its entry (once there
-/// are many).
+/// Entries of `delivered` at most (the oldest go first): at 2,000 connections a second, an
+/// entry stays 8 s, far longer than a program takes to accept.
+const MAX_DELIVERED: usize = 16 * 1024;
+/// How long a delivered connection the program has not accepted keeps its entry.
 const DELIVERED_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A mirrored request seen on its way to the program, waiting for the program's answer.
@@ -144,8 +147,8 @@ pub struct IncomingRouter {
     delivering_to: Mutex<HashMap<u16, SocketAddr>>,
     /// Source address of a connection the agent delivered itself → (client, pod address, when),
     /// from its `Delivered` event until the program accepted it.
-    /// Bounded by [`MAX_DELIVERED`] (old entries go first).
-    delivered: Mutex<HashMap<SocketAddr, (SocketAddr, SocketAddr, std::time::Instant)>>,
+    /// Bounded by [`MAX_DELIVERED`] and [`DELIVERED_KEPT`] (old entries go first).
+    delivered: Mutex<Delivered>,
     /// run --how many agent events it has handled--> `peer_of` (waiting for a `Delivered`)
     handled_tx: tokio::sync::watch::Sender<u64>,
     /// run --"a `Delivered` entry was added"--> `peer_of` waiting for one
@@ -174,7 +177,7 @@ impl IncomingRouter {
             peers: Mutex::new(HashMap::new()),
             direct_delivery,
             delivering_to: Mutex::new(HashMap::new()),
-            delivered: Mutex::new(HashMap::new()),
+            delivered: Mutex::new(Delivered::new(MAX_DELIVERED, DELIVERED_KEPT)),
             handled_tx: tokio::sync::watch::Sender::new(0),
             delivered_added: tokio::sync::Notify::new(),
         }))
@@ -629,9 +632,7 @@ impl IncomingRouter {
             return Some(found);
         }
         // Asked once, by the accept that took the connection.
-        lock(&self.delivered)
-            .remove(&source)
-            .map(|(peer, local, _)| (peer, local))
+        lock(&self.delivered).take(source)
     }
 
     /// Delivers what the agent announces until the agent's control channel closes.
@@ -698,16 +699,7 @@ impl IncomingRouter {
                     local,
                     source,
                 } => {
-                    {
-                        let mut delivered = lock(&self.delivered);
-                        if delivered.len() >= MAX_DELIVERED {
-                            // Connections the program never accepted.
-                            let now = std::time::Instant::now();
-                            delivered
-                                .retain(|_, (_, _, at)| now.duration_since(*at) < DELIVERED_KEPT);
-                        }
-                        delivered.insert(source, (peer, local, std::time::Instant::now()));
-                    }
+                    lock(&self.delivered).insert(source, (peer, local), std::time::Instant::now());
                     self.delivered_added.notify_waiters();
                     tracing::debug!(port, %peer, %source, "incoming connection delivered by the agent");
                     self.traffic.emit(TrafficEvent::IncomingConnection {
