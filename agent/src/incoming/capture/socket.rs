@@ -268,7 +268,11 @@ mod tests {
                 for (k, b) in payload.iter().enumerate() {
                     assert_eq!(*b as usize, (got + k) / CHUNK, "byte {}", got + k);
                 }
-                next_seq = Some(seg.seq.wrapping_add(seg.payload.len() as u32));
+                // Only forward: a resent segment wholly behind must not move it back.
+                let end = seg.seq.wrapping_add(seg.payload.len() as u32);
+                if next_seq.is_none_or(|s| end.wrapping_sub(s) as i32 > 0) {
+                    next_seq = Some(end);
+                }
                 got += payload.len();
                 largest = largest.max(seg.payload.len());
                 let _ = captured_tx.send(got);
