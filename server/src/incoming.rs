@@ -145,7 +145,7 @@ pub struct IncomingRouter {
     direct_delivery: bool,
     /// Port → the listener the agent was last told to deliver to (absent: it announces).
     delivering_to: Mutex<HashMap<u16, SocketAddr>>,
-    /// Source address of a connection the agent delivered itself → (client, pod address, when),
+    /// Source address of a connection the agent delivered itself → (client, pod address),
     /// from its `Delivered` event until the program accepted it.
     /// Bounded by [`MAX_DELIVERED`] and [`DELIVERED_KEPT`] (old entries go first).
     delivered: Mutex<Delivered>,
