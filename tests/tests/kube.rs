@@ -1129,9 +1129,17 @@ fn an_api_server_down_for_10s_hands_traffic_back_then_the_session_resumes() {
     app.wait_stderr("mirrord: reconnecting");
     // The agent hands the port back when it sees its session go, which it learns from its
     // own side of the cut connection: poll (bounded) for the pod's own answer.
+    // No request waits out an agent's pickup timeout (5 s) meanwhile: an agent skips a client
+    // whose channel closed at once, before it has removed its rules.
     let mut by = String::new();
     for _ in 0..50 {
+        let asked = Instant::now();
         by = curl(&sim, &url, &[]).0;
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "answered by {by:?} after {:?}",
+            asked.elapsed()
+        );
         if by == pod {
             break;
         }

@@ -255,7 +255,16 @@ fn kubectl_creates_a_job_that_runs_logs_and_goes_away() {
         pods["items"][0]["metadata"]["ownerReferences"][0]["kind"],
         "Job"
     );
-    let logs = kubectl(&sim, &["logs", &pod]);
+    // Ready means the container started, not that its shell has echoed yet (a real kubelet
+    // says the same): poll, bounded, until the line is there.
+    let deadline = Instant::now() + WAIT;
+    let logs = loop {
+        let logs = kubectl(&sim, &["logs", &pod]);
+        if !logs.is_empty() || Instant::now() >= deadline {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(logs, "hello-from-job\n");
     let netns = sim.pod_netns("payments", &pod).expect("the pod runs");
 

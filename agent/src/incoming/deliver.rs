@@ -96,6 +96,10 @@ impl IncomingState {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Option<(BoxIo, bool)> {
+        // A connection served since before its client went (a keep-alive one asking again).
+        if client.gone.is_set() {
+            return None;
+        }
         let to = super::lock(&self.direct).get(&(client.id, port)).copied();
         if let (Some(to), Some(home)) = (to, &self.home) {
             let at = Destination { port, to, mode };

@@ -84,8 +84,38 @@ pub struct Client {
     pub message_tx: mpsc::Sender<AgentMessage>,
     /// flows --traffic-view events--> the same writer (written in batches; `try_send` only)
     pub traffic_tx: crate::traffic::TrafficTx,
-    /// Set when the channel closed: a subscribe still in flight then adds nothing.
-    pub gone: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the channel closed: a subscribe still in flight then adds nothing, and no
+    /// connection is offered to it any more.
+    pub gone: Gone,
+}
+
+/// The mark of a client whose control channel closed. Set before its subscriptions are
+/// released (which runs rule commands, seconds under load): in between, its subscribers are
+/// skipped and its announces end, so the target serves those connections at once instead of
+/// after a pickup timeout per agent.
+#[derive(Clone)]
+pub struct Gone(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Gone {
+    fn default() -> Self {
+        Gone(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl Gone {
+    pub fn set(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Returns once the mark is set.
+    pub async fn wait(&self) {
+        // The sender lives in `self`, so the receiver cannot see it closed.
+        let _ = self.0.subscribe().wait_for(|gone| *gone).await;
+    }
 }
 
 #[derive(Clone)]
@@ -249,13 +279,18 @@ impl IncomingState {
         });
         // One bound for both steps: a client whose event queue stays full (it stopped reading)
         // holds the connection no longer than one that never picks it up; the target serves it.
-        let stream = tokio::time::timeout(PICKUP_TIMEOUT, async {
-            client.message_tx.send(event).await.ok()?;
-            rx.await.ok()
-        })
-        .await
-        .ok()
-        .flatten();
+        // A client that goes meanwhile (its event may have been written to a closed socket)
+        // ends the wait at once.
+        let stream = tokio::select! {
+            stream = tokio::time::timeout(PICKUP_TIMEOUT, async {
+                if client.gone.is_set() {
+                    return None;
+                }
+                client.message_tx.send(event).await.ok()?;
+                rx.await.ok()
+            }) => stream.ok().flatten(),
+            _ = client.gone.wait() => None,
+        };
         lock(&self.pending).remove(&id);
         stream
     }
@@ -364,4 +399,82 @@ struct Hop {
     original: SocketAddr,
     port: u16,
     visited: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn client(id: u64) -> (Client, mpsc::Receiver<AgentMessage>) {
+        let (message_tx, message_rx) = mpsc::channel(8);
+        let (traffic_tx, _) = crate::traffic::channel();
+        let client = Client {
+            id,
+            message_tx,
+            traffic_tx,
+            gone: Gone::default(),
+        };
+        (client, message_rx)
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("a literal address")
+    }
+
+    /// A client whose channel closes after it was told of a connection (the event may sit in a
+    /// dead socket's buffer) gives the connection back at once, not after the pickup timeout.
+    #[tokio::test(start_paused = true)]
+    async fn an_announce_ends_when_its_client_goes() {
+        let incoming = IncomingState::new("test".into(), None, None);
+        let (client, mut events) = client(1);
+        let started = tokio::time::Instant::now();
+        let announced = tokio::spawn({
+            let (incoming, client) = (incoming.clone(), client.clone());
+            async move {
+                let (peer, local) = (addr("10.0.0.1:5000"), addr("10.0.0.2:80"));
+                incoming
+                    .announce(&client, 80, TrafficMode::Steal, peer, local)
+                    .await
+            }
+        });
+        assert!(
+            matches!(
+                events.recv().await,
+                Some(AgentMessage::Event(AgentEvent::Incoming { port: 80, .. }))
+            ),
+            "the client is told first"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.gone.set();
+        let stream = announced.await.expect("the announce does not panic");
+        assert!(stream.is_none());
+        assert!(
+            started.elapsed() < PICKUP_TIMEOUT,
+            "given back after {:?}",
+            started.elapsed()
+        );
+        assert!(lock(&incoming.pending).is_empty(), "nothing left waiting");
+        // A client already gone is not told at all.
+        let (peer, local) = (addr("10.0.0.1:5001"), addr("10.0.0.2:80"));
+        let again = incoming
+            .announce(&client, 80, TrafficMode::Steal, peer, local)
+            .await;
+        assert!(again.is_none());
+        assert!(events.try_recv().is_err(), "no event for a gone client");
+        assert!(started.elapsed() < PICKUP_TIMEOUT);
+    }
+
+    /// Without a channel, the target serves the connection after the pickup timeout.
+    #[tokio::test(start_paused = true)]
+    async fn an_announce_nobody_picks_up_ends_at_the_timeout() {
+        let incoming = IncomingState::new("test".into(), None, None);
+        let (client, _events) = client(1);
+        let started = tokio::time::Instant::now();
+        let (peer, local) = (addr("10.0.0.1:5000"), addr("10.0.0.2:80"));
+        let stream = incoming
+            .announce(&client, 80, TrafficMode::Mirror, peer, local)
+            .await;
+        assert!(stream.is_none());
+        assert!(started.elapsed() >= PICKUP_TIMEOUT);
+    }
 }

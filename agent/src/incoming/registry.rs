@@ -13,6 +13,8 @@
 //!   capture's port set is exactly the entries marked `captured`.
 //! - A port is captured only while none of its subscribers steals, terminates TLS or asked for
 //!   the relay; the first one that does moves the port to a redirect for good (until released).
+//! - The data path never sees a gone client (`subscribers` skips it): its entries stay only
+//!   until its release has removed them, which may wait for rule commands.
 //! - Rule commands (`iptables`, `nft`, which may wait seconds for the xtables lock) run on the
 //!   blocking pool, never on the async workers, and no std mutex is held across an `.await`:
 //!   the data path keeps flowing while a rule change waits.
@@ -25,7 +27,6 @@ use crate::redirect::Redirector;
 use anyhow::{bail, Context, Result};
 use mirrord_protocol::agent::TrafficMode;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -112,10 +113,18 @@ impl Registry {
     }
 
     /// The port's subscribers now (a connection is served with the ones it found).
+    /// The live subscribers of `port`: a gone client's are skipped while its release waits for
+    /// its turn and its rule commands.
     pub(super) fn subscribers(&self, port: u16) -> Vec<Subscriber> {
         lock(&self.ports)
             .get(&port)
-            .map(|s| s.subscribers.clone())
+            .map(|s| {
+                s.subscribers
+                    .iter()
+                    .filter(|sub| !sub.client.gone.is_set())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -143,7 +152,7 @@ impl Registry {
     /// flight either finished before (its port is in the list) or will see the mark and add
     /// nothing: the mark is set before, and the list taken after, every change in progress.
     pub(super) async fn client_gone(&self, client: &Client) -> Vec<u16> {
-        client.gone.store(true, Ordering::SeqCst);
+        client.gone.set();
         let _changing = self.changes.lock().await;
         lock(&self.ports)
             .iter()
@@ -178,7 +187,7 @@ impl Registry {
         start_capture: impl FnOnce(BTreeSet<u16>) -> Result<Capture>,
     ) -> Result<()> {
         let _changing = self.changes.lock().await;
-        if sub.client.gone.load(Ordering::SeqCst) {
+        if sub.client.gone.is_set() {
             bail!("the client's channel closed");
         }
         let wants_capture = sub.capture && sub.mode != TrafficMode::Steal && sub.tls.is_none();
@@ -353,5 +362,52 @@ pub(super) fn conflict(used: PortUse, new_filtered: bool, port: u16) -> Result<(
              steal would take its requests"
         ),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscriber(id: u64, mode: TrafficMode) -> Subscriber {
+        let (client, _) = super::super::tests::client(id);
+        Subscriber {
+            client,
+            mode,
+            filter: None,
+            tls: None,
+            capture: true,
+        }
+    }
+
+    /// A gone client's subscriptions still hold the port until they are released, but its
+    /// connections already go to the others (or the target).
+    #[test]
+    fn a_gone_client_is_skipped_before_its_release() {
+        let registry = Registry::new("test".into());
+        let (stealer, mirror) = (
+            subscriber(1, TrafficMode::Steal),
+            subscriber(2, TrafficMode::Mirror),
+        );
+        lock(&registry.ports).insert(
+            80,
+            PortState {
+                accept_task: None,
+                captured: false,
+                subscribers: vec![stealer.clone(), mirror],
+            },
+        );
+        let ids =
+            |r: &Registry| -> Vec<u64> { r.subscribers(80).iter().map(|s| s.client.id).collect() };
+        assert_eq!(ids(&registry), [1, 2]);
+        assert_eq!(registry.port_use(80), PortUse::Steal);
+        stealer.client.gone.set();
+        assert_eq!(ids(&registry), [2]);
+        assert_eq!(registry.port_use(80), PortUse::Mirror);
+        assert_eq!(
+            lock(&registry.ports)[&80].subscribers.len(),
+            2,
+            "still held"
+        );
     }
 }
