@@ -375,6 +375,21 @@ impl<R: AsyncRead + Unpin> Buffered<R> {
         Ok(())
     }
 
+    /// Passes a head of `len` bytes and then its body to `out`: the head together with the
+    /// part of the body already read, in one write (one segment rather than two when a
+    /// message arrived whole), then the rest as it comes.
+    async fn pass_message<W: AsyncWrite + Unpin>(
+        &mut self,
+        len: usize,
+        mut left: BodyLeft,
+        out: &mut W,
+    ) -> Result<()> {
+        let n = len + left.take(&self.buf[len..])?;
+        out.write_all(&self.buf[..n]).await?;
+        self.buf.advance(n);
+        self.pass_body(left, out).await
+    }
+
     /// Passes a body to `out`, buffered bytes first, until `left` is done (or, for a body that
     /// ends with the stream, until it does). Bytes after the body stay buffered.
     async fn pass_body<W: AsyncWrite + Unpin>(
@@ -528,9 +543,12 @@ where
         let up = slot.as_mut().expect("upstream present");
         let started = std::time::Instant::now();
         let (up_r, up_w) = (&mut up.reader, &mut up.writer);
-        client.pass_head(request.len, up_w).await?;
         let tunnel = request.method.eq_ignore_ascii_case("CONNECT");
-        let body = async { client.pass_body(BodyLeft::new(request.body), up_w).await };
+        let body = async {
+            client
+                .pass_message(request.len, BodyLeft::new(request.body), up_w)
+                .await
+        };
         let response = pass_response(up_r, &mut client_w, &request.method);
         // A broken request body ends the exchange at once (the upstream would wait for the
         // rest forever); otherwise both run to their end.
@@ -576,12 +594,18 @@ where
             .head(|b| parse_response(b, method))
             .await?
             .context("the upstream closed without a response")?;
-        up.pass_head(head.len, client).await?;
-        if (100..200).contains(&head.status) && head.status != 101 {
-            continue;
-        }
-        if head.status != 101 && !(method.eq_ignore_ascii_case("CONNECT") && head.status < 300) {
-            up.pass_body(BodyLeft::new(head.body), client).await?;
+        let interim = (100..200).contains(&head.status) && head.status != 101;
+        let switched =
+            head.status == 101 || (method.eq_ignore_ascii_case("CONNECT") && head.status < 300);
+        if interim || switched {
+            // No body: what follows is the next head, or the tunnel's bytes.
+            up.pass_head(head.len, client).await?;
+            if interim {
+                continue;
+            }
+        } else {
+            up.pass_message(head.len, BodyLeft::new(head.body), client)
+                .await?;
         }
         return Ok(head);
     }
@@ -862,6 +886,88 @@ mod tests {
         read_until(&mut client, "101 Switching Protocols").await;
         client.write_all(b"not http at all").await.expect("writing");
         read_until(&mut client, "not http at all").await;
+    }
+
+    /// Records each write it is given.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn texts(w: &Writes) -> Vec<String> {
+        w.0.iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
+    /// A response read whole goes on in one write (one segment to the client, not a head and
+    /// then a body); one whose body comes later goes as it comes; an interim response goes
+    /// alone, and the bytes after a response stay for the next one.
+    #[tokio::test]
+    async fn a_response_read_whole_is_written_once() {
+        let whole =
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloHTTP/1.1 204 No Content\r\n\r\n";
+        let mut up = Buffered {
+            inner: whole.as_bytes(),
+            buf: bytes::BytesMut::new(),
+        };
+        let mut client = Writes::default();
+        let head = pass_response(&mut up, &mut client, "GET")
+            .await
+            .expect("a response");
+        assert_eq!(head.status, 200);
+        assert_eq!(
+            texts(&client),
+            ["HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"]
+        );
+        let head = pass_response(&mut up, &mut client, "GET")
+            .await
+            .expect("a response");
+        assert_eq!(head.status, 204);
+        assert_eq!(texts(&client)[1], "HTTP/1.1 204 No Content\r\n\r\n");
+
+        let (head_part, body_part) = (
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhe"[..],
+            &b"llo"[..],
+        );
+        let mut up = Buffered {
+            inner: AsyncReadExt::chain(head_part, body_part),
+            buf: bytes::BytesMut::new(),
+        };
+        let mut client = Writes::default();
+        let head = pass_response(&mut up, &mut client, "POST")
+            .await
+            .expect("a response");
+        assert_eq!(head.status, 200);
+        assert_eq!(
+            texts(&client),
+            [
+                "HTTP/1.1 100 Continue\r\n\r\n",
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhe",
+                "llo"
+            ]
+        );
     }
 
     #[tokio::test]
