@@ -444,7 +444,8 @@ mod tests {
             ),
             "the client is told first"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::task::yield_now().await;
+        assert!(!announced.is_finished(), "waiting for the client's channel");
         client.gone.set();
         let stream = announced.await.expect("the announce does not panic");
         assert!(stream.is_none());

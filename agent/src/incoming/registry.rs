@@ -112,9 +112,8 @@ impl Registry {
         Ok(())
     }
 
-    /// The port's subscribers now (a connection is served with the ones it found).
-    /// The live subscribers of `port`: a gone client's are skipped while its release waits for
-    /// its turn and its rule commands.
+    /// The port's live subscribers now (a connection is served with the ones it found): a gone
+    /// client's are skipped while its release waits for its turn and its rule commands.
     pub(super) fn subscribers(&self, port: u16) -> Vec<Subscriber> {
         lock(&self.ports)
             .get(&port)
