@@ -81,6 +81,12 @@ impl ProxyShared {
         }
     }
 
+    /// How many processes have joined so far (the next process id). It only grows, so two
+    /// readings that differ mean a process joined in between, even one that already left.
+    pub fn joined(&self) -> u64 {
+        self.next_process.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn processes(&self) -> Vec<ProcessInfo> {
         let mut v: Vec<ProcessInfo> = self
             .processes

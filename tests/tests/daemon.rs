@@ -1115,16 +1115,19 @@ fn a_config_file_changed_on_disk_is_reported_on_its_session() {
     );
 }
 
-/// A session nobody uses ends by itself after the idle timeout, agent included.
-#[test]
-fn an_idle_session_ends_by_itself() {
-    let c = Cluster::start().unwrap();
-    let cmd = server_cmd(&c, "idle.log", &["--stdio", "--idle-timeout-secs", "1"]);
+/// `mirrord-server --stdio` in dev with `--idle-timeout-secs secs`, initialized.
+fn daemon_with_idle_timeout(c: &Cluster, name: &str, secs: u64) -> RpcClient {
+    let secs = secs.to_string();
+    let cmd = server_cmd(
+        c,
+        &format!("{name}.log"),
+        &["--stdio", "--idle-timeout-secs", &secs],
+    );
     let d = RpcClient::spawn(
-        "idle",
+        name,
         cmd,
         Framing::ContentLength,
-        &c.workdir().join("idle.stderr"),
+        &c.workdir().join(format!("{name}.stderr")),
     )
     .unwrap();
     d.call(
@@ -1132,6 +1135,14 @@ fn an_idle_session_ends_by_itself() {
         json!({"processId": null, "rootUri": null, "capabilities": {}}),
     );
     d.notify("initialized", json!({}));
+    d
+}
+
+/// A session nobody uses ends by itself after the idle timeout, agent included.
+#[test]
+fn an_idle_session_ends_by_itself() {
+    let c = Cluster::start().unwrap();
+    let d = daemon_with_idle_timeout(&c, "idle", 1);
     // Taken before the session exists: its idle clock starts later, so it cannot end sooner.
     let started = Instant::now();
     let session = d.call(
@@ -1152,6 +1163,57 @@ fn an_idle_session_ends_by_itself() {
         0,
         "{sessions}"
     );
+}
+
+/// The idle clock counts from the last program that used the session, however short it ran:
+/// a program that joins and leaves between two looks of the supervisor is still use.
+#[test]
+fn a_session_used_by_short_programs_is_not_idle() {
+    let c = Cluster::start().unwrap();
+    let d = daemon_with_idle_timeout(&c, "short", 6);
+    let session = d.call(
+        "mirrord/startSession",
+        json!({"target": format!("pid/{}", c.pod_pid())}),
+    );
+    // The session's idle clock started before startSession answered.
+    let ready = Instant::now();
+    let id = session["sessionId"].as_str().unwrap().to_owned();
+    // Letting time pass is the point here: the idle clock is what is tested.
+    std::thread::sleep(Duration::from_millis(1500));
+    // A lookup through the session: the program lives a few milliseconds.
+    let used = Instant::now();
+    let out = ok(run(launch(
+        &c,
+        &session,
+        "getent",
+        &["ahosts", Cluster::SVC_NAME],
+    )));
+    assert!(out.contains(&Cluster::SVC_IP.to_string()), "{out}");
+    let left = Instant::now();
+    // Past the idle timeout counted from the session's start (6 s, when it would end without
+    // the program), before it counted from the program's start (the earliest it may end now).
+    let check = ready + Duration::from_millis(6800);
+    std::thread::sleep(check.saturating_duration_since(Instant::now()));
+    assert!(
+        used.elapsed() < Duration::from_secs(6),
+        "the machine was too slow for this test's timing: the check came {:?} after the program",
+        used.elapsed()
+    );
+    let sessions = d.call("mirrord/listSessions", json!({}));
+    assert_eq!(
+        sessions["sessions"].as_array().unwrap().len(),
+        1,
+        "a session used {:?} ago ended as idle: {sessions}",
+        left.elapsed()
+    );
+    // And it still ends once nothing uses it.
+    d.wait_notification(Duration::from_secs(15), |n| {
+        n["method"] == "mirrord/sessionChanged"
+            && n["params"]["sessionId"] == id
+            && n["params"]["state"] == "stopped"
+    })
+    .expect("the session stops once idle");
+    assert!(left.elapsed() >= Duration::from_secs(5));
 }
 
 /// `http_mix.py` from the client namespace: `count` requests over `conns` keep-alive

@@ -477,6 +477,7 @@ impl Daemon {
         let idle = self.opts.idle_timeout;
         tokio::spawn(async move {
             let mut idle_since = Instant::now();
+            let mut joined = s.shared.joined();
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             loop {
                 tick.tick().await;
@@ -502,7 +503,13 @@ impl Daemon {
                     self.stop_session_internal(&s.id).await;
                     return;
                 }
-                if !s.shared.processes().is_empty() {
+                // Invariant: a process that joined since the last tick is use, even if it has
+                // already left. A program shorter than a tick (a script, a test run) is rarely
+                // seen in `processes`, and a session relaunched every few minutes for such
+                // programs would otherwise end as idle under them.
+                let joined_now = s.shared.joined();
+                if joined_now != joined || !s.shared.processes().is_empty() {
+                    joined = joined_now;
                     idle_since = Instant::now();
                 } else if idle_since.elapsed() >= idle {
                     drop(guard);
