@@ -1150,12 +1150,20 @@ fn an_idle_session_ends_by_itself() {
         json!({"target": format!("pid/{}", c.pod_pid())}),
     );
     let id = session["sessionId"].as_str().unwrap().to_owned();
-    d.wait_notification(Duration::from_secs(15), |n| {
-        n["method"] == "mirrord/sessionChanged"
-            && n["params"]["sessionId"] == id
-            && n["params"]["state"] == "stopped"
-    })
-    .expect("the idle session stops");
+    let stopped = d
+        .wait_notification(Duration::from_secs(15), |n| {
+            n["method"] == "mirrord/sessionChanged"
+                && n["params"]["sessionId"] == id
+                && n["params"]["state"] == "stopped"
+        })
+        .expect("the idle session stops");
+    // The user learns why, not only that it stopped.
+    assert!(
+        stopped["params"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no program used the session for 1 s")),
+        "{stopped}"
+    );
     assert!(started.elapsed() >= Duration::from_secs(1));
     let sessions = d.call("mirrord/listSessions", json!({}));
     assert_eq!(

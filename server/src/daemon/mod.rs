@@ -500,7 +500,7 @@ impl Daemon {
                         Some(msg),
                         Some(ChangeReason::AgentExited),
                     );
-                    self.stop_session_internal(&s.id).await;
+                    self.stop_session_internal(&s.id, None).await;
                     return;
                 }
                 // Invariant: a process that joined since the last tick is use, even if it has
@@ -514,14 +514,19 @@ impl Daemon {
                 } else if idle_since.elapsed() >= idle {
                     drop(guard);
                     tracing::info!(session = %s.id, "idle, stopping");
-                    self.stop_session_internal(&s.id).await;
+                    let why = format!(
+                        "no program used the session for {} s (--idle-timeout-secs)",
+                        idle.as_secs()
+                    );
+                    self.stop_session_internal(&s.id, Some(why)).await;
                     return;
                 }
             }
         });
     }
 
-    async fn stop_session_internal(&self, id: &str) {
+    /// Stops session `id`; `why` goes with its `stopped` notification (for people).
+    async fn stop_session_internal(&self, id: &str, why: Option<String>) {
         let Some(s) = self.sessions().remove(id) else {
             return;
         };
@@ -529,7 +534,7 @@ impl Daemon {
             session.stop().await;
         }
         if s.state() != SessionState::Error {
-            s.set_state(SessionState::Stopped, None, None);
+            s.set_state(SessionState::Stopped, why, None);
         } else {
             *s.state.lock().unwrap_or_else(|p| p.into_inner()) = SessionState::Stopped;
         }
@@ -537,7 +542,7 @@ impl Daemon {
 
     pub async fn stop_session(&self, params: SessionIdParams) -> Result<Empty, ApiError> {
         self.session(&params.session_id)?;
-        self.stop_session_internal(&params.session_id).await;
+        self.stop_session_internal(&params.session_id, None).await;
         Ok(Empty {})
     }
 
@@ -550,14 +555,14 @@ impl Daemon {
             .map(|s| s.id.clone())
             .collect();
         for id in ids {
-            self.stop_session_internal(&id).await;
+            self.stop_session_internal(&id, None).await;
         }
     }
 
     pub async fn stop_all(&self) {
         let ids: Vec<String> = self.sessions().keys().cloned().collect();
         for id in ids {
-            self.stop_session_internal(&id).await;
+            self.stop_session_internal(&id, None).await;
         }
     }
 

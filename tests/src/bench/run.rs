@@ -1612,6 +1612,25 @@ impl<'c> Bench<'c> {
         Ok(&self.daemon.as_ref().expect("set above").1)
     }
 
+    /// What the daemon last said of the warm relaunch's session (`mirrord/sessionChanged`), so a
+    /// failed relaunch shows whether the session had ended and why.
+    fn warm_session_news(&self) -> String {
+        let Some((d, session)) = &self.daemon else {
+            return String::new();
+        };
+        let last = d.notifications().into_iter().rev().find(|n| {
+            n["method"] == "mirrord/sessionChanged"
+                && n["params"]["sessionId"] == session["sessionId"]
+        });
+        match last {
+            Some(n) => format!(
+                "; the daemon's session was last {}: {}",
+                n["params"]["state"], n["params"]["message"]
+            ),
+            None => "; the daemon said nothing of its session since it started".into(),
+        }
+    }
+
     fn first_byte_args(&self) -> [String; 3] {
         [
             "first-byte".into(),
@@ -1696,7 +1715,10 @@ impl<'c> Bench<'c> {
                         }
                         match self.time_start(cmd, false) {
                             Ok((_, f)) => warm.push(f),
-                            Err(e) => fails.push(("warm relaunch", format!("{e:#}"))),
+                            Err(e) => fails.push((
+                                "warm relaunch",
+                                format!("{e:#}{}", self.warm_session_news()),
+                            )),
                         }
                     }
                 }
